@@ -1,0 +1,274 @@
+"""Multistep LIF neuron with a per-timestep surrogate width (DESIGN.md 3.1-3.3).
+
+Side by side: the readable reference (``lif_multistep_ref``), the Triton launchers (``lif_fwd`` /
+``lif_bwd`` around ``lif_fwd_kernel`` / ``lif_bwd_kernel``), the eager analytic backend
+(``lif_fwd_torch`` / ``lif_bwd_torch``), the torch.library ops with their autograd registration
+(``a2sg_triton::lif_fwd`` / ``a2sg_triton::lif_bwd``) and the public ``lif_multistep``.
+
+Backward needs only d = u - v_th per step; the spike is recomputed as d >= 0.
+"""
+
+import math
+from typing import Optional
+
+import torch
+
+from .surrogate import SURROGATES, check_surrogate, surrogate_grad
+from .utils import (
+    check_beta,
+    check_flag,
+    check_real,
+    check_reset,
+    check_save_dtype,
+    check_tensor,
+    resolve_backend,
+    HAS_TRITON,
+)
+
+if HAS_TRITON:
+    import triton
+
+    from .kernels.lif import lif_bwd_kernel, lif_fwd_kernel
+
+BLOCK = 1024
+NUM_WARPS = 4
+
+
+def _check_lif_args(x, beta, surrogate, decay, input_scale, v_th, reset, v_reset, detach_reset, h, v0,
+                    return_v, save_dtype):
+    """Validates everything before any kernel runs; returns (beta [T] in the math dtype, hard_reset)."""
+    check_tensor("x", x)
+    if x.dim() < 1 or x.shape[0] == 0:
+        raise ValueError(f"x must have shape [T, ...] with T >= 1, got shape {list(x.shape)}")
+    check_surrogate(surrogate, h)
+    for name, value in (("decay", decay), ("input_scale", input_scale), ("v_th", v_th), ("v_reset", v_reset)):
+        check_real(name, value)
+    hard_reset = check_reset(reset)
+    check_flag("detach_reset", detach_reset)
+    check_flag("return_v", return_v)
+    check_save_dtype(save_dtype)
+    if v0 is not None:
+        check_tensor("v0", v0, device=x.device)
+        if v0.shape != x.shape[1:]:
+            raise ValueError(f"v0 must have shape {list(x.shape[1:])} (x.shape[1:]), got {list(v0.shape)}")
+    beta = check_beta(beta, x.shape[0], x.device, _math_dtype(x.dtype))
+    return beta, hard_reset
+
+
+def _math_dtype(dtype):
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+# ---------------------------------------------------------------------------------------------
+# Reference: a loop over T with autograd through a Heaviside step whose derivative is f(u; beta).
+# ---------------------------------------------------------------------------------------------
+
+
+class HeavisideSurrogate(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, u, beta, surrogate, v_th, h):
+        ctx.save_for_backward(u, beta)
+        ctx.surrogate, ctx.v_th, ctx.h = surrogate, v_th, h
+        return (u - v_th >= 0).to(u.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_spike):
+        u, beta = ctx.saved_tensors
+        return grad_spike * surrogate_grad(u, beta, ctx.surrogate, ctx.v_th, ctx.h), None, None, None, None
+
+
+def lif_multistep_ref(x, beta, surrogate="box", *, decay=0.5, input_scale=0.5, v_th=1.0, reset="soft",
+                      v_reset=0.0, detach_reset=False, h=0.5, v0=None, return_v=False, backend="auto",
+                      save_dtype=None):
+    """Readable reference of ``lif_multistep`` (``backend`` and ``save_dtype`` are accepted and ignored).
+
+    Computes in x's dtype (use float64 to compare against the kernels).
+    """
+    beta, hard_reset = _check_lif_args(x, beta, surrogate, decay, input_scale, v_th, reset, v_reset,
+                                       detach_reset, h, v0, return_v, save_dtype)
+    beta = beta.to(x.dtype)
+    v = torch.zeros_like(x[0]) if v0 is None else v0.to(x.dtype)
+    spikes = []
+    for t in range(x.shape[0]):
+        u = decay * v + input_scale * x[t]
+        s = HeavisideSurrogate.apply(u, beta[t], surrogate, v_th, h)
+        s_reset = s.detach() if detach_reset else s
+        v = (1 - s_reset) * u + s_reset * v_reset if hard_reset else u - v_th * s_reset
+        spikes.append(s)
+    spikes = torch.stack(spikes)
+    return (spikes, v) if return_v else spikes
+
+
+# ---------------------------------------------------------------------------------------------
+# Triton launchers.
+# ---------------------------------------------------------------------------------------------
+
+
+def lif_fwd(x, v0, decay, input_scale, v_th, hard_reset, v_reset, return_v, save_dtype):
+    """x [T, N] contiguous -> spikes [T, N] (x.dtype), d [T, N] (save_dtype), v_last [N] or [0] (fp32)."""
+    T, N = x.shape
+    spikes = torch.empty_like(x)
+    d = torch.empty((T, N), dtype=save_dtype, device=x.device)
+    v_last = torch.empty((N if return_v else 0,), dtype=torch.float32, device=x.device)
+    if N > 0:
+        lif_fwd_kernel[(triton.cdiv(N, BLOCK),)](
+            x, v0 if v0 is not None else x, spikes, d, v_last if return_v else d,
+            N, T, decay, input_scale, v_th, v_reset,
+            HAS_V0=v0 is not None, HARD_RESET=hard_reset, STORE_V_LAST=return_v,
+            BLOCK=BLOCK, num_warps=NUM_WARPS,
+        )
+    return spikes, d, v_last
+
+
+def lif_bwd(grad_spikes, d, beta, grad_v_last, surrogate_id, decay, input_scale, v_th, hard_reset, v_reset,
+            detach_reset, h, need_grad_v0):
+    """-> grad_x [T, N] (grad_spikes.dtype), grad_v0 [N] or [0] (fp32)."""
+    T, N = grad_spikes.shape
+    grad_x = torch.empty_like(grad_spikes)
+    grad_v0 = torch.empty((N if need_grad_v0 else 0,), dtype=torch.float32, device=d.device)
+    if N > 0:
+        lif_bwd_kernel[(triton.cdiv(N, BLOCK),)](
+            grad_spikes, d, beta, grad_v_last if grad_v_last is not None else d, grad_x,
+            grad_v0 if need_grad_v0 else d,
+            N, T, (T - 1) * N, decay, input_scale, v_th, v_reset, h,
+            SURROGATE=surrogate_id, HARD_RESET=hard_reset, DETACH_RESET=detach_reset,
+            HAS_GRAD_V_LAST=grad_v_last is not None, STORE_GRAD_V0=need_grad_v0,
+            BLOCK=BLOCK, num_warps=NUM_WARPS,
+        )
+    return grad_x, grad_v0
+
+
+# ---------------------------------------------------------------------------------------------
+# Eager backend: the same analytic forward/backward as the kernels, in PyTorch, on any device.
+# ---------------------------------------------------------------------------------------------
+
+
+def lif_fwd_torch(x, v0, decay, input_scale, v_th, hard_reset, v_reset, return_v, save_dtype):
+    T, N = x.shape
+    math_dtype = _math_dtype(x.dtype)
+    v = torch.zeros(N, dtype=math_dtype, device=x.device) if v0 is None else v0.to(math_dtype)
+    spikes = torch.empty_like(x)
+    d = torch.empty((T, N), dtype=save_dtype, device=x.device)
+    for t in range(T):
+        u = decay * v + input_scale * x[t].to(math_dtype)
+        d_t = u - v_th
+        spike = d_t >= 0
+        v = torch.where(spike, v_reset, u) if hard_reset else torch.where(spike, u - v_th, u)
+        spikes[t] = spike
+        d[t] = d_t
+    return spikes, d, (v if return_v else v.new_empty(0))
+
+
+def lif_bwd_torch(grad_spikes, d, beta, grad_v_last, surrogate_id, decay, input_scale, v_th, hard_reset,
+                  v_reset, detach_reset, h, need_grad_v0):
+    T, N = grad_spikes.shape
+    math_dtype = _math_dtype(grad_spikes.dtype)
+    carry = torch.zeros(N, dtype=math_dtype, device=d.device) if grad_v_last is None else grad_v_last.to(math_dtype)
+    grad_x = torch.empty_like(grad_spikes)
+    for t in reversed(range(T)):
+        d_t = d[t].to(math_dtype)
+        f = surrogate_grad(d_t, beta[t].to(math_dtype), SURROGATES[surrogate_id], v_th=0.0, h=h)
+        if hard_reset:
+            no_spike = (d_t < 0).to(math_dtype)
+            dv_du = no_spike if detach_reset else no_spike + ((v_reset - v_th) - d_t) * f
+        else:
+            dv_du = 1.0 if detach_reset else 1.0 - v_th * f
+        delta = grad_spikes[t].to(math_dtype) * f + carry * dv_du
+        grad_x[t] = input_scale * delta
+        carry = decay * delta
+    return grad_x, (carry if need_grad_v0 else carry.new_empty(0))
+
+
+# ---------------------------------------------------------------------------------------------
+# torch.library ops (opaque to torch.compile) and their autograd.
+# ---------------------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("a2sg_triton::lif_fwd", mutates_args=())
+def lif_fwd_op(x: torch.Tensor, beta: torch.Tensor, v0: Optional[torch.Tensor], surrogate_id: int, decay: float,
+               input_scale: float, v_th: float, hard_reset: bool, v_reset: float, detach_reset: bool, h: float,
+               return_v: bool, save_dtype: torch.dtype, backend: str
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """-> spikes [T, N], d = u - v_th [T, N] (saved for backward), v_last [N] or [0].
+
+    beta, surrogate_id, detach_reset and h are unused here; they are inputs so that backward gets them.
+    """
+    fwd = lif_fwd if backend == "triton" else lif_fwd_torch
+    return fwd(x, v0, decay, input_scale, v_th, hard_reset, v_reset, return_v, save_dtype)
+
+
+@lif_fwd_op.register_fake
+def _(x, beta, v0, surrogate_id, decay, input_scale, v_th, hard_reset, v_reset, detach_reset, h, return_v,
+      save_dtype, backend):
+    T, N = x.shape
+    v_last = x.new_empty((N if return_v else 0,), dtype=_math_dtype(x.dtype))
+    return torch.empty_like(x), x.new_empty((T, N), dtype=save_dtype), v_last
+
+
+@torch.library.custom_op("a2sg_triton::lif_bwd", mutates_args=())
+def lif_bwd_op(grad_spikes: torch.Tensor, d: torch.Tensor, beta: torch.Tensor, grad_v_last: Optional[torch.Tensor],
+               surrogate_id: int, decay: float, input_scale: float, v_th: float, hard_reset: bool, v_reset: float,
+               detach_reset: bool, h: float, need_grad_v0: bool, backend: str
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> grad_x [T, N] (grad_spikes.dtype), grad_v0 [N] or [0] in the math dtype."""
+    bwd = lif_bwd if backend == "triton" else lif_bwd_torch
+    return bwd(grad_spikes, d, beta, grad_v_last, surrogate_id, decay, input_scale, v_th, hard_reset, v_reset,
+               detach_reset, h, need_grad_v0)
+
+
+@lif_bwd_op.register_fake
+def _(grad_spikes, d, beta, grad_v_last, surrogate_id, decay, input_scale, v_th, hard_reset, v_reset,
+      detach_reset, h, need_grad_v0, backend):
+    T, N = grad_spikes.shape
+    grad_v0 = grad_spikes.new_empty((N if need_grad_v0 else 0,), dtype=_math_dtype(grad_spikes.dtype))
+    return torch.empty_like(grad_spikes), grad_v0
+
+
+def _lif_setup_context(ctx, inputs, output):
+    (x, beta, v0, surrogate_id, decay, input_scale, v_th, hard_reset, v_reset, detach_reset, h, return_v,
+     save_dtype, backend) = inputs
+    ctx.save_for_backward(output[1], beta)
+    ctx.mark_non_differentiable(output[1])
+    ctx.params = (surrogate_id, decay, input_scale, v_th, hard_reset, v_reset, detach_reset, h)
+    ctx.return_v, ctx.backend = return_v, backend
+    ctx.v0_dtype = None if v0 is None else v0.dtype
+    ctx.x_dtype = x.dtype
+
+
+def _lif_backward(ctx, grad_spikes, grad_d, grad_v_last):
+    d, beta = ctx.saved_tensors
+    if grad_spikes is None:
+        grad_spikes = torch.zeros(d.shape, dtype=ctx.x_dtype, device=d.device)
+    need_grad_v0 = ctx.v0_dtype is not None and ctx.needs_input_grad[2]
+    grad_x, grad_v0 = lif_bwd_op(grad_spikes.contiguous(), d, beta,
+                                 grad_v_last.contiguous() if ctx.return_v and grad_v_last is not None else None,
+                                 *ctx.params, need_grad_v0, ctx.backend)
+    grad_v0 = grad_v0.to(ctx.v0_dtype) if need_grad_v0 else None
+    return grad_x, None, grad_v0, None, None, None, None, None, None, None, None, None, None, None
+
+
+lif_fwd_op.register_autograd(_lif_backward, setup_context=_lif_setup_context)
+
+
+def lif_multistep(x, beta, surrogate="box", *, decay=0.5, input_scale=0.5, v_th=1.0, reset="soft", v_reset=0.0,
+                  detach_reset=False, h=0.5, v0=None, return_v=False, backend="auto", save_dtype=None):
+    """Multistep LIF over x [T, *]; returns spikes (x.dtype), or (spikes, v_T) with ``return_v``.
+
+    beta: float or tensor [T], the surrogate width per timestep (used by backward only; it is never
+    read on the host, so changing its values neither syncs nor recompiles). save_dtype: dtype of the
+    one tensor saved for backward, u - v_th (None = fp32; torch.bfloat16 halves it).
+    """
+    beta, hard_reset = _check_lif_args(x, beta, surrogate, decay, input_scale, v_th, reset, v_reset,
+                                       detach_reset, h, v0, return_v, save_dtype)
+    backend = resolve_backend(backend, x)
+    T = x.shape[0]
+    N = math.prod(x.shape[1:])
+    spikes, _, v_last = lif_fwd_op(
+        x.reshape(T, N).contiguous(), beta, None if v0 is None else v0.reshape(N).contiguous(),
+        SURROGATES.index(surrogate), float(decay), float(input_scale), float(v_th), hard_reset, float(v_reset),
+        detach_reset, float(h), return_v, save_dtype or _math_dtype(x.dtype), backend,
+    )
+    spikes = spikes.view(x.shape)
+    if return_v:
+        return spikes, v_last.view(x.shape[1:]).to(x.dtype)
+    return spikes

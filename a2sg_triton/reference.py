@@ -1,0 +1,5 @@
+"""Readable eager references of the fused ops, for tests and for reading the math."""
+
+from .lif import lif_multistep_ref as lif_multistep
+
+__all__ = ["lif_multistep"]

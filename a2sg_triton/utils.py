@@ -1,0 +1,102 @@
+"""Argument checks and backend choice shared by the ops (DESIGN.md 4, 5)."""
+
+import math
+import os
+
+import torch
+
+try:
+    import triton  # noqa: F401
+
+    HAS_TRITON = True
+except ImportError:  # e.g. macOS: only the torch backend is available
+    HAS_TRITON = False
+
+BACKENDS = ("auto", "triton", "torch")
+RESETS = ("soft", "hard")
+TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+SAVE_DTYPES = (torch.float32, torch.bfloat16)
+
+
+def triton_interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def is_compiling() -> bool:
+    return torch.compiler.is_compiling()
+
+
+def check_tensor(name, value, *, device=None, allow_float64=True):
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if not value.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got {value.dtype}")
+    if not allow_float64 and value.dtype == torch.float64:
+        raise TypeError(f"{name} must be float32, float16 or bfloat16, got {value.dtype}")
+    if device is not None and value.device != device:
+        raise ValueError(f"{name} is on {value.device} but x is on {device}; move them to one device")
+
+
+def check_real(name, value, *, minimum=None):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return float(value)
+
+
+def check_flag(name, value):
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+    return value
+
+
+def check_reset(reset):
+    if not isinstance(reset, str) or reset not in RESETS:
+        raise ValueError(f"reset must be one of {RESETS}, got {reset!r}")
+    return reset == "hard"
+
+
+def check_beta(beta, T, device, dtype):
+    """beta as a float or a tensor of shape [T] (or 0-d) -> contiguous [T] tensor of ``dtype``.
+
+    Values of a tensor beta are checked when it lives on the CPU; on a GPU that check would force a
+    device-to-host sync on every call, so there only its shape, dtype and device are checked.
+    """
+    if isinstance(beta, torch.Tensor):
+        check_tensor("beta", beta, device=device)
+        if beta.dim() > 1 or (beta.dim() == 1 and beta.shape[0] != T):
+            raise ValueError(f"beta must be a float or a tensor of shape [T] = [{T}], got shape {list(beta.shape)}")
+        if beta.device.type == "cpu" and not is_compiling():
+            if not bool(torch.isfinite(beta).all()) or bool((beta <= 0).any()):
+                raise ValueError(f"beta must be finite and > 0, got {beta.tolist()}")
+        return beta.detach().to(dtype).expand(T).contiguous()
+    value = check_real("beta", beta)
+    if value <= 0:
+        raise ValueError(f"beta must be > 0, got {value}")
+    return torch.full((T,), value, dtype=dtype, device=device)
+
+
+def check_save_dtype(save_dtype):
+    if save_dtype is not None and save_dtype not in SAVE_DTYPES:
+        raise ValueError(f"save_dtype must be None, torch.float32 or torch.bfloat16, got {save_dtype}")
+
+
+def resolve_backend(backend, x):
+    """'auto' -> 'triton' for CUDA tensors of a kernel dtype, else 'torch'."""
+    if not isinstance(backend, str) or backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        return "triton" if HAS_TRITON and x.is_cuda and x.dtype in TRITON_DTYPES else "torch"
+    if backend == "triton":
+        if not HAS_TRITON:
+            raise ValueError("backend='triton' needs the triton package; use backend='torch'")
+        if not (x.is_cuda or (x.device.type == "cpu" and triton_interpreting())):
+            raise ValueError(
+                f"backend='triton' needs CUDA tensors (or CPU tensors with TRITON_INTERPRET=1), x is on {x.device}"
+            )
+        if x.dtype not in TRITON_DTYPES:
+            raise TypeError(f"backend='triton' takes x in float32, float16 or bfloat16, got {x.dtype}")
+    return backend

@@ -1,0 +1,1 @@
+"""Pure ``@triton.jit`` code; installed as ``a2sg_triton.kernels``."""

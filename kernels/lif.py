@@ -1,0 +1,112 @@
+import triton
+import triton.language as tl
+
+from .surrogate import surrogate_grad
+
+
+@triton.jit
+def lif_fwd_kernel(
+    x_ptr,  # [T, N] input current, any float dtype
+    v0_ptr,  # [N] initial membrane potential (read only when HAS_V0)
+    spikes_ptr,  # [T, N] out, x's dtype
+    d_ptr,  # [T, N] out, u - v_th saved for backward (fp32 or bf16)
+    v_last_ptr,  # [N] out, fp32 v[T-1] (written only when STORE_V_LAST)
+    N,
+    T,
+    decay,
+    input_scale,
+    v_th,
+    v_reset,
+    HAS_V0: tl.constexpr,
+    HARD_RESET: tl.constexpr,
+    STORE_V_LAST: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    pid = tl.program_id(0).to(tl.int64)
+    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < N
+    if HAS_V0:
+        v = tl.load(v0_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    else:
+        v = tl.zeros([BLOCK], dtype=tl.float32)
+    x_ptrs = x_ptr + offs
+    spikes_ptrs = spikes_ptr + offs
+    d_ptrs = d_ptr + offs
+    for _ in range(T):
+        x = tl.load(x_ptrs, mask=mask, other=0.0).to(tl.float32)
+        u = decay * v + input_scale * x
+        d = u - v_th
+        spike = d >= 0.0
+        if HARD_RESET:
+            v = tl.where(spike, v_reset, u)
+        else:
+            v = tl.where(spike, u - v_th, u)
+        tl.store(spikes_ptrs, spike.to(spikes_ptr.dtype.element_ty), mask=mask)
+        # Saving u - v_th (not u) keeps the sign exact in bf16, so backward recomputes every spike.
+        tl.store(d_ptrs, d.to(d_ptr.dtype.element_ty), mask=mask)
+        # Pointer increments stay 64-bit, so T * N may exceed 2^31.
+        x_ptrs += N
+        spikes_ptrs += N
+        d_ptrs += N
+    if STORE_V_LAST:
+        tl.store(v_last_ptr + offs, v, mask=mask)
+
+
+@triton.jit
+def lif_bwd_kernel(
+    grad_spikes_ptr,  # [T, N] dL/ds
+    d_ptr,  # [T, N] u - v_th from the forward
+    beta_ptr,  # [T] fp32 surrogate width per timestep
+    grad_v_last_ptr,  # [N] dL/dv[T-1] (read only when HAS_GRAD_V_LAST)
+    grad_x_ptr,  # [T, N] out, x's dtype
+    grad_v0_ptr,  # [N] out, fp32 (written only when STORE_GRAD_V0)
+    N,
+    T,
+    last_step_offset,  # (T - 1) * N, from the host so that it is 64-bit when large
+    decay,
+    input_scale,
+    v_th,
+    v_reset,
+    h,
+    SURROGATE: tl.constexpr,
+    HARD_RESET: tl.constexpr,
+    DETACH_RESET: tl.constexpr,
+    HAS_GRAD_V_LAST: tl.constexpr,
+    STORE_GRAD_V0: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    pid = tl.program_id(0).to(tl.int64)
+    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < N
+    # carry = dL/dv[t], flowing from t + 1 back to t
+    if HAS_GRAD_V_LAST:
+        carry = tl.load(grad_v_last_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    else:
+        carry = tl.zeros([BLOCK], dtype=tl.float32)
+    grad_spikes_ptrs = grad_spikes_ptr + last_step_offset + offs
+    d_ptrs = d_ptr + last_step_offset + offs
+    grad_x_ptrs = grad_x_ptr + last_step_offset + offs
+    for i in range(T):
+        beta = tl.load(beta_ptr + (T - 1 - i))
+        d = tl.load(d_ptrs, mask=mask, other=0.0).to(tl.float32)
+        grad_s = tl.load(grad_spikes_ptrs, mask=mask, other=0.0).to(tl.float32)
+        f = surrogate_grad(d, beta, h, SURROGATE)
+        if HARD_RESET:
+            no_spike = tl.where(d >= 0.0, 0.0, 1.0)
+            if DETACH_RESET:
+                dv_du = no_spike
+            else:
+                dv_du = no_spike + ((v_reset - v_th) - d) * f
+        else:
+            if DETACH_RESET:
+                dv_du = 1.0
+            else:
+                dv_du = 1.0 - v_th * f
+        delta = grad_s * f + carry * dv_du
+        tl.store(grad_x_ptrs, (input_scale * delta).to(grad_x_ptr.dtype.element_ty), mask=mask)
+        carry = decay * delta
+        grad_spikes_ptrs -= N
+        d_ptrs -= N
+        grad_x_ptrs -= N
+    if STORE_GRAD_V0:
+        tl.store(grad_v0_ptr + offs, carry, mask=mask)

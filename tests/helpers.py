@@ -1,0 +1,84 @@
+"""Shared test helpers: the kernel device, edge-aware comparison against the float64 reference."""
+
+import torch
+
+import a2sg_triton
+from a2sg_triton.reference import lif_multistep as lif_ref
+
+KERNEL_DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+WINDOWED = ("box", "tri", "asy", "asy_unit")
+# A neuron whose float64 membrane sits closer than this to the threshold or a window edge may flip
+# in fp32; it is left out of the comparison (and the tests check that few are).
+EDGE_MARGIN = 1e-4
+
+
+def edge_neurons(x, beta, surrogate, v0=None, **neuron):
+    """Bool [N]: neurons whose float64 trajectory comes within EDGE_MARGIN of an edge at any t."""
+    T = x.shape[0]
+    x = x.double().reshape(T, -1)
+    beta = torch.as_tensor(beta, dtype=torch.float64, device=x.device).expand(T)
+    decay, input_scale = neuron.get("decay", 0.5), neuron.get("input_scale", 0.5)
+    v_th, v_reset = neuron.get("v_th", 1.0), neuron.get("v_reset", 0.0)
+    hard = neuron.get("reset", "soft") == "hard"
+    v = torch.zeros_like(x[0]) if v0 is None else v0.double().reshape(-1)
+    near = torch.zeros(x.shape[1], dtype=torch.bool, device=x.device)
+    for t in range(T):
+        u = decay * v + input_scale * x[t]
+        d = u - v_th
+        near |= d.abs() < EDGE_MARGIN
+        if surrogate in WINDOWED:
+            near |= (d.abs() - beta[t]).abs() < EDGE_MARGIN
+        s = d >= 0
+        v = torch.where(s, torch.full_like(u, v_reset), u) if hard else torch.where(s, u - v_th, u)
+    return near
+
+
+def dyadic(shape, generator, device, scale=8):
+    """Random weights k/scale, exact in fp16, so the upstream gradient carries no rounding."""
+    return (torch.randint(-2 * scale, 2 * scale + 1, shape, generator=generator) / scale).to(device)
+
+
+def run_lif(fn, x, beta, surrogate, v0, w_s, w_v, dtype, **kwargs):
+    """Forward and backward of loss = <w_s, spikes> + <w_v, v_T>; returns spikes, v_T, grad_x, grad_v0."""
+    x = x.to(dtype).detach().requires_grad_()
+    v0 = None if v0 is None else v0.to(dtype).detach().requires_grad_()
+    return_v = w_v is not None
+    out = fn(x, beta, surrogate, v0=v0, return_v=return_v, **kwargs)
+    spikes, v_last = out if return_v else (out, None)
+    loss = (spikes * w_s.to(dtype)).sum()
+    if return_v:
+        loss = loss + (v_last * w_v.to(dtype)).sum()
+    loss.backward()
+    return spikes, v_last, x.grad, None if v0 is None else v0.grad
+
+
+def compare_to_reference(x, beta, surrogate, *, v0=None, with_v=True, dtype=torch.float32, backend="triton",
+                         seed=0, **neuron):
+    """Runs the op and the float64 reference and asserts forward equality and gradient closeness."""
+    g = torch.Generator().manual_seed(seed)
+    w_s = dyadic(x.shape, g, x.device)
+    w_v = dyadic(x.shape[1:], g, x.device) if with_v else None
+    # The reference sees exactly the values the op sees (x and v0 rounded to dtype first).
+    x = x.to(dtype)
+    v0 = None if v0 is None else v0.to(dtype)
+    ref = run_lif(lif_ref, x, beta, surrogate, v0, w_s, w_v, torch.float64, **neuron)
+    out = run_lif(a2sg_triton.lif_multistep, x, beta, surrogate, v0, w_s, w_v, dtype, backend=backend, **neuron)
+
+    keep = ~edge_neurons(x, beta, surrogate, v0, **neuron).reshape(x.shape[1:])
+    assert keep.float().mean() > 0.95, "too many neurons sit on an edge for a meaningful comparison"
+    spikes, spikes_ref = out[0], ref[0]
+    assert spikes.dtype == dtype and spikes.shape == x.shape
+    assert torch.equal(spikes.double()[:, keep], spikes_ref[:, keep])
+    assert spikes_ref[:, keep].sum() > 0, "no spikes: the inputs do not exercise the reset"
+    # fp32 math: a few ulps of the largest term; fp16/bf16 outputs: one rounding of the output.
+    rtol = 1e-5 if dtype == torch.float32 else 2 ** -(8 if dtype == torch.bfloat16 else 10)
+    for name, got, want, mask in (("v_T", out[1], ref[1], keep), ("grad_x", out[2], ref[2], (slice(None), keep)),
+                                  ("grad_v0", out[3], ref[3], keep)):
+        if want is None:
+            assert got is None, name
+            continue
+        assert got is not None and got.dtype == dtype, name
+        want = want[mask]
+        atol = rtol * max(want.abs().max().item(), 1.0)
+        torch.testing.assert_close(got.double()[mask], want, rtol=rtol, atol=atol, msg=lambda m: f"{name}: {m}")
+    return ref, out

@@ -1,0 +1,177 @@
+"""lif_multistep (Triton under the interpreter on CPU, and the torch backend) against the float64 reference."""
+
+import pytest
+import torch
+
+import a2sg_triton
+from a2sg_triton import SURROGATES
+from helpers import KERNEL_DEVICE, compare_to_reference
+
+# Odd neuron shape: 5 * 509 = 2545 neurons -> three 1024-wide blocks, the last one partial.
+NEURON_SHAPE = (5, 509)
+PER_STEP_BETA = [0.3, 0.5, 0.8, 0.45, 0.2, 0.65, 0.35]
+OTHER_NEURON = dict(decay=0.75, input_scale=1.2, v_th=0.8, v_reset=-0.1)
+
+
+def make_input(T, seed=0, device=KERNEL_DEVICE, shape=NEURON_SHAPE):
+    """Membranes spread over and around the threshold so that windows and resets are exercised."""
+    g = torch.Generator().manual_seed(seed)
+    return (1.5 + 1.5 * torch.randn((T, *shape), generator=g)).to(device)
+
+
+def make_v0(seed=1, device=KERNEL_DEVICE, shape=NEURON_SHAPE):
+    g = torch.Generator().manual_seed(seed)
+    return (0.5 * torch.randn(shape, generator=g)).to(device)
+
+
+def beta_for(kind, T, device=KERNEL_DEVICE):
+    return 0.5 if kind == "scalar" else torch.tensor(PER_STEP_BETA[:T], device=device)
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("beta_kind", ["scalar", "per_step"])
+@pytest.mark.parametrize("T", [1, 2, 4, 7])
+@pytest.mark.parametrize("detach_reset", [False, True], ids=["attached", "detached"])
+@pytest.mark.parametrize("reset", ["soft", "hard"])
+@pytest.mark.parametrize("surrogate", SURROGATES)
+def test_matches_reference(surrogate, reset, detach_reset, T, beta_kind, dtype, backend):
+    compare_to_reference(make_input(T), beta_for(beta_kind, T), surrogate, v0=make_v0(), dtype=dtype,
+                         backend=backend, reset=reset, detach_reset=detach_reset)
+
+
+@pytest.mark.parametrize("detach_reset", [False, True], ids=["attached", "detached"])
+@pytest.mark.parametrize("reset", ["soft", "hard"])
+@pytest.mark.parametrize("surrogate", SURROGATES)
+def test_other_neuron_constants(surrogate, reset, detach_reset):
+    compare_to_reference(make_input(4), beta_for("per_step", 4), surrogate, v0=make_v0(), reset=reset,
+                         detach_reset=detach_reset, h=0.7, **OTHER_NEURON)
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+@pytest.mark.parametrize("reset", ["soft", "hard"])
+def test_defaults_without_state(reset, backend):
+    """No v0 and no v_T: the kernels' HAS_V0 / STORE_V_LAST / HAS_GRAD_V_LAST = False paths."""
+    compare_to_reference(make_input(4), 0.4, "tri", with_v=False, backend=backend, reset=reset)
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_outputs_fully_written(nan_outputs, backend):
+    """Outputs start as NaN (fixture), so any element the kernels skip fails the comparison."""
+    compare_to_reference(make_input(7), beta_for("per_step", 7), "asy", v0=make_v0(), backend=backend,
+                         reset="hard")
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_small_and_degenerate_shapes(backend):
+    for shape in [(1,), (3,), (2, 3, 1, 5)]:
+        compare_to_reference(make_input(3, shape=shape), 0.5, "sigmoid", v0=make_v0(shape=shape), backend=backend)
+    empty = torch.zeros(3, 0, device=KERNEL_DEVICE)
+    spikes, v = a2sg_triton.lif_multistep(empty, 0.5, backend=backend, return_v=True)
+    assert spikes.shape == (3, 0) and v.shape == (0,)
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_non_contiguous_input_and_no_mutation(backend):
+    base = make_input(4, shape=(509, 5)).transpose(1, 2)  # [T, 5, 509], not contiguous
+    assert not base.is_contiguous()
+    v0 = make_v0(shape=(509, 5)).t()
+    beta = torch.tensor(PER_STEP_BETA[:4], device=KERNEL_DEVICE)
+    snapshots = [t.clone() for t in (base, v0, beta)]
+    compare_to_reference(base, beta, "box", v0=v0, backend=backend)
+    for before, after in zip(snapshots, (base, v0, beta)):
+        assert torch.equal(before, after)
+
+
+@pytest.mark.parametrize("reset, detach_reset", [("soft", False), ("soft", True), ("hard", True)])
+def test_bf16_saved_state_keeps_spikes_and_box_gradients(reset, detach_reset):
+    """save_dtype=bf16 stores u - v_th: its sign survives, so the recomputed spike (1 - s) is exact.
+
+    BOX's value does not depend on where in the window u lies, so where backward uses u only through
+    f and s (not the attached hard reset's (v_reset - u) f) the gradients are unchanged, as long as
+    no neuron sits within bf16 rounding of a window edge (checked below).
+    """
+    x = make_input(4, device="cpu")
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(x.shape, generator=g)
+    grads = {}
+    for save_dtype in (None, torch.bfloat16):
+        xx = x.clone().requires_grad_()
+        s = a2sg_triton.lif_multistep(xx, 0.5, "box", reset=reset, detach_reset=detach_reset, backend="torch",
+                                      save_dtype=save_dtype)
+        (s * w).sum().backward()
+        grads[save_dtype] = xx.grad
+    # neurons whose |u - v_th| is within bf16 rounding (2^-8 relative) of the window edge 0.5
+    u_rel = torch.stack(_membranes(x, hard=reset == "hard")) - 1.0
+    near = ((u_rel.abs() - 0.5).abs() < 0.5 * 2**-7).any(0)
+    assert near.float().mean() < 0.05
+    torch.testing.assert_close(grads[torch.bfloat16][:, ~near], grads[None][:, ~near], rtol=0, atol=0)
+
+
+def _membranes(x, hard):
+    v, us = torch.zeros_like(x[0]), []
+    for t in range(x.shape[0]):
+        u = 0.5 * v + 0.5 * x[t]
+        us.append(u)
+        s = u >= 1.0
+        v = torch.where(s, 0.0, u) if hard else torch.where(s, u - 1.0, u)
+    return us
+
+
+@pytest.mark.parametrize("save_dtype", [None, torch.bfloat16])
+def test_only_u_is_saved(save_dtype):
+    """Backward keeps exactly one [T, N] tensor (u - v_th, in save_dtype) and the [T] beta vector."""
+    x = make_input(4, device="cpu").requires_grad_()
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        a2sg_triton.lif_multistep(x, 0.5, backend="torch", save_dtype=save_dtype)
+    shapes = sorted((tuple(t.shape), t.dtype) for t in saved)
+    expected = sorted([((4,), torch.float32), ((4, x[0].numel()), save_dtype or torch.float32)])
+    assert shapes == expected
+
+
+@pytest.mark.parametrize("surrogate", SURROGATES)
+@pytest.mark.parametrize("detach_reset", [False, True], ids=["attached", "detached"])
+@pytest.mark.parametrize("reset", ["soft", "hard"])
+def test_backends_agree_in_float64_torch(surrogate, reset, detach_reset):
+    """The torch backend computes in float64 for float64 input: it must match the reference tightly."""
+    x = make_input(5, device="cpu").double()
+    ref, out = compare_to_reference(x, torch.tensor(PER_STEP_BETA[:5]), surrogate, v0=make_v0(device="cpu"),
+                                    dtype=torch.float64, backend="torch", reset=reset, detach_reset=detach_reset)
+    torch.testing.assert_close(out[2], ref[2], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("detach_reset", [False, True], ids=["attached", "detached"])
+@pytest.mark.parametrize("reset", ["soft", "hard"])
+@pytest.mark.parametrize("surrogate", ["box", "tri", "asy", "asy_unit"])
+def test_gradcheck_torch_backend(surrogate, reset, detach_reset):
+    """gradcheck compares the analytic backward with finite differences of the forward.
+
+    The surrogate is not the derivative of the step, so the two agree only where every membrane
+    stays outside the surrogate window; the inputs are built so (checked), which makes gradcheck
+    verify the decay / input_scale / reset / v0 / v_T chain of the backward exactly.
+    """
+    g = torch.Generator().manual_seed(7)
+    x = (torch.randint(0, 2, (4, 3, 5), generator=g) * 2.2 + 0.1 * torch.rand((4, 3, 5), generator=g))
+    x = x.double().requires_grad_()
+    v0 = (0.1 * torch.rand((3, 5), generator=g)).double().requires_grad_()
+    beta = 0.05
+    neuron = dict(reset=reset, detach_reset=detach_reset, v_reset=0.05)
+
+    def fn(x, v0):
+        return a2sg_triton.lif_multistep(x, beta, surrogate, v0=v0, return_v=True, backend="torch", **neuron)
+
+    u = a2sg_triton.lif_multistep(x.detach(), beta, surrogate, v0=v0.detach(), return_v=True, backend="torch",
+                                  **neuron)
+    assert u[0].sum() > 0 and u[0].sum() < u[0].numel()  # both spikes and silences
+    _assert_outside_window(x.detach(), v0.detach(), 2 * beta, **neuron)
+    assert torch.autograd.gradcheck(fn, (x, v0), eps=1e-6, atol=1e-9, nondet_tol=0.0)
+
+
+def _assert_outside_window(x, v0, margin, reset, detach_reset, v_reset):
+    v = v0.clone()
+    for t in range(x.shape[0]):
+        u = 0.5 * v + 0.5 * x[t]
+        assert ((u - 1.0).abs() >= margin).all(), "a membrane lies inside the window; gradcheck would be void"
+        s = u >= 1.0
+        v = torch.where(s, v_reset, u) if reset == "hard" else torch.where(s, u - 1.0, u)

@@ -1,0 +1,116 @@
+"""nn.LIF, torch.compile without graph breaks, and torch.library.opcheck of the registered ops."""
+
+import pytest
+import torch
+
+import a2sg_triton
+from a2sg_triton.lif import lif_bwd_op, lif_fwd_op
+from a2sg_triton.nn import LIF
+from helpers import KERNEL_DEVICE
+
+
+def test_paper_neuron_and_beta_buffer():
+    lif = LIF(T=4, surrogate="asy", tau=2.0, beta_init=0.3)
+    assert lif.decay == 0.5 and lif.input_scale == 0.5
+    assert lif.beta.shape == (4,) and torch.all(lif.beta == 0.3)
+    assert "beta" in dict(lif.named_buffers())
+    x = torch.randn(4, 2, 6, dtype=torch.float64)
+    want = a2sg_triton.reference.lif_multistep(x, 0.3, "asy", decay=0.5, input_scale=0.5)
+    assert torch.equal(lif(x), want)
+    other = LIF(T=4, tau=4.0, decay=0.9, input_scale=1.0)
+    assert other.decay == 0.9 and other.input_scale == 1.0
+
+
+def test_state_dict_round_trip():
+    lif = LIF(T=3, surrogate="tri")
+    lif.beta.copy_(torch.tensor([0.2, 0.35, 0.9]))
+    state = lif.state_dict()
+    fresh = LIF(T=3, surrogate="tri")
+    fresh.load_state_dict(state)
+    assert torch.equal(fresh.beta, torch.tensor([0.2, 0.35, 0.9]))
+    x = (2 * torch.randn(3, 4, 5)).requires_grad_()
+    x2 = x.detach().clone().requires_grad_()
+    lif(x).sum().backward()
+    fresh(x2).sum().backward()
+    assert torch.equal(x.grad, x2.grad)
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        LIF(T=4).load_state_dict(state)
+
+
+def test_wrong_T_and_bad_arguments():
+    lif = LIF(T=4)
+    with pytest.raises(ValueError, match=r"LIF expects input \[T=4"):
+        lif(torch.zeros(3, 2))
+    for kwargs, match in [({"T": 0}, "T must be an int >= 1"), ({"T": 2, "tau": 0.0}, "tau must be > 0"),
+                          ({"T": 2, "surrogate": "x"}, "surrogate"), ({"T": 2, "beta_init": -1.0}, "beta"),
+                          ({"T": 2, "reset": "x"}, "reset"), ({"T": 2, "backend": "x"}, "backend"),
+                          ({"T": 2, "surrogate": "asy", "h": 0.1}, "h must be")]:
+        with pytest.raises(ValueError, match=match):
+            LIF(**kwargs)
+
+
+def _model(backend):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 16), LIF(T=3, surrogate="asy", backend=backend),
+                                torch.nn.Linear(16, 8), LIF(T=3, surrogate="tri", reset="hard", backend=backend))
+    with torch.no_grad():  # weights large enough that the second layer spikes too
+        model[2].weight.normal_(0.3, 1.0)
+    return model
+
+
+def _outputs_and_grads(model, x):
+    x = x.clone().requires_grad_()
+    out = model(x)
+    (out * torch.arange(out.shape[-1], device=x.device)).sum().backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    return out, x.grad, grads
+
+
+def _check_compiled_matches_eager(backend, device):
+    torch._dynamo.reset()
+    model = _model(backend).to(device)
+    model[1].beta.copy_(torch.tensor([0.3, 0.5, 0.7]))
+    x = 3 * torch.randn(3, 5, 6, device=device)
+    eager = _outputs_and_grads(model, x)
+    compiled = _outputs_and_grads(torch.compile(model, fullgraph=True), x)
+    assert eager[0].sum() > 0
+    torch.testing.assert_close(compiled[0], eager[0], rtol=0, atol=0)
+    torch.testing.assert_close(compiled[1], eager[1])
+    for got, want in zip(compiled[2], eager[2]):
+        torch.testing.assert_close(got, want)
+    # changing beta (a buffer) takes effect in the compiled model without recompiling
+    model[1].beta.fill_(0.9)
+    torch.testing.assert_close(_outputs_and_grads(torch.compile(model, fullgraph=True), x)[1],
+                               _outputs_and_grads(model, x)[1])
+
+
+def test_torch_compile_fullgraph_cpu():
+    _check_compiled_matches_eager("torch", "cpu")
+
+
+@pytest.mark.gpu
+def test_torch_compile_fullgraph_cuda():
+    _check_compiled_matches_eager("triton", "cuda")
+
+
+def _op_args(backend, device):
+    g = torch.Generator().manual_seed(0)
+    x = (2 * torch.randn(3, 37, generator=g)).to(device).requires_grad_()
+    v0 = torch.randn(37, generator=g).to(device).requires_grad_()
+    beta = torch.tensor([0.3, 0.5, 0.7], device=device)
+    return x, beta, v0
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_opcheck(backend):
+    device = KERNEL_DEVICE if backend == "triton" else "cpu"
+    x, beta, v0 = _op_args(backend, device)
+    for hard, detach, return_v in [(False, False, True), (True, True, False)]:
+        torch.library.opcheck(lif_fwd_op, (x, beta, v0, 2, 0.5, 0.5, 1.0, hard, 0.0, detach, 0.5, return_v,
+                                           torch.float32, backend))
+        torch.library.opcheck(lif_fwd_op, (x, beta, None, 0, 0.5, 0.5, 1.0, hard, 0.0, detach, 0.5, return_v,
+                                           torch.bfloat16, backend))
+    d = torch.randn(3, 37, device=device)
+    torch.library.opcheck(lif_bwd_op, (torch.randn(3, 37, device=device), d, beta, torch.randn(37, device=device),
+                                       1, 0.5, 0.5, 1.0, False, 0.0, False, 0.5, True, backend))
