@@ -12,19 +12,24 @@ SIGMOID: tl.constexpr = tl.constexpr(5)
 
 @triton.jit
 def surrogate_grad(d, beta, h, SURROGATE: tl.constexpr):
-    """f(u; beta) for d = u - v_th (fp32), beta a scalar width; DESIGN.md 3.2."""
+    """f(u; beta) for d = u - v_th (fp32); DESIGN.md 3.2.
+
+    beta is a scalar, or a [BLOCK_K, 1] column against d of shape [1, BLOCK_N] (the candidate
+    statistics). Divisions happen on beta only, so per-element work is multiplications.
+    """
+    half_inv_beta = 0.5 / beta
     in_window = tl.abs(d) < beta
     if SURROGATE == BOX:
-        f = tl.where(in_window, 0.5 / beta, 0.0)
+        f = tl.where(in_window, half_inv_beta, 0.0)
     elif SURROGATE == TRI:
-        f = tl.where(in_window, (beta - tl.abs(d)) / (beta * beta), 0.0)
+        f = tl.where(in_window, (beta - tl.abs(d)) * (1.0 / (beta * beta)), 0.0)
     elif SURROGATE == ASY:
-        f = tl.where(in_window, d * (0.5 / beta) + h, 0.0)
+        f = tl.where(in_window, d * half_inv_beta + h, 0.0)
     elif SURROGATE == ASY_UNIT:
-        f = tl.where(in_window, (d + beta) / (2.0 * beta * beta), 0.0)
+        f = tl.where(in_window, (d + beta) * (half_inv_beta / beta), 0.0)
     elif SURROGATE == ATAN:
-        z = (3.141592653589793 * 0.5 / beta) * d
-        f = (0.5 / beta) / (1.0 + z * z)
+        z = (3.141592653589793 * half_inv_beta) * d
+        f = half_inv_beta / (1.0 + z * z)
     else:  # SIGMOID
         alpha = 2.0 / beta
         sg = tl.sigmoid(alpha * d)
