@@ -1,0 +1,210 @@
+"""The β search of one (layer, timestep): Alg. A2 as read in DESIGN.md 3.6 and docs/math.md.
+
+``search_beta`` draws candidate widths, asks ``evaluate`` for their metric values in one call (the
+fused candidate-statistics kernel), and picks the width: by a GP + LogEI step on a window around
+the best draw ("bo"), or by evaluating that window's grid as well ("grid"). It knows nothing about
+how the metric is computed. The GP is tiny (n_obs points, 1-D) and stays float64 on the CPU; its
+hyperparameter fit is the cost that matters, hence the ``gp_fit`` options (docs/search-gp-cost.md).
+"""
+
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+from botorch.acquisition import LogExpectedImprovement
+from botorch.fit import fit_gpytorch_mll
+from botorch.models import SingleTaskGP
+from botorch.models.transforms.input import Normalize
+from botorch.models.transforms.outcome import Standardize
+from gpytorch.mlls import ExactMarginalLogLikelihood
+
+from .utils import check_flag, check_real
+
+STRATEGIES = ("bo", "grid")
+GP_FITS = ("fit", "warm", "fixed")
+
+# L-BFGS-B iterations of a "warm" fit, which starts from the previous search's hyperparameters.
+WARM_MAXITER = 10
+# The fit is seeded alike every time: BoTorch resamples hyperparameters from their priors (global
+# RNG) when a fit attempt fails; a forked, fixed-seed RNG keeps a search a pure function of its
+# inputs and leaves the caller's RNG stream alone.
+_FIT_SEED = 0
+
+
+def _check_int(name, value, minimum):
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+
+
+def _check_choice(name, value, choices):
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """How one β search runs. ``gp_fit`` only matters for the "bo" strategy:
+
+    "fit"    full hyperparameter fit (``fit_gpytorch_mll``) every search;
+    "warm"   full fit on a site's first search, then a WARM_MAXITER-step fit from the last one's
+             hyperparameters (kept in a ``GPState``);
+    "fixed"  no fit: the ``GPState``'s hyperparameters, by default BoTorch's initial values.
+    """
+
+    strategy: str = "bo"
+    n_obs: int = 100
+    n_eval: int = 150
+    radius: float = 0.05
+    beta_range: tuple = (0.05, 1.0)
+    gp_fit: str = "warm"
+
+    def __post_init__(self):
+        _check_choice("strategy", self.strategy, STRATEGIES)
+        _check_choice("gp_fit", self.gp_fit, GP_FITS)
+        _check_int("n_obs", self.n_obs, 2)
+        _check_int("n_eval", self.n_eval, 1)
+        if check_real("radius", self.radius) <= 0:
+            raise ValueError(f"radius must be > 0, got {self.radius}")
+        if not isinstance(self.beta_range, (tuple, list)) or len(self.beta_range) != 2:
+            raise TypeError(f"beta_range must be a pair (lo, hi), got {self.beta_range!r}")
+        lo, hi = (check_real("beta_range", v) for v in self.beta_range)
+        if not 0 < lo < hi:
+            raise ValueError(f"beta_range must satisfy 0 < lo < hi, got {self.beta_range!r}")
+        object.__setattr__(self, "beta_range", (lo, hi))
+
+
+@dataclass
+class SearchResult:
+    beta: float  # the chosen width
+    best_beta: float  # best observed width
+    best_value: float  # metric value at best_beta, in the metric's own sense
+    predicted: float | None  # GP posterior mean at beta (metric's own sense); None without a GP
+    fell_back: bool  # the GP's choice was rejected (or nothing usable was observed)
+    gp_seconds: float  # wall time of the GP fit + acquisition
+    n_evaluated: int  # candidates passed to evaluate in total
+
+
+# BoTorch's initial values for a 1-D SingleTaskGP: the modes of its LogNormal(sqrt 2, sqrt 3)
+# lengthscale prior and LogNormal(-4, 1) noise prior (normalised β, standardised metric).
+_DEFAULT_HYPERPARAMETERS = {"lengthscale": math.exp(math.sqrt(2) - 3), "noise": math.exp(-5), "mean": 0.0}
+_MODEL_NAMES = {"lengthscale": "covar_module.lengthscale", "noise": "likelihood.noise",
+                "mean": "mean_module.constant"}
+
+
+@dataclass
+class GPState:
+    """GP hyperparameters carried from one search to the next at one search site.
+
+    Values are in the model's units (β normalised to [0, 1], metric standardised), so they carry
+    over between searches whatever the metric's scale. ``fitted`` is False until a search has
+    fitted them; a "warm" search then does a full fit. Keep one per (layer, timestep): the curves
+    differ between sites.
+    """
+
+    lengthscale: float = _DEFAULT_HYPERPARAMETERS["lengthscale"]
+    noise: float = _DEFAULT_HYPERPARAMETERS["noise"]
+    mean: float = _DEFAULT_HYPERPARAMETERS["mean"]
+    fitted: bool = False
+
+    def state_dict(self) -> dict:
+        return {"lengthscale": self.lengthscale, "noise": self.noise, "mean": self.mean, "fitted": self.fitted}
+
+    def load_state_dict(self, state: dict) -> None:
+        if set(state) != {"lengthscale", "noise", "mean", "fitted"}:
+            raise ValueError(f"GPState state must have keys lengthscale, noise, mean, fitted; got {sorted(state)}")
+        for name in _MODEL_NAMES:
+            setattr(self, name, check_real(f"state[{name!r}]", float(state[name])))
+        self.fitted = bool(state["fitted"])
+
+
+def _evaluate(evaluate, betas):
+    values = torch.as_tensor(evaluate(betas), dtype=torch.float64, device="cpu")
+    if values.shape != betas.shape:
+        raise ValueError(f"evaluate must return one value per candidate, shape {tuple(betas.shape)}, "
+                         f"got {tuple(values.shape)}")
+    return values
+
+
+def _fit_gp(beta, y, config, gp_state):
+    """A SingleTaskGP on (beta, y) with hyperparameters set per ``config.gp_fit``; ``gp_state`` is
+    updated with the fitted ones."""
+    lo, hi = config.beta_range
+    bounds = torch.tensor([[lo], [hi]], dtype=torch.float64)
+    model = SingleTaskGP(beta.unsqueeze(-1), y.unsqueeze(-1), input_transform=Normalize(d=1, bounds=bounds),
+                         outcome_transform=Standardize(m=1))
+    state = gp_state if gp_state is not None else GPState()
+    if config.gp_fit == "fixed" or (config.gp_fit == "warm" and state.fitted):
+        model.initialize(**{_MODEL_NAMES[k]: getattr(state, k) for k in _MODEL_NAMES})
+    if config.gp_fit != "fixed":
+        short = config.gp_fit == "warm" and state.fitted
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(_FIT_SEED)
+            fit_gpytorch_mll(ExactMarginalLogLikelihood(model.likelihood, model),
+                             optimizer_kwargs={"options": {"maxiter": WARM_MAXITER}} if short else None)
+        if gp_state is not None:
+            gp_state.lengthscale = model.covar_module.lengthscale.item()
+            gp_state.noise = model.likelihood.noise.item()
+            gp_state.mean = model.mean_module.constant.item()
+            gp_state.fitted = True
+    return model.eval()
+
+
+def search_beta(evaluate, *, maximize: bool, config: SearchConfig, generator: torch.Generator,
+                current: float, gp_state: GPState | None = None) -> SearchResult:
+    """Chooses β for one (layer, timestep); see the module docstring and DESIGN.md 3.6.
+
+    ``evaluate(betas)`` maps a float64 CPU tensor [K] of widths to a float64 tensor [K] of metric
+    values (non-finite values are ignored). It is called once for "bo" (K = n_obs) and twice for
+    "grid" (K = n_obs, then n_eval). ``maximize`` says which way the metric is better; ``current``
+    is returned when no value is finite; ``gp_state`` carries hyperparameters for "warm"/"fixed".
+    """
+    check_flag("maximize", maximize)
+    if not isinstance(config, SearchConfig):
+        raise TypeError(f"config must be a SearchConfig, got {type(config).__name__}")
+    if not isinstance(generator, torch.Generator) or generator.device.type != "cpu":
+        raise TypeError("generator must be a CPU torch.Generator")
+    current = check_real("current", current)
+    if gp_state is not None and not isinstance(gp_state, GPState):
+        raise TypeError(f"gp_state must be a GPState or None, got {type(gp_state).__name__}")
+
+    lo, hi = config.beta_range
+    sign = 1.0 if maximize else -1.0  # internally every metric is maximised
+    beta_obs = lo + (hi - lo) * torch.rand(config.n_obs, generator=generator, dtype=torch.float64)
+    y_obs = sign * _evaluate(evaluate, beta_obs)
+    n_evaluated = config.n_obs
+    finite = y_obs.isfinite()  # SGV is +inf where every δ is zero
+    beta_obs, y_obs = beta_obs[finite], y_obs[finite]
+    if y_obs.numel() == 0:
+        return SearchResult(current, current, math.nan, None, True, 0.0, n_evaluated)
+
+    best = int(y_obs.argmax())
+    beta_best, y_best = beta_obs[best].item(), y_obs[best].item()
+    window = (max(beta_best - config.radius, lo), min(beta_best + config.radius, hi))
+    beta_eval = torch.linspace(*window, config.n_eval, dtype=torch.float64)
+
+    if config.strategy == "grid":
+        y_eval = sign * _evaluate(evaluate, beta_eval)
+        n_evaluated += config.n_eval
+        beta_all = torch.cat([beta_obs, beta_eval[y_eval.isfinite()]])
+        y_all = torch.cat([y_obs, y_eval[y_eval.isfinite()]])
+        best = int(y_all.argmax())  # the first of equals, so an observed one wins a tie
+        beta_best, y_best = beta_all[best].item(), y_all[best].item()
+        return SearchResult(beta_best, beta_best, sign * y_best, None, False, 0.0, n_evaluated)
+
+    if bool((y_obs == y_best).all()):  # a flat curve: nothing to model (and Standardize would divide by 0)
+        return SearchResult(beta_best, beta_best, sign * y_best, None, True, 0.0, n_evaluated)
+
+    start = time.perf_counter()
+    model = _fit_gp(beta_obs, y_obs, config, gp_state)
+    with torch.no_grad():
+        # best_f on the metric's own scale: the posterior LogEI sees is un-standardised
+        log_ei = LogExpectedImprovement(model, best_f=y_best)(beta_eval.view(-1, 1, 1))
+        beta_star = beta_eval[int(log_ei.argmax())].item()
+        mean_star, mean_best = model.posterior(torch.tensor([[beta_star], [beta_best]], dtype=torch.float64)).mean
+    fell_back = mean_star.item() < y_best
+    beta, mean = (beta_best, mean_best) if fell_back else (beta_star, mean_star)
+    gp_seconds = time.perf_counter() - start
+    return SearchResult(beta, beta_best, sign * y_best, sign * mean.item(), fell_back, gp_seconds, n_evaluated)
