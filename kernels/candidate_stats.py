@@ -47,6 +47,7 @@ def candidate_stats_kernel(
         offs = chunk_start + b * BLOCK_N + tl.arange(0, BLOCK_N)
         mask = offs < N
         d = tl.load(u_ptr + offs, mask=mask, other=0.0).to(tl.float32) - th_offset
+        # padding lanes load grad_s = carry = 0, so their delta is 0 for every surrogate
         grad_s = tl.load(grad_s_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         f = surrogate_grad(d[None, :], beta, h, SURROGATE)  # [BLOCK_K, BLOCK_N]
         delta = grad_s[None, :] * f
@@ -63,7 +64,6 @@ def candidate_stats_kernel(
                     delta += carry
                 else:
                     delta += carry * (1.0 - v_th * f)
-        delta = tl.where(mask[None, :], delta, 0.0)  # padding lanes: the smooth surrogates are not 0 there
         acc_sum += tl.sum(delta, axis=1)
         acc_sumsq += tl.sum(delta * delta, axis=1)
         acc_sumabs += tl.sum(tl.abs(delta), axis=1)
