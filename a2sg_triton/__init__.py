@@ -1,8 +1,12 @@
 """a2sg_triton: fused Triton kernels for spiking neural networks trained with A²SG."""
 
-from . import nn, reference
+from . import metrics, nn, reference, search
+from .stats import CandidateStats, candidate_stats
+from .controller import A2SG
 from .lif import lif_multistep
+from .search import SearchConfig, SearchResult, search_beta
 from .surrogate import SURROGATES, surrogate_grad
 
-__all__ = ["SURROGATES", "lif_multistep", "nn", "reference", "surrogate_grad"]
+__all__ = ["A2SG", "CandidateStats", "SURROGATES", "SearchConfig", "SearchResult", "candidate_stats",
+           "lif_multistep", "metrics", "nn", "reference", "search", "search_beta", "surrogate_grad"]
 __version__ = "0.1.0"

@@ -187,11 +187,12 @@ def lif_bwd_torch(grad_spikes, d, beta, grad_v_last, surrogate_id, decay, input_
 @torch.library.custom_op("a2sg_triton::lif_fwd", mutates_args=())
 def lif_fwd_op(x: torch.Tensor, beta: torch.Tensor, v0: Optional[torch.Tensor], surrogate_id: int, decay: float,
                input_scale: float, v_th: float, hard_reset: bool, v_reset: float, detach_reset: bool, h: float,
-               return_v: bool, save_dtype: torch.dtype, backend: str
+               return_v: bool, save_dtype: torch.dtype, backend: str, search_key: int
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """-> spikes [T, N], d = u - v_th [T, N] (saved for backward), v_last [N] or [0].
 
-    beta, surrogate_id, detach_reset and h are unused here; they are inputs so that backward gets them.
+    beta, surrogate_id, detach_reset and h are unused here; they are inputs so that backward gets
+    them. search_key >= 0 names an armed A²SG search site: backward then searches beta first.
     """
     fwd = lif_fwd if backend == "triton" else lif_fwd_torch
     return fwd(x, v0, decay, input_scale, v_th, hard_reset, v_reset, return_v, save_dtype)
@@ -199,7 +200,7 @@ def lif_fwd_op(x: torch.Tensor, beta: torch.Tensor, v0: Optional[torch.Tensor], 
 
 @lif_fwd_op.register_fake
 def _(x, beta, v0, surrogate_id, decay, input_scale, v_th, hard_reset, v_reset, detach_reset, h, return_v,
-      save_dtype, backend):
+      save_dtype, backend, search_key):
     T, N = x.shape
     v_last = x.new_empty((N if return_v else 0,), dtype=_math_dtype(x.dtype))
     return torch.empty_like(x), x.new_empty((T, N), dtype=save_dtype), v_last
@@ -217,8 +218,8 @@ def lif_bwd_op(grad_spikes: torch.Tensor, d: torch.Tensor, beta: torch.Tensor, g
 
 
 @lif_bwd_op.register_fake
-def _(grad_spikes, d, beta, grad_v_last, surrogate_id, decay, input_scale, v_th, hard_reset, v_reset,
-      detach_reset, h, need_grad_v0, backend):
+def _lif_bwd_fake(grad_spikes, d, beta, grad_v_last, surrogate_id, decay, input_scale, v_th, hard_reset, v_reset,
+                  detach_reset, h, need_grad_v0, backend):
     T, N = grad_spikes.shape
     grad_v0 = grad_spikes.new_empty((N if need_grad_v0 else 0,), dtype=_math_dtype(grad_spikes.dtype))
     return torch.empty_like(grad_spikes), grad_v0
@@ -226,11 +227,11 @@ def _(grad_spikes, d, beta, grad_v_last, surrogate_id, decay, input_scale, v_th,
 
 def _lif_setup_context(ctx, inputs, output):
     (x, beta, v0, surrogate_id, decay, input_scale, v_th, hard_reset, v_reset, detach_reset, h, return_v,
-     save_dtype, backend) = inputs
+     save_dtype, backend, search_key) = inputs
     ctx.save_for_backward(output[1], beta)
     ctx.mark_non_differentiable(output[1])
     ctx.params = (surrogate_id, decay, input_scale, v_th, hard_reset, v_reset, detach_reset, h)
-    ctx.return_v, ctx.backend = return_v, backend
+    ctx.return_v, ctx.backend, ctx.search_key = return_v, backend, search_key
     ctx.v0_dtype = None if v0 is None else v0.dtype
     ctx.x_dtype = x.dtype
 
@@ -240,23 +241,29 @@ def _lif_backward(ctx, grad_spikes, grad_d, grad_v_last):
     if grad_spikes is None:
         grad_spikes = torch.zeros(d.shape, dtype=ctx.x_dtype, device=d.device)
     need_grad_v0 = ctx.v0_dtype is not None and ctx.needs_input_grad[2]
-    grad_x, grad_v0 = lif_bwd_op(grad_spikes.contiguous(), d, beta,
-                                 grad_v_last.contiguous() if ctx.return_v and grad_v_last is not None else None,
-                                 *ctx.params, need_grad_v0, ctx.backend)
+    args = (grad_spikes.contiguous(), d, beta,
+            grad_v_last.contiguous() if ctx.return_v and grad_v_last is not None else None,
+            *ctx.params, need_grad_v0, ctx.backend)
+    if ctx.search_key >= 0:  # registered by a2sg_triton.controller, looked up late to avoid an import cycle
+        grad_x, grad_v0 = torch.ops.a2sg_triton.lif_bwd_search(*args, ctx.search_key)
+    else:
+        grad_x, grad_v0 = lif_bwd_op(*args)
     grad_v0 = grad_v0.to(ctx.v0_dtype) if need_grad_v0 else None
-    return grad_x, None, grad_v0, None, None, None, None, None, None, None, None, None, None, None
+    return grad_x, None, grad_v0, *([None] * 12)
 
 
 lif_fwd_op.register_autograd(_lif_backward, setup_context=_lif_setup_context)
 
 
 def lif_multistep(x, beta, surrogate="box", *, decay=0.5, input_scale=0.5, v_th=1.0, reset="soft", v_reset=0.0,
-                  detach_reset=False, h=0.5, v0=None, return_v=False, backend="auto", save_dtype=None):
+                  detach_reset=False, h=0.5, v0=None, return_v=False, backend="auto", save_dtype=None,
+                  _search_key=-1):
     """Multistep LIF over x [T, *]; returns spikes (x.dtype), or (spikes, v_T) with ``return_v``.
 
     beta: float or tensor [T], the surrogate width per timestep (used by backward only; it is never
     read on the host, so changing its values neither syncs nor recompiles). save_dtype: dtype of the
     one tensor saved for backward, u - v_th (None = fp32; torch.bfloat16 halves it).
+    ``_search_key`` is the A²SG controller's: it arms a beta search in this call's backward.
     """
     beta, hard_reset = _check_lif_args(x, beta, surrogate, decay, input_scale, v_th, reset, v_reset,
                                        detach_reset, h, v0, return_v, save_dtype)
@@ -266,7 +273,7 @@ def lif_multistep(x, beta, surrogate="box", *, decay=0.5, input_scale=0.5, v_th=
     spikes, _, v_last = lif_fwd_op(
         x.reshape(T, N).contiguous(), beta, None if v0 is None else v0.reshape(N).contiguous(),
         SURROGATES.index(surrogate), float(decay), float(input_scale), float(v_th), hard_reset, float(v_reset),
-        detach_reset, float(h), return_v, save_dtype or _math_dtype(x.dtype), backend,
+        detach_reset, float(h), return_v, save_dtype or _math_dtype(x.dtype), backend, _search_key,
     )
     spikes = spikes.view(x.shape)
     if return_v:

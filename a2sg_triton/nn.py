@@ -34,15 +34,22 @@ class LIF(torch.nn.Module):
         self.input_scale = 1.0 / tau if input_scale is None else check_real("input_scale", input_scale)
         self.reset, self.detach_reset, self.backend = reset, detach_reset, backend
         self.register_buffer("beta", check_beta(beta_init, T, torch.device("cpu"), torch.float32))
+        # Set by a2sg_triton.A2SG: the layer's search site, and whether the next backward searches.
+        self.search_key = -1
+        self.search_armed = False
 
     def forward(self, x):
         if not isinstance(x, torch.Tensor) or x.dim() < 1 or x.shape[0] != self.T:
             shape = list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise ValueError(f"LIF expects input [T={self.T}, B, ...], got {shape}")
+        search_key = -1
+        if self.search_armed and torch.is_grad_enabled():
+            self.search_armed = False  # this forward's backward consumes the armed search
+            search_key = self.search_key
         return lif_multistep(
             x, self.beta, self.surrogate, decay=self.decay, input_scale=self.input_scale, v_th=self.v_th,
             reset=self.reset, v_reset=self.v_reset, detach_reset=self.detach_reset, h=self.h,
-            backend=self.backend,
+            backend=self.backend, _search_key=search_key,
         )
 
     def extra_repr(self):

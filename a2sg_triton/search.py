@@ -9,10 +9,12 @@ hyperparameter fit is the cost that matters, hence the ``gp_fit`` options (docs/
 
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from botorch.acquisition import LogExpectedImprovement
+from botorch.exceptions import ModelFittingError
 from botorch.fit import fit_gpytorch_mll
 from botorch.models import SingleTaskGP
 from botorch.models.transforms.input import Normalize
@@ -24,7 +26,9 @@ from .utils import check_flag, check_real
 STRATEGIES = ("bo", "grid")
 GP_FITS = ("fit", "warm", "fixed")
 
-# L-BFGS-B iterations of a "warm" fit, which starts from the previous search's hyperparameters.
+# L-BFGS-B iterations of a "warm" fit, which starts from the previous search's hyperparameters:
+# with 10, its choices matched a full fit's in 99-100% of the bench searches (3: 98-100%) at about
+# half a full fit's cost (docs/search-gp-cost.md).
 WARM_MAXITER = 10
 # The fit is seeded alike every time: BoTorch resamples hyperparameters from their priors (global
 # RNG) when a fit attempt fails; a forked, fixed-seed RNG keeps a search a pure function of its
@@ -48,10 +52,15 @@ def _check_choice(name, value, choices):
 class SearchConfig:
     """How one β search runs. ``gp_fit`` only matters for the "bo" strategy:
 
-    "fit"    full hyperparameter fit (``fit_gpytorch_mll``) every search;
-    "warm"   full fit on a site's first search, then a WARM_MAXITER-step fit from the last one's
-             hyperparameters (kept in a ``GPState``);
-    "fixed"  no fit: the ``GPState``'s hyperparameters, by default BoTorch's initial values.
+    "fit"    full hyperparameter fit (``fit_gpytorch_mll``) every search, as in the paper;
+    "warm"   full fit on a site's first search, then a WARM_MAXITER-iteration fit from the last
+             one's hyperparameters (kept in a ``GPState``);
+    "fixed"  no fit: the ``GPState``'s hyperparameters (GPState's defaults without one).
+
+    "fixed" is the default: 12x cheaper than "fit" per search on the bench curves, with as low a
+    regret, and choices within 0.01 of "fit"'s in ~93% of searches (docs/search-gp-cost.md). A
+    controller that runs a site's first search with "fit" and its GPState, then "fixed" with that
+    state, agreed with "fit" in ~99% at the same steady-state cost.
     """
 
     strategy: str = "bo"
@@ -59,7 +68,7 @@ class SearchConfig:
     n_eval: int = 150
     radius: float = 0.05
     beta_range: tuple = (0.05, 1.0)
-    gp_fit: str = "warm"
+    gp_fit: str = "fixed"
 
     def __post_init__(self):
         _check_choice("strategy", self.strategy, STRATEGIES)
@@ -80,18 +89,11 @@ class SearchConfig:
 class SearchResult:
     beta: float  # the chosen width
     best_beta: float  # best observed width
-    best_value: float  # metric value at best_beta, in the metric's own sense
+    best_value: float  # metric value at best_beta, in the metric's own sense (nan if none finite)
     predicted: float | None  # GP posterior mean at beta (metric's own sense); None without a GP
     fell_back: bool  # the GP's choice was rejected (or nothing usable was observed)
     gp_seconds: float  # wall time of the GP fit + acquisition
     n_evaluated: int  # candidates passed to evaluate in total
-
-
-# BoTorch's initial values for a 1-D SingleTaskGP: the modes of its LogNormal(sqrt 2, sqrt 3)
-# lengthscale prior and LogNormal(-4, 1) noise prior (normalised β, standardised metric).
-_DEFAULT_HYPERPARAMETERS = {"lengthscale": math.exp(math.sqrt(2) - 3), "noise": math.exp(-5), "mean": 0.0}
-_MODEL_NAMES = {"lengthscale": "covar_module.lengthscale", "noise": "likelihood.noise",
-                "mean": "mean_module.constant"}
 
 
 @dataclass
@@ -100,13 +102,18 @@ class GPState:
 
     Values are in the model's units (β normalised to [0, 1], metric standardised), so they carry
     over between searches whatever the metric's scale. ``fitted`` is False until a search has
-    fitted them; a "warm" search then does a full fit. Keep one per (layer, timestep): the curves
-    differ between sites.
+    fitted them ("fit" and "warm" do, "fixed" never does); a "warm" search then does a full fit.
+    Keep one per (layer, timestep): the curves differ between sites.
+
+    The defaults are what "fixed" uses without a fit: about the medians of full fits on the bench
+    curves (lengthscale 0.09-0.10, noise 1.3e-4), the noise at BoTorch's lower bound for it.
+    BoTorch's own initial values (its priors' modes: lengthscale 0.2, noise 6.7e-3) smooth over
+    the optimum and chose worse without a fit (docs/search-gp-cost.md).
     """
 
-    lengthscale: float = _DEFAULT_HYPERPARAMETERS["lengthscale"]
-    noise: float = _DEFAULT_HYPERPARAMETERS["noise"]
-    mean: float = _DEFAULT_HYPERPARAMETERS["mean"]
+    lengthscale: float = 0.1
+    noise: float = 1e-4
+    mean: float = 0.0
     fitted: bool = False
 
     def state_dict(self) -> dict:
@@ -115,9 +122,22 @@ class GPState:
     def load_state_dict(self, state: dict) -> None:
         if set(state) != {"lengthscale", "noise", "mean", "fitted"}:
             raise ValueError(f"GPState state must have keys lengthscale, noise, mean, fitted; got {sorted(state)}")
-        for name in _MODEL_NAMES:
+        for name in ("lengthscale", "noise", "mean"):
             setattr(self, name, check_real(f"state[{name!r}]", float(state[name])))
         self.fitted = bool(state["fitted"])
+
+
+@contextmanager
+def _one_thread():
+    """Runs the GP on one intra-op thread: a 100-point GP gains nothing from more, and when other
+    processes (data loaders) keep the cores busy, OpenMP threads waiting on each other made a fit
+    up to 30x slower in our measurements (docs/search-gp-cost.md)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _evaluate(evaluate, betas):
@@ -136,14 +156,15 @@ def _fit_gp(beta, y, config, gp_state):
     model = SingleTaskGP(beta.unsqueeze(-1), y.unsqueeze(-1), input_transform=Normalize(d=1, bounds=bounds),
                          outcome_transform=Standardize(m=1))
     state = gp_state if gp_state is not None else GPState()
-    if config.gp_fit == "fixed" or (config.gp_fit == "warm" and state.fitted):
-        model.initialize(**{_MODEL_NAMES[k]: getattr(state, k) for k in _MODEL_NAMES})
+    warm = config.gp_fit == "warm" and state.fitted
+    if config.gp_fit == "fixed" or warm:
+        model.initialize(**{"covar_module.lengthscale": state.lengthscale, "likelihood.noise": state.noise,
+                            "mean_module.constant": state.mean})
     if config.gp_fit != "fixed":
-        short = config.gp_fit == "warm" and state.fitted
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(_FIT_SEED)
             fit_gpytorch_mll(ExactMarginalLogLikelihood(model.likelihood, model),
-                             optimizer_kwargs={"options": {"maxiter": WARM_MAXITER}} if short else None)
+                             optimizer_kwargs={"options": {"maxiter": WARM_MAXITER}} if warm else None)
         if gp_state is not None:
             gp_state.lengthscale = model.covar_module.lengthscale.item()
             gp_state.noise = model.likelihood.noise.item()
@@ -176,6 +197,7 @@ def search_beta(evaluate, *, maximize: bool, config: SearchConfig, generator: to
     y_obs = sign * _evaluate(evaluate, beta_obs)
     n_evaluated = config.n_obs
     finite = y_obs.isfinite()  # SGV is +inf where every δ is zero
+    beta_dead = beta_obs[~finite]
     beta_obs, y_obs = beta_obs[finite], y_obs[finite]
     if y_obs.numel() == 0:
         return SearchResult(current, current, math.nan, None, True, 0.0, n_evaluated)
@@ -198,13 +220,21 @@ def search_beta(evaluate, *, maximize: bool, config: SearchConfig, generator: to
         return SearchResult(beta_best, beta_best, sign * y_best, None, True, 0.0, n_evaluated)
 
     start = time.perf_counter()
-    model = _fit_gp(beta_obs, y_obs, config, gp_state)
-    with torch.no_grad():
-        # best_f on the metric's own scale: the posterior LogEI sees is un-standardised
-        log_ei = LogExpectedImprovement(model, best_f=y_best)(beta_eval.view(-1, 1, 1))
-        beta_star = beta_eval[int(log_ei.argmax())].item()
-        mean_star, mean_best = model.posterior(torch.tensor([[beta_star], [beta_best]], dtype=torch.float64)).mean
-    fell_back = mean_star.item() < y_best
+    with _one_thread():
+        try:
+            model = _fit_gp(beta_obs, y_obs, config, gp_state)
+        except ModelFittingError:  # every attempt failed: keep the best draw rather than stop training
+            return SearchResult(beta_best, beta_best, sign * y_best, None, True, time.perf_counter() - start,
+                                n_evaluated)
+        with torch.no_grad():
+            # best_f on the metric's own scale: the posterior LogEI sees is un-standardised
+            log_ei = LogExpectedImprovement(model, best_f=y_best)(beta_eval.view(-1, 1, 1))
+            beta_star = beta_eval[int(log_ei.argmax())].item()
+            mean_star, mean_best = model.posterior(torch.tensor([[beta_star], [beta_best]], dtype=torch.float64)).mean
+    # Rejected too if a non-finite observation lies between beta_best and beta_star: the GP has no
+    # data there, and past it the metric is undefined (SGV = +inf: every δ zero, no gradient).
+    crosses_dead = bool(((beta_dead - beta_best) * (beta_dead - beta_star) <= 0).any())
+    fell_back = mean_star.item() < y_best or crosses_dead
     beta, mean = (beta_best, mean_best) if fell_back else (beta_star, mean_star)
     gp_seconds = time.perf_counter() - start
     return SearchResult(beta, beta_best, sign * y_best, sign * mean.item(), fell_back, gp_seconds, n_evaluated)

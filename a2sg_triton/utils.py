@@ -72,7 +72,8 @@ def check_beta(beta, T, device, dtype):
         if beta.device.type == "cpu" and not is_compiling():
             if not bool(torch.isfinite(beta).all()) or bool((beta <= 0).any()):
                 raise ValueError(f"beta must be finite and > 0, got {beta.tolist()}")
-        return beta.detach().to(dtype).expand(T).contiguous()
+        # a copy: backward keeps this tensor, and the A²SG controller rewrites a layer's beta in place
+        return beta.detach().to(dtype, copy=True).expand(T).contiguous()
     value = check_real("beta", beta)
     if value <= 0:
         raise ValueError(f"beta must be > 0, got {value}")

@@ -108,9 +108,9 @@ def test_opcheck(backend):
     x, beta, v0 = _op_args(backend, device)
     for hard, detach, return_v in [(False, False, True), (True, True, False)]:
         torch.library.opcheck(lif_fwd_op, (x, beta, v0, 2, 0.5, 0.5, 1.0, hard, 0.0, detach, 0.5, return_v,
-                                           torch.float32, backend))
+                                           torch.float32, backend, -1))
         torch.library.opcheck(lif_fwd_op, (x, beta, None, 0, 0.5, 0.5, 1.0, hard, 0.0, detach, 0.5, return_v,
-                                           torch.bfloat16, backend))
+                                           torch.bfloat16, backend, -1))
     d = torch.randn(3, 37, device=device)
     torch.library.opcheck(lif_bwd_op, (torch.randn(3, 37, device=device), d, beta, torch.randn(37, device=device),
                                        1, 0.5, 0.5, 1.0, False, 0.0, False, 0.5, True, backend))

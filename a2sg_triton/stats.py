@@ -32,7 +32,7 @@ from .utils import (
 if HAS_TRITON:
     import triton
 
-    from .kernels.candidate_stats import candidate_stats_kernel
+    from .kernels.stats import candidate_stats_kernel
 
 BLOCK_N = 256
 BLOCK_K = 16
@@ -121,7 +121,7 @@ def _local_grad(d, grad_s, carry, f, v_th, hard_reset, v_reset, detach_reset):
 def _stats_from_deltas(betas, deltas, ref):
     """deltas [K, N] (any float dtype) -> CandidateStats with float64 sums."""
     deltas = deltas.double()
-    n = torch.tensor(float(deltas.shape[1]), dtype=torch.float64, device=deltas.device)
+    n = torch.full((), float(deltas.shape[1]), dtype=torch.float64, device=deltas.device)  # no host copy
     ref = None if ref is None else ref.double()
     return CandidateStats(
         betas=betas, sum=deltas.sum(1), sumsq=(deltas * deltas).sum(1), sumabs=deltas.abs().sum(1),
@@ -157,7 +157,7 @@ def candidate_stats_triton(u, grad_s, carry, ref, betas, surrogate_id, th_offset
     ref_sq_partial = torch.empty((n_chunks,), dtype=torch.float32, device=u.device)
     candidate_stats_kernel[(n_chunks * triton.cdiv(K, BLOCK_K),)](
         u, grad_s, carry if carry is not None else u, ref if ref is not None else u,
-        betas.to(device=u.device, dtype=torch.float32), partial, ref_sq_partial,
+        betas.to(device=u.device, dtype=torch.float32, non_blocking=True), partial, ref_sq_partial,
         N, K, blocks_per_chunk, th_offset, v_th, v_reset, h,
         SURROGATE=surrogate_id, HARD_RESET=hard_reset, DETACH_RESET=detach_reset,
         HAS_CARRY=carry is not None, HAS_REF=ref is not None, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K,
@@ -167,7 +167,7 @@ def candidate_stats_triton(u, grad_s, carry, ref, betas, surrogate_id, th_offset
     return CandidateStats(
         betas=betas, sum=sums[0], sumsq=sums[1], sumabs=sums[2], dot=sums[3] if has_ref else None,
         ref_sq=ref_sq_partial.double().sum() if has_ref else None,
-        n=torch.tensor(float(N), dtype=torch.float64, device=u.device),
+        n=torch.full((), float(N), dtype=torch.float64, device=u.device),
     )
 
 

@@ -1,0 +1,247 @@
+"""The A²SG controller: searches every LIF layer's per-timestep beta inside its own backward (Alg. A1).
+
+At an armed iteration each ``nn.LIF`` layer's backward runs ``a2sg_triton::lif_bwd_search``
+instead of the plain LIF backward. Autograd reaches the layers top-down, as Alg. A1 needs. For
+t = T-1 ... 0 the op evaluates the candidate widths with the fused statistics kernel, lets
+``search_beta`` choose beta_t, computes delta[t] with it (the TGC reference and the carry for t-1)
+and so produces this iteration's gradients with the new betas, which it then writes into the
+layer's ``beta`` buffer. The op is opaque to torch.compile, so a compiled model searches too.
+"""
+
+import concurrent.futures
+import csv
+import functools
+import io
+import itertools
+import json
+import os
+import tempfile
+import time
+import weakref
+from typing import Optional
+
+import torch
+
+from .stats import _local_grad, candidate_stats_torch, candidate_stats_triton
+from .lif import _lif_bwd_fake, _math_dtype
+from .nn import LIF
+from .search import GPState, SearchConfig, search_beta
+from .surrogate import SURROGATES, surrogate_grad
+
+ADAPT_MODES = ("none", "spatial", "temporal", "spatiotemporal")
+HISTORY_FIELDS = ("epoch", "layer", "t", "metric", "beta", "previous_beta", "best_beta", "best_value",
+                  "metric_at_beta", "predicted", "fell_back", "gp_seconds", "seconds")
+
+# search key -> (weak reference to the controller, layer name); keys are stable per layer, so a
+# compiled graph that bakes one in stays valid across epochs.
+_SEARCH_SITES = {}
+_next_key = itertools.count()
+
+
+class A2SG:
+    """Adaptive surrogate widths for every ``a2sg_triton.nn.LIF`` in ``model``.
+
+    Call ``begin_epoch(epoch)`` before each epoch's first iteration: when ``epoch % every == 0``
+    the next backward of every layer searches its beta vector (modes as in DESIGN.md 3.6: "none",
+    "spatial" = SGV at every t, "temporal" = TGC for t < T-1, "spatiotemporal" = both).
+    Under torch.distributed the candidate sums are all-reduced over ``process_group`` first, so
+    every rank chooses the same betas.
+    """
+
+    def __init__(self, model, adapt="spatiotemporal", strategy="bo", n_obs=100, n_eval=150, radius=0.05,
+                 beta_range=(0.05, 1.0), every=1, seed=0, *, gp_fit=None, process_group=None):
+        if not isinstance(model, torch.nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if not isinstance(adapt, str) or adapt not in ADAPT_MODES:
+            raise ValueError(f"adapt must be one of {ADAPT_MODES}, got {adapt!r}")
+        for name, value, minimum in (("every", every, 1), ("seed", seed, 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+        gp_fit = {} if gp_fit is None else {"gp_fit": gp_fit}  # None: SearchConfig's measured default
+        self.config = SearchConfig(strategy=strategy, n_obs=n_obs, n_eval=n_eval, radius=radius,
+                                   beta_range=beta_range, **gp_fit)
+        self.adapt, self.every, self.seed, self.process_group = adapt, every, seed, process_group
+        self.layers = {name: m for name, m in model.named_modules() if isinstance(m, LIF)}
+        if not self.layers:
+            raise ValueError("model has no a2sg_triton.nn.LIF layer to adapt")
+        for name, layer in self.layers.items():
+            if layer.search_key < 0:
+                layer.search_key = next(_next_key)
+            _SEARCH_SITES[layer.search_key] = (weakref.ref(self), name)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.gp_states = {(name, t): GPState() for name, layer in self.layers.items() for t in range(layer.T)}
+        self.history = []
+        self.epoch = None
+
+    def begin_epoch(self, epoch):
+        """Arms the search for the next backward of every layer when ``epoch % every == 0``."""
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+            raise ValueError(f"epoch must be an int >= 0, got {epoch!r}")
+        self.epoch = epoch
+        armed = self.adapt != "none" and epoch % self.every == 0
+        for layer in self.layers.values():
+            layer.search_armed = armed
+
+    def metric_at(self, t, T):
+        """'sgv', 'tgc' or None (keep beta_t) for timestep t of T under this controller's mode."""
+        last = t == T - 1
+        if self.adapt == "spatial":
+            return "sgv"
+        if self.adapt == "temporal":
+            return None if last else "tgc"
+        if self.adapt == "spatiotemporal":
+            return "sgv" if last else "tgc"
+        return None
+
+    # -- the search backward ------------------------------------------------------------------
+
+    def search_backward(self, name, grad_spikes, d, beta, grad_v_last, surrogate_id, decay, input_scale, v_th,
+                        hard_reset, v_reset, detach_reset, h, need_grad_v0, backend):
+        """Alg. A1 for one layer: per t (top-down in time) search beta_t, then delta[t] with it."""
+        layer = self.layers[name]
+        T = grad_spikes.shape[0]
+        math_dtype = _math_dtype(grad_spikes.dtype)
+        stats_fn = candidate_stats_triton if backend == "triton" else candidate_stats_torch
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        surrogate = SURROGATES[surrogate_id]
+        new_beta = beta.detach().to("cpu", torch.float64).tolist()
+        carry = None if grad_v_last is None else grad_v_last.to(math_dtype)
+        ref = None
+        grad_x = torch.empty_like(grad_spikes)
+
+        for t in reversed(range(T)):
+            d_t, grad_s_t = d[t], grad_spikes[t]
+            metric = self.metric_at(t, T)
+            if metric is not None:
+                start = time.perf_counter()
+                tgc = metric == "tgc"
+
+                def evaluate(betas):
+                    stats = stats_fn(d_t, grad_s_t, carry, ref if tgc else None, betas, surrogate_id, 0.0, v_th,
+                                     hard_reset, v_reset, detach_reset, h)
+                    if distributed:
+                        stats.all_reduce(self.process_group)
+                    return (stats.tgc() if tgc else stats.sgv()).cpu()
+
+                # The GP fit needs autograd, which is switched off (grad mode and dispatch keys,
+                # thread-locally) inside a custom op: it runs on a worker thread of its own.
+                result = _gp_thread().submit(
+                    search_beta, evaluate, maximize=tgc, config=self.config, generator=self.generator,
+                    current=new_beta[t], gp_state=self.gp_states[(name, t)]).result()
+                self.history.append({
+                    "epoch": self.epoch, "layer": name, "t": t, "metric": metric, "beta": result.beta,
+                    "previous_beta": new_beta[t], "best_beta": result.best_beta, "best_value": result.best_value,
+                    "metric_at_beta": evaluate(torch.tensor([result.beta], dtype=torch.float64)).item(),
+                    "predicted": result.predicted, "fell_back": result.fell_back, "gp_seconds": result.gp_seconds,
+                    "seconds": time.perf_counter() - start,
+                })
+                new_beta[t] = result.beta
+            d_t = d_t.to(math_dtype)
+            f = surrogate_grad(d_t, new_beta[t], surrogate, v_th=0.0, h=h)
+            delta = _local_grad(d_t, grad_s_t.to(math_dtype), carry, f, v_th, hard_reset, v_reset, detach_reset)
+            grad_x[t] = input_scale * delta
+            carry, ref = decay * delta, delta
+
+        with torch.no_grad():
+            layer.beta.copy_(torch.tensor(new_beta, dtype=layer.beta.dtype))
+        return grad_x, carry if need_grad_v0 else carry.new_empty(0)
+
+    # -- checkpoints and export ---------------------------------------------------------------
+
+    def state_dict(self):
+        return {
+            "adapt": self.adapt, "every": self.every, "seed": self.seed, "config": vars(self.config),
+            "epoch": self.epoch,
+            "betas": {name: layer.beta.detach().cpu().clone() for name, layer in self.layers.items()},
+            "armed": {name: layer.search_armed for name, layer in self.layers.items()},
+            "rng": self.generator.get_state(),
+            "gp_states": {f"{name}/{t}": s.state_dict() for (name, t), s in self.gp_states.items()},
+            "history": [dict(row) for row in self.history],
+        }
+
+    def load_state_dict(self, state):
+        """Restores betas, RNG, GP states and history; refuses a state from another model or mode."""
+        if not isinstance(state, dict) or "betas" not in state:
+            raise ValueError("not an A2SG state_dict")
+        if set(state["betas"]) != set(self.layers):
+            raise ValueError(f"state_dict holds layers {sorted(state['betas'])}, the model has {sorted(self.layers)}")
+        for name, beta in state["betas"].items():
+            if beta.shape != self.layers[name].beta.shape:
+                raise ValueError(f"beta of layer {name!r} has shape {list(beta.shape)} in the state_dict, "
+                                 f"{list(self.layers[name].beta.shape)} in the model")
+        for key in ("adapt", "every"):
+            if state[key] != getattr(self, key):
+                raise ValueError(f"state_dict was saved with {key}={state[key]!r}, this controller has "
+                                 f"{getattr(self, key)!r}")
+        if state["config"] != vars(self.config):
+            raise ValueError(f"state_dict was saved with search config {state['config']}, this controller has "
+                             f"{vars(self.config)}")
+        with torch.no_grad():
+            for name, beta in state["betas"].items():
+                self.layers[name].beta.copy_(beta)
+                self.layers[name].search_armed = state["armed"][name]
+        self.epoch = state["epoch"]
+        self.generator.set_state(state["rng"])
+        for (name, t), gp_state in self.gp_states.items():
+            gp_state.load_state_dict(state["gp_states"][f"{name}/{t}"])
+        self.history = [dict(row) for row in state["history"]]
+
+    def export_history(self, path):
+        """Writes the history as JSON (``.json``) or CSV (``.csv``), atomically."""
+        path = os.fspath(path)
+        if path.endswith(".json"):
+            text = json.dumps(self.history, indent=1)
+        elif path.endswith(".csv"):
+            buffer = io.StringIO()
+            writer = csv.DictWriter(buffer, fieldnames=HISTORY_FIELDS)
+            writer.writeheader()
+            writer.writerows(self.history)
+            text = buffer.getvalue()
+        else:
+            raise ValueError(f"path must end in .json or .csv, got {path!r}")
+        atomic_write_text(path, text)
+
+
+def atomic_write_text(path, text):
+    """Writes a file through a temporary file and a rename, so a crash never leaves half of it."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+@functools.cache
+def _gp_thread():
+    return concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="a2sg-search")
+
+
+def _controller_for(search_key):
+    site = _SEARCH_SITES.get(search_key)
+    controller = site[0]() if site is not None else None
+    if controller is None:
+        raise RuntimeError(f"no live A2SG controller for search key {search_key}: keep the controller alive "
+                           "while the model trains")
+    return controller, site[1]
+
+
+@torch.library.custom_op("a2sg_triton::lif_bwd_search", mutates_args=())
+def lif_bwd_search_op(grad_spikes: torch.Tensor, d: torch.Tensor, beta: torch.Tensor,
+                      grad_v_last: Optional[torch.Tensor], surrogate_id: int, decay: float, input_scale: float,
+                      v_th: float, hard_reset: bool, v_reset: float, detach_reset: bool, h: float,
+                      need_grad_v0: bool, backend: str, search_key: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The LIF backward of an armed layer: searches its betas, writes them, returns the gradients."""
+    controller, name = _controller_for(search_key)
+    return controller.search_backward(name, grad_spikes, d, beta, grad_v_last, surrogate_id, decay, input_scale,
+                                      v_th, hard_reset, v_reset, detach_reset, h, need_grad_v0, backend)
+
+
+@lif_bwd_search_op.register_fake
+def _(*args):
+    return _lif_bwd_fake(*args[:-1])  # the plain backward's shapes; search_key changes none

@@ -1,0 +1,229 @@
+"""The A²SG controller: arming, the search inside backward, modes, checkpoints, torch.compile."""
+
+import copy
+import csv
+import json
+
+import pytest
+import torch
+
+import a2sg_triton
+from a2sg_triton import A2SG, metrics
+from a2sg_triton.nn import LIF
+from helpers import KERNEL_DEVICE
+
+T = 4
+SEARCH = dict(n_obs=12, n_eval=20)  # small: the GP is the slow part on the CPU
+
+
+def two_layer_model(backend="torch", surrogate="asy", seed=0):
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(10, 48), LIF(T, surrogate, backend=backend),
+                                torch.nn.Linear(48, 16), LIF(T, surrogate, backend=backend))
+    with torch.no_grad():  # large enough weights that the second layer's membranes reach its window
+        model[2].weight.normal_(0.15, 0.4)
+    return model
+
+
+def batch(seed=1, device="cpu", n=12):
+    g = torch.Generator().manual_seed(seed)
+    return (3 * torch.randn(T, n, 10, generator=g)).to(device)
+
+
+def betas(model):
+    return [m.beta.clone() for m in model.modules() if isinstance(m, LIF)]
+
+
+def step(model, x):
+    model.zero_grad()
+    out = model(x)
+    (out * torch.linspace(-1, 1, out.shape[-1])).sum().backward()
+
+
+def test_searches_only_at_armed_iterations():
+    model = two_layer_model()
+    a2 = A2SG(model, every=2, **SEARCH)
+    x = batch()
+    initial = betas(model)
+    a2.begin_epoch(0)
+    step(model, x)
+    after_search = betas(model)
+    assert all(not torch.equal(a, b) for a, b in zip(initial, after_search))
+    assert len(a2.history) == 2 * T
+    step(model, x)  # second iteration of epoch 0: not armed
+    a2.begin_epoch(1)  # 1 % every != 0
+    step(model, x)
+    assert all(torch.equal(a, b) for a, b in zip(after_search, betas(model)))
+    assert len(a2.history) == 2 * T
+    with torch.no_grad():  # an armed layer is not consumed by a forward without gradients
+        a2.begin_epoch(2)
+        model(x)
+    step(model, x)
+    assert len(a2.history) == 4 * T
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("surrogate, reset", [("asy", "soft"), ("tri", "hard")])
+def test_search_gradients_use_the_new_beta_and_tgc_references_it(backend, surrogate, reset):
+    """A single LIF on a leaf input: delta[t] = grad_x[t] / input_scale is observable exactly.
+
+    The armed backward's gradients must equal the float64 reference's with the chosen betas, and the
+    metric recorded at the chosen beta_t must be SGV(delta[T-1]) or TGC(delta[t], delta[t+1]) of
+    those very deltas -- the reference of step t is delta[t+1] under the beta just chosen for t+1.
+    """
+    device = KERNEL_DEVICE if backend == "triton" else "cpu"
+    layer = LIF(T, surrogate, reset=reset, backend=backend).to(device)
+    a2 = A2SG(layer, **SEARCH)
+    x = (1.5 + 1.5 * torch.randn(T, 700, generator=torch.Generator().manual_seed(0))).to(device).requires_grad_()
+    w = torch.randn(T, 700, generator=torch.Generator().manual_seed(1)).to(device)
+    a2.begin_epoch(0)
+    (layer(x) * w).sum().backward()
+    chosen = layer.beta.clone()
+    assert not torch.equal(chosen, torch.full((T,), 0.5))
+
+    x64 = x.detach().double().requires_grad_()
+    out = a2sg_triton.reference.lif_multistep(x64, chosen.double(), surrogate, reset=reset)
+    (out * w.double()).sum().backward()
+    torch.testing.assert_close(x.grad.double(), x64.grad, rtol=1e-5, atol=1e-5 * x64.grad.abs().max().item())
+
+    delta = x64.grad / layer.input_scale
+    for row in a2.history:
+        t = row["t"]
+        want = metrics.sgv(delta[t]) if t == T - 1 else metrics.tgc(delta[t], delta[t + 1])
+        assert row["beta"] == pytest.approx(chosen[t].item(), abs=1e-7)
+        assert row["metric_at_beta"] == pytest.approx(want.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("adapt, metrics_by_t", [
+    ("spatial", ["sgv"] * T),
+    ("temporal", ["tgc"] * (T - 1) + [None]),
+    ("spatiotemporal", ["tgc"] * (T - 1) + ["sgv"]),
+    ("none", [None] * T),
+])
+def test_modes(adapt, metrics_by_t):
+    model = two_layer_model()
+    a2 = A2SG(model, adapt=adapt, **SEARCH)
+    a2.begin_epoch(0)
+    step(model, batch())
+    for layer in (model[1], model[3]):
+        name = "1" if layer is model[1] else "3"
+        rows = {r["t"]: r["metric"] for r in a2.history if r["layer"] == name}
+        assert [rows.get(t) for t in range(T)] == metrics_by_t
+        for t, metric in enumerate(metrics_by_t):
+            if metric is None:
+                assert layer.beta[t] == 0.5  # kept
+    # the layers are searched top-down, each over t = T-1 ... 0
+    assert [(r["layer"], r["t"]) for r in a2.history] == [
+        (name, t) for name in ("3", "1") for t in reversed(range(T)) if metrics_by_t[t] is not None]
+
+
+def test_grid_strategy_and_history_export(tmp_path):
+    model = two_layer_model()
+    a2 = A2SG(model, strategy="grid", **SEARCH)
+    a2.begin_epoch(0)
+    step(model, batch())
+    assert all(r["predicted"] is None and r["gp_seconds"] == 0 for r in a2.history)
+    a2.export_history(tmp_path / "h.json")
+    a2.export_history(tmp_path / "h.csv")
+    assert json.loads((tmp_path / "h.json").read_text()) == a2.history
+    rows = list(csv.DictReader((tmp_path / "h.csv").open()))
+    assert [float(r["beta"]) for r in rows] == [r["beta"] for r in a2.history]
+    with pytest.raises(ValueError, match=".json or .csv"):
+        a2.export_history(tmp_path / "h.txt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["h.csv", "h.json"]  # no temporary files left
+
+
+def train(model, a2, optimizer, epochs, x_by_epoch):
+    for epoch in epochs:
+        a2.begin_epoch(epoch)
+        for x in x_by_epoch[epoch]:
+            step(model, x)
+            optimizer.step()
+
+
+def test_resumed_equals_uninterrupted(tmp_path):
+    data = {e: [batch(seed=10 * e + i) for i in range(2)] for e in range(3)}
+    model = two_layer_model()
+    a2 = A2SG(model, **SEARCH)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    train(model, a2, opt, range(3), data)
+
+    model_b = two_layer_model()
+    a2_b = A2SG(model_b, **SEARCH)
+    opt_b = torch.optim.SGD(model_b.parameters(), lr=0.05)
+    train(model_b, a2_b, opt_b, range(2), data)
+    path = tmp_path / "ckpt.pt"
+    torch.save({"model": model_b.state_dict(), "opt": opt_b.state_dict(), "a2": a2_b.state_dict()}, path)
+
+    state = torch.load(path, weights_only=False)
+    model_c = two_layer_model(seed=123)  # different weights, overwritten by the checkpoint
+    a2_c = A2SG(model_c, seed=99, **SEARCH)  # different RNG, overwritten too
+    opt_c = torch.optim.SGD(model_c.parameters(), lr=0.05)
+    model_c.load_state_dict(state["model"])
+    opt_c.load_state_dict(state["opt"])
+    a2_c.load_state_dict(state["a2"])
+    train(model_c, a2_c, opt_c, [2], data)
+
+    for a, b in zip(model.state_dict().values(), model_c.state_dict().values()):
+        assert torch.equal(a, b)
+    untimed = [[{k: v for k, v in row.items() if "seconds" not in k} for row in h] for h in (a2.history, a2_c.history)]
+    assert untimed[0] == untimed[1] and len(untimed[0]) == 3 * 2 * T
+
+
+def test_state_dict_mismatches_are_refused():
+    a2 = A2SG(two_layer_model(), **SEARCH)
+    other = A2SG(torch.nn.Sequential(LIF(T), torch.nn.Linear(3, 3), LIF(T)), **SEARCH)
+    with pytest.raises(ValueError, match="holds layers"):
+        a2.load_state_dict(other.state_dict())
+    with pytest.raises(ValueError, match="adapt"):
+        A2SG(two_layer_model(), adapt="spatial", **SEARCH).load_state_dict(a2.state_dict())
+    with pytest.raises(ValueError, match="search config"):
+        A2SG(two_layer_model(), n_obs=13, n_eval=20).load_state_dict(a2.state_dict())
+    with pytest.raises(ValueError, match="shape"):
+        A2SG(torch.nn.Sequential(torch.nn.Linear(10, 48), LIF(T + 1), torch.nn.Linear(48, 16), LIF(T)),
+             **SEARCH).load_state_dict(a2.state_dict())
+
+
+def test_compiled_model_searches_like_eager():
+    torch._dynamo.reset()
+    eager = two_layer_model()
+    compiled_model = copy.deepcopy(eager)
+    a2_eager, a2_compiled = A2SG(eager, **SEARCH), A2SG(compiled_model, **SEARCH)
+    compiled = torch.compile(compiled_model, fullgraph=True)
+    for epoch in range(2):
+        x = batch(seed=epoch)
+        for a2 in (a2_eager, a2_compiled):
+            a2.begin_epoch(epoch)
+        for _ in range(2):  # armed, then plain
+            step(eager, x)
+            step(compiled, x)
+            for a, b in zip(betas(eager), betas(compiled_model)):
+                assert torch.equal(a, b)
+            for p, q in zip(eager.parameters(), compiled_model.parameters()):
+                torch.testing.assert_close(p.grad, q.grad)
+    assert len(a2_compiled.history) == len(a2_eager.history) == 4 * T
+
+
+@pytest.mark.parametrize("kwargs, exc, match", [
+    (dict(adapt="both"), ValueError, "adapt must be one of"),
+    (dict(strategy="random"), ValueError, "strategy must be one of"),
+    (dict(n_obs=1), ValueError, "n_obs must be >= 2"),
+    (dict(n_eval=0), ValueError, "n_eval must be >= 1"),
+    (dict(beta_range=(1.0, 0.05)), ValueError, "beta_range"),
+    (dict(beta_range=(0.0, 1.0)), ValueError, "beta_range"),
+    (dict(radius=0.0), ValueError, "radius"),
+    (dict(every=0), ValueError, "every must be"),
+    (dict(seed=-1), ValueError, "seed must be"),
+])
+def test_bad_arguments(kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        A2SG(two_layer_model(), **kwargs)
+
+
+def test_model_without_lif_and_bad_epoch():
+    with pytest.raises(ValueError, match="no a2sg_triton.nn.LIF"):
+        A2SG(torch.nn.Linear(3, 3))
+    with pytest.raises(TypeError, match="model must be"):
+        A2SG("model")
+    with pytest.raises(ValueError, match="epoch must be"):
+        A2SG(two_layer_model()).begin_epoch(-1)
