@@ -69,6 +69,18 @@ CPU_DEFAULT_REPS = 20  # CPU: timed calls per row
 CUDA_DEFAULT_REP_MS = 100  # CUDA: do_bench's `rep`, its timing budget in ms
 
 
+def synchronized(step):
+    """For pytest-benchmark: CUDA launches are asynchronous, so the timed call waits for the kernels."""
+    if not torch.cuda.is_available():
+        return step
+
+    def run():
+        step()
+        torch.cuda.synchronize()
+
+    return run
+
+
 class ProviderUnavailable(Exception):
     """The provider cannot run here; the message says why."""
 

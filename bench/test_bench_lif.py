@@ -21,18 +21,6 @@ else:
     SHAPES = [(T, 2**log2_N, "fp32") for T in bench_lif.CPU_GRID["T"] for log2_N in bench_lif.CPU_GRID["log2_N"]]
 
 
-def synchronized(step):
-    """CUDA launches are asynchronous: the timed call must wait for the kernels to finish."""
-    if DEVICE.type != "cuda":
-        return step
-
-    def run():
-        step()
-        torch.cuda.synchronize()
-
-    return run
-
-
 @functools.lru_cache(maxsize=1)
 def cached_lif(provider, shape):
     """The modes of one provider and shape run back to back and share one build (one compile).
@@ -55,4 +43,4 @@ def test_lif(benchmark, shape, provider, mode):
     x, grad_spikes = bench_lif.make_inputs(T, N, bench_lif.DTYPES[dtype], DEVICE)
     bench_lif.warm_up_and_peak_memory(lif, x, grad_spikes)  # keeps compilation out of the timings
     benchmark.extra_info.update(impl=impl, bytes=bench_lif.moved_bytes(mode, T, N, dtype))
-    benchmark(synchronized(bench_lif.make_step(lif, mode, x, grad_spikes)))
+    benchmark(bench_lif.synchronized(bench_lif.make_step(lif, mode, x, grad_spikes)))

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ is plain scripts, not a package
+import bench_lif  # noqa: E402
 import bench_search  # noqa: E402
 
 import a2sg_triton  # noqa: E402
@@ -30,18 +31,6 @@ GRID = bench_search.CUDA_STATS_GRID if DEVICE.type == "cuda" else bench_search.C
 NS = [2**log2_N for log2_N in GRID["log2_N"]]
 TINY = {"T": 4, "batch": 2, "width_div": 16, "n_obs": 8, "n_eval": 8}
 ARMED_ROUNDS = 2
-
-
-def synchronized(step):
-    """CUDA launches are asynchronous: the timed call must wait for the kernels to finish."""
-    if DEVICE.type != "cuda":
-        return step
-
-    def run():
-        step()
-        torch.cuda.synchronize()
-
-    return run
 
 
 def n_id(N):
@@ -68,7 +57,7 @@ def stats_data(request):
 def test_stats_plain_read(benchmark, stats_data):
     step, impl = bench_search.make_stats_step("plain_read", stats_data, 1)
     benchmark.extra_info.update(impl=impl, read_bytes=stats_data.numel() * stats_data.element_size())
-    benchmark(synchronized(step))
+    benchmark(bench_lif.synchronized(step))
 
 
 @QUICK_ROUNDS
@@ -78,7 +67,7 @@ def test_stats(benchmark, stats_data, K, provider):
     step, impl = bench_search.make_stats_step(provider, stats_data, K)
     step()  # warm-up (first call compiles / allocates)
     benchmark.extra_info.update(impl=impl, K=K, read_bytes=stats_data.numel() * stats_data.element_size())
-    benchmark(synchronized(step))
+    benchmark(bench_lif.synchronized(step))
 
 
 @pytest.mark.parametrize("strategy", bench_search.STRATEGIES)
@@ -91,6 +80,6 @@ def test_armed_search_iteration(benchmark, strategy):
     a2.begin_epoch(next(epochs))
     step()  # the first search of every site (full GP fits): kept out of the timing
     benchmark.extra_info.update(strategy=strategy, **TINY)
-    benchmark.pedantic(synchronized(step), setup=lambda: a2.begin_epoch(next(epochs)), rounds=ARMED_ROUNDS,
+    benchmark.pedantic(bench_lif.synchronized(step), setup=lambda: a2.begin_epoch(next(epochs)), rounds=ARMED_ROUNDS,
                        iterations=1)
     assert len(a2.history) == (1 + ARMED_ROUNDS) * len(a2.layers) * TINY["T"]
