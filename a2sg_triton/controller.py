@@ -15,7 +15,6 @@ import io
 import itertools
 import json
 import os
-import tempfile
 import time
 import weakref
 from typing import Optional
@@ -27,6 +26,7 @@ from .lif import _lif_bwd_fake, _math_dtype
 from .nn import LIF
 from .search import GPState, SearchConfig, search_beta
 from .surrogate import SURROGATES, surrogate_grad
+from .utils import atomic_write
 
 ADAPT_MODES = ("none", "spatial", "temporal", "spatiotemporal")
 HISTORY_FIELDS = ("epoch", "layer", "t", "metric", "beta", "previous_beta", "best_beta", "best_value",
@@ -199,22 +199,7 @@ class A2SG:
             text = buffer.getvalue()
         else:
             raise ValueError(f"path must end in .json or .csv, got {path!r}")
-        atomic_write_text(path, text)
-
-
-def atomic_write_text(path, text):
-    """Writes a file through a temporary file and a rename, so a crash never leaves half of it."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+        atomic_write(path, lambda f: f.write(text), binary=False)
 
 
 @functools.cache

@@ -1,0 +1,249 @@
+"""Datasets for training spiking networks with A²SG: the paper's CIFAR10/100, CIFAR10-DVS and
+ImageNet-style folders, plus scikit-learn's digits as an embedded default that needs no files.
+
+``build_datasets`` returns ``(train, test, DatasetInfo)``; ``batch_mixer`` returns the paper's
+CutMix as a batch-level callable. The on-disk layouts and the augmentation recipe are in
+docs/data.md. torchvision and timm (``pip install 'a2sg-triton[vision]'``) are imported only for
+augmentation, downloads, ``imagefolder`` and CutMix.
+"""
+
+import importlib
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, TensorDataset
+
+DATASETS = ("digits", "cifar10", "cifar100", "cifar10-dvs", "imagefolder")
+
+# Per-channel mean/std of the training images (pixels in [0, 1]).
+CIFAR_STATS = {
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+}
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+# name -> (folder under root, train files, test files, label key, archive URL)
+_CIFAR_FILES = {
+    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"],
+                b"labels", "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"),
+    "cifar100": ("cifar-100-python", ["train"], ["test"],
+                 b"fine_labels", "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"),
+}
+DVS_SIZE = 48
+_VISION_HINT = "pip install 'a2sg-triton[vision]'"
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """The dataset's files are not where they are expected; the message says how to get them."""
+
+
+@dataclass
+class DatasetInfo:
+    name: str
+    num_classes: int
+    in_channels: int
+    image_size: int
+    sequence: bool  # True when samples are already event frames [T, C, H, W]
+
+
+def build_datasets(name, root=None, *, T=None, download=False, augment=False, seed=0):
+    """Returns ``(train_dataset, test_dataset, DatasetInfo)`` for one of ``DATASETS``.
+
+    Samples are ``(x, label)`` with ``x`` float32 ``[C, H, W]`` (static images, which the model
+    repeats over its T steps) or ``[T, C, H, W]`` (``cifar10-dvs``) and ``label`` int64.
+    ``T`` is checked against the stored frames of ``cifar10-dvs`` and ignored otherwise;
+    ``augment`` affects the training split of ``cifar10``/``cifar100``/``imagefolder`` only;
+    ``seed`` chooses the ``digits`` split; ``root`` is ignored for ``digits``.
+    """
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    if name == "digits":
+        return _digits(seed)
+    if root is None:
+        raise ValueError(f"dataset {name!r} needs root=, the folder that holds its files "
+                         "(see docs/data.md)")
+    root = Path(root)
+    if name in _CIFAR_FILES:
+        return _cifar(name, root, download, augment)
+    if download:
+        raise ValueError(f"{name} cannot be downloaded automatically; see docs/data.md")
+    if name == "cifar10-dvs":
+        return _cifar10_dvs(root, T)
+    return _imagefolder(root, augment)
+
+
+def batch_mixer(info, augment):
+    """The paper's CutMix for a batch, or None (no augmentation, or event-frame data).
+
+    Returns timm's ``Mixup`` configured as pure CutMix: a callable ``(x, y) -> (x, soft_targets)``
+    that mixes ``x`` in place; ``soft_targets`` is float ``[B, num_classes]``, so the loss must
+    accept class probabilities (``torch.nn.functional.cross_entropy`` does). timm requires an even
+    batch size (use ``drop_last=True`` or a batch size that divides the training set evenly).
+    """
+    if not augment or info.sequence:
+        return None
+    mixup = _vision_import("timm.data", "CutMix")
+    return mixup.Mixup(mixup_alpha=0.0, cutmix_alpha=1.0, prob=1.0, label_smoothing=0.0,
+                       num_classes=info.num_classes)
+
+
+class ImageArrayDataset(Dataset):
+    """uint8 images ``[N, C, H, W]`` kept as bytes (4x smaller than floats), normalised per item.
+
+    ``augment``, if given, maps a PIL image to a PIL image (crop, flip, RandAugment).
+    """
+
+    def __init__(self, images, labels, mean, std, augment=None):
+        self.images = images
+        self.labels = torch.as_tensor(labels, dtype=torch.int64)
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+        self.augment = augment
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        image = self.images[i]
+        if self.augment is not None:
+            from PIL import Image  # installed with torchvision, which augment needs anyway
+            image = np.asarray(self.augment(Image.fromarray(image.transpose(1, 2, 0)))).transpose(2, 0, 1)
+        x = torch.from_numpy(np.ascontiguousarray(image)).float().div_(255)
+        return (x - self.mean) / self.std, self.labels[i]
+
+
+class EventFramesDataset(Dataset):
+    """Event frames stored one ``.npy`` ``[T, 2, H, W]`` per sample, loaded when indexed."""
+
+    def __init__(self, files, labels, shape):
+        self.files = files
+        self.labels = torch.as_tensor(labels, dtype=torch.int64)
+        self.shape = shape
+
+    def __len__(self):
+        return len(self.files)
+
+    def __getitem__(self, i):
+        frames = np.load(self.files[i])
+        if frames.shape != self.shape:
+            raise ValueError(f"{self.files[i]} has shape {frames.shape}, expected {self.shape} "
+                             "like the rest of the dataset")
+        return torch.from_numpy(frames.astype(np.float32, copy=False)), self.labels[i]
+
+
+def _digits(seed):
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    x = (digits.data / 16.0).reshape(-1, 1, 8, 8).astype(np.float32)
+    x_train, x_test, y_train, y_test = train_test_split(
+        x, digits.target, test_size=0.2, stratify=digits.target, random_state=seed)
+    mean, std = x_train.mean(), x_train.std()  # the train split's statistics, applied to both
+    split = [TensorDataset(torch.from_numpy((xs - mean) / std), torch.from_numpy(ys).long())
+             for xs, ys in ((x_train, y_train), (x_test, y_test))]
+    return split[0], split[1], DatasetInfo("digits", 10, 1, 8, False)
+
+
+def _cifar(name, root, download, augment):
+    folder, train_files, test_files, label_key, url = _CIFAR_FILES[name]
+    base = root / folder
+    if download and not all((base / f).is_file() for f in train_files + test_files):
+        # torchvision verifies the archive's md5; we then read the extracted pickles ourselves.
+        datasets = _vision_import("torchvision.datasets", f"{name} download=True",
+                                  f"or download {url} and extract it into {root} (giving {base})")
+        getattr(datasets, name.upper())(str(root), train=True, download=True)
+
+    def read(files):
+        images, labels = [], []
+        for f in files:
+            path = base / f
+            if not path.is_file():
+                raise DatasetNotFoundError(
+                    f"{name}: {path} not found. Pass download=True ({_VISION_HINT}), or download "
+                    f"{url} and extract it into {root} so that {base} holds "
+                    f"{', '.join(train_files + test_files)}.")
+            with open(path, "rb") as fh:
+                batch = pickle.load(fh, encoding="bytes")
+            images.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+            labels.append(np.asarray(batch[label_key], dtype=np.int64))
+        return np.concatenate(images), np.concatenate(labels)
+
+    mean, std = CIFAR_STATS[name]
+    train = ImageArrayDataset(*read(train_files), mean, std,
+                              _cifar_augment(mean) if augment else None)
+    test = ImageArrayDataset(*read(test_files), mean, std)
+    return train, test, DatasetInfo(name, 10 if name == "cifar10" else 100, 3, 32, False)
+
+
+def _cifar_augment(mean):
+    """Random crop 32 (padding 4), horizontal flip, then the paper's RandAugment (A.10): one op,
+    magnitude 1, magnitude std 0.4, each op applied with probability 0.5 (timm's default)."""
+    transforms = _vision_import("torchvision.transforms", "augment=True")
+    auto_augment = _vision_import("timm.data.auto_augment", "augment=True")
+    hparams = dict(translate_const=int(32 * 0.45), img_mean=tuple(round(255 * m) for m in mean))
+    return transforms.Compose([
+        transforms.RandomCrop(32, padding=4),
+        transforms.RandomHorizontalFlip(),
+        auto_augment.rand_augment_transform("rand-m1-n1-mstd0.4", hparams),
+    ])
+
+
+def _cifar10_dvs(root, T):
+    hint = (f"convert the CIFAR10-DVS events with `python -m a2sg_triton.dvs SRC {root} --T {T or 4}` "
+            "(see docs/data.md)")
+    splits = {}
+    for split in ("train", "test"):
+        files = sorted((root / split).glob("*/*.npy"))
+        if not files:
+            raise DatasetNotFoundError(
+                f"cifar10-dvs: no frames under {root / split}/<class_index>/*.npy; {hint}")
+        labels = [int(f.parent.name) for f in files if f.parent.name.isdigit()]
+        if len(labels) != len(files) or not all(0 <= c < 10 for c in labels):
+            raise ValueError(f"cifar10-dvs: the folders under {root / split} must be class "
+                             "indices 0..9")
+        shape = np.load(files[0], mmap_mode="r").shape  # reads only the header
+        if len(shape) != 4 or shape[1:] != (2, DVS_SIZE, DVS_SIZE):
+            raise ValueError(f"cifar10-dvs: {files[0]} has shape {shape}, expected "
+                             f"[T, 2, {DVS_SIZE}, {DVS_SIZE}]; {hint}")
+        if T is not None and shape[0] != T:
+            raise ValueError(f"cifar10-dvs: T={T} was asked for but the frames under {root} "
+                             f"hold T={shape[0]}; reconvert with --T {T} or pass T={shape[0]}")
+        splits[split] = EventFramesDataset(files, labels, shape)
+    if splits["train"].shape != splits["test"].shape:
+        raise ValueError(f"cifar10-dvs: train frames {splits['train'].shape} and test frames "
+                         f"{splits['test'].shape} differ")
+    return splits["train"], splits["test"], DatasetInfo("cifar10-dvs", 10, 2, DVS_SIZE, True)
+
+
+def _imagefolder(root, augment):
+    for split in ("train", "val"):
+        if not (root / split).is_dir():
+            raise DatasetNotFoundError(
+                f"imagefolder: {root / split} not found; expected {root}/train/<class>/*.jpg and "
+                f"{root}/val/<class>/*.jpg (the ImageNet layout, see docs/data.md)")
+    datasets = _vision_import("torchvision.datasets", "imagefolder")
+    transforms = _vision_import("torchvision.transforms", "imagefolder")
+    normalize = [transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    evaluate = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), *normalize])
+    train_tf = evaluate
+    if augment:
+        train_tf = transforms.Compose([transforms.RandomResizedCrop(224),
+                                       transforms.RandomHorizontalFlip(), *normalize])
+    train = datasets.ImageFolder(str(root / "train"), train_tf)
+    test = datasets.ImageFolder(str(root / "val"), evaluate)
+    if train.classes != test.classes:
+        raise ValueError(f"imagefolder: {root}/train and {root}/val hold different classes")
+    return train, test, DatasetInfo("imagefolder", len(train.classes), 3, 224, False)
+
+
+def _vision_import(module, purpose, alternative=""):
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        package = module.split(".")[0]
+        raise ImportError(f"{purpose} needs {package}, which is not installed: {_VISION_HINT}"
+                          + (f", {alternative}" if alternative else "")) from err

@@ -1,0 +1,33 @@
+"""Spiking model zoo: VGG16, ResNet-19, ResNet-18, VGGSNN and a small digits CNN (docs/models.md).
+
+Every model takes [T, B, C, H, W] and returns logits [B, num_classes], the mean over T of the
+per-timestep classifier outputs; ``direct_encode`` repeats static images over T. Every spiking
+layer is an ``a2sg_triton.nn.LIF``, so ``a2sg_triton.A2SG(model)`` finds them all.
+"""
+
+from .layers import (NeuronConfig, SpikingClassifier, TdBatchNorm2d, TimeDistributed, check_count, conv_bn,
+                     conv_bn_lif, direct_encode)
+from .resnet import BasicBlock, ResNet, resnet18, resnet19
+from .vgg import VGG, digits_cnn, vgg16, vggsnn
+
+_BUILDERS = {"vgg16": vgg16, "resnet19": resnet19, "resnet18": resnet18, "vggsnn": vggsnn,
+             "digits_cnn": digits_cnn}
+MODELS = tuple(_BUILDERS)
+
+
+def build_model(name, *, num_classes, in_channels, T, surrogate="asy", tau=2.0, v_th=1.0, beta_init=0.5, h=0.5,
+                backend="auto"):
+    """The model ``name`` (one of MODELS) with every LIF built as
+    ``LIF(T, surrogate, tau=tau, v_th=v_th, beta_init=beta_init, h=h, backend=backend)``."""
+    if not isinstance(name, str) or name not in _BUILDERS:
+        raise ValueError(f"unknown model {name!r}; expected one of {MODELS}")
+    for arg, value in (("num_classes", num_classes), ("in_channels", in_channels), ("T", T)):
+        check_count(arg, value)
+    neuron = NeuronConfig(T, surrogate, tau, v_th, beta_init, h, backend)
+    neuron.lif()  # checks the neuron arguments before anything is built
+    return _BUILDERS[name](num_classes, in_channels, neuron)
+
+
+__all__ = ["MODELS", "BasicBlock", "NeuronConfig", "ResNet", "SpikingClassifier", "TdBatchNorm2d",
+           "TimeDistributed", "VGG", "build_model", "conv_bn", "conv_bn_lif", "digits_cnn", "direct_encode",
+           "resnet18", "resnet19", "vgg16", "vggsnn"]

@@ -1,0 +1,102 @@
+"""Building blocks of the spiking model zoo: time folding, tdBN, conv-tdBN-LIF and direct encoding.
+
+Every tensor between layers is [T, B, ...]. Stateless layers (conv, BN, pooling) run once on the
+folded [T*B, ...] tensor; the LIF layers take [T, B, ...] as they are; ``nn.Linear`` needs neither.
+"""
+
+import math
+from dataclasses import dataclass
+
+from torch import nn
+
+from ..nn import LIF
+
+# tdBN's alpha for the BN layers right before a residual addition: the sum of two branches of
+# scale alpha*v_th each is then again on the scale of v_th.
+RESIDUAL_ALPHA = 1 / math.sqrt(2)
+
+
+@dataclass(frozen=True)
+class NeuronConfig:
+    """The settings shared by every LIF layer of a model; tdBN scales to the same ``v_th``."""
+
+    T: int
+    surrogate: str = "asy"
+    tau: float = 2.0
+    v_th: float = 1.0
+    beta_init: float = 0.5
+    h: float = 0.5
+    backend: str = "auto"
+
+    def lif(self):
+        return LIF(self.T, self.surrogate, tau=self.tau, v_th=self.v_th, beta_init=self.beta_init, h=self.h,
+                   backend=self.backend)
+
+
+class TimeDistributed(nn.Sequential):
+    """Runs stateless modules on [T, B, ...] by folding T into the batch ([T*B, ...]) and back.
+
+    One call instead of T, and batch norm inside then takes its statistics over T×B×H×W, which is
+    what tdBN prescribes. (SpikingJelly calls this ``SeqToANNContainer``.)
+    """
+
+    def forward(self, x):
+        return super().forward(x.flatten(0, 1)).unflatten(0, x.shape[:2])
+
+
+class TdBatchNorm2d(nn.BatchNorm2d):
+    """Threshold-dependent batch norm (tdBN, Zheng et al. 2021) on the folded [T*B, C, H, W] tensor.
+
+    Plain BatchNorm2d over T×B×H×W whose scale starts at ``alpha * v_th`` (shift 0), so that
+    pre-activations start on the scale of the firing threshold. tdBN's forward multiplies a fixed
+    alpha*v_th and learns a scale initialised to 1; folding the constant into the initial weight
+    is the same function at initialisation.
+    """
+
+    def __init__(self, num_features, alpha=1.0, v_th=1.0):
+        super().__init__(num_features)
+        self.alpha, self.v_th = float(alpha), float(v_th)
+        nn.init.constant_(self.weight, self.alpha * self.v_th)
+
+    def extra_repr(self):
+        return f"{super().extra_repr()}, alpha={self.alpha:.4g}, v_th={self.v_th:g}"
+
+
+def conv_bn(in_channels, out_channels, kernel_size, stride=1, *, alpha=1.0, v_th=1.0):
+    """conv (same padding, no bias: the BN shift replaces it) then tdBN, folded over time."""
+    conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding=kernel_size // 2, bias=False)
+    return TimeDistributed(conv, TdBatchNorm2d(out_channels, alpha, v_th))
+
+
+def conv_bn_lif(in_channels, out_channels, neuron, stride=1):
+    """conv3x3-tdBN-LIF, the unit every model here is made of."""
+    return nn.Sequential(conv_bn(in_channels, out_channels, 3, stride, v_th=neuron.v_th), neuron.lif())
+
+
+class SpikingClassifier(nn.Module):
+    """``features`` then ``classifier`` on [T, B, C, H, W]; the logits [B, classes] are the mean over
+    T of the per-timestep classifier outputs. Subclasses build the two."""
+
+    def __init__(self, T):
+        super().__init__()
+        self.T = T
+
+    def forward(self, x):
+        if x.dim() != 5 or x.shape[0] != self.T:
+            raise ValueError(f"{type(self).__name__} expects input [T={self.T}, B, C, H, W], got "
+                             f"{list(x.shape)}; direct_encode(images, T) turns [B, C, H, W] into that")
+        return self.classifier(self.features(x)).mean(0)
+
+
+def direct_encode(x, T):
+    """Static input [B, ...] -> [T, B, ...]: the same frame at every step (direct encoding).
+
+    A view with stride 0 over T, no copy; the first layer's time fold copies it once.
+    """
+    check_count("T", T)
+    return x.unsqueeze(0).expand(T, *x.shape)
+
+
+def check_count(name, value):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an int >= 1, got {value!r}")

@@ -1,0 +1,124 @@
+"""a2sg-train end to end on the embedded digits data: outputs, exact resume, DDP, bad input."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from a2sg_triton.train import main
+
+TINY = ["--epochs", "2", "--limit-batches", "3", "--batch-size", "16", "--n-obs", "8", "--n-eval", "8",
+        "--device", "cpu", "--backend", "torch"]
+
+
+def run(args, capsys=None):
+    code = main([str(a) for a in args])
+    return code, (capsys.readouterr() if capsys is not None else None)
+
+
+def test_cli_run_writes_metrics_plots_and_checkpoint(tmp_path, capsys):
+    out = tmp_path / "run"
+    code, captured = run([*TINY, "--out", out], capsys)
+    assert code == 0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1]
+    for row in rows:
+        assert 0 <= row["test_acc"] <= 1 and row["train_loss"] > 0
+        assert set(row["beta"]) == set(row["spikes_per_sample"]) == set(row["firing_rate"]) and row["beta"]
+        assert all(len(b) == 4 for b in row["beta"].values())
+        assert row["epoch_seconds"] > 0 and row["search_seconds"] > 0
+        assert 0 <= row["firing_rate_mean"] <= 1
+    assert any(b != 0.5 for betas in rows[0]["beta"].values() for b in betas)  # epoch 0 searched
+    for png in ("beta.png", "accuracy.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    state = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert state["format"] == "a2sg-train/1" and state["epoch"] == 1 and len(state["metrics"]) == 2
+    assert json.loads((out / "config.json").read_text())["model"] == "digits_cnn"
+    assert "test accuracy" in captured.out and "run folder" in captured.out
+    assert not [p for p in out.iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_resume_equals_uninterrupted(tmp_path):
+    straight, staged = tmp_path / "straight", tmp_path / "staged"
+    assert run([*TINY, "--out", straight])[0] == 0
+    assert run([*TINY, "--out", staged, "--stop-after", "1"])[0] == 0
+    assert len((staged / "metrics.jsonl").read_text().splitlines()) == 1
+    assert run(["--resume", staged])[0] == 0
+    a = torch.load(straight / "checkpoint.pt", weights_only=False)
+    b = torch.load(staged / "checkpoint.pt", weights_only=False)
+    assert a["epoch"] == b["epoch"] == 1
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    for name, beta in a["controller"]["betas"].items():
+        assert torch.equal(beta, b["controller"]["betas"][name])
+    untimed = [[{k: v for k, v in r.items() if "seconds" not in k} for r in s["metrics"]] for s in (a, b)]
+    assert untimed[0] == untimed[1]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model", "alexnet"], "--model: invalid choice"),
+    (["--dataset", "mnist"], "--dataset: invalid choice"),
+    (["--surrogate", "gauss"], "--surrogate: invalid choice"),
+    (["--adapt", "both"], "--adapt: invalid choice"),
+    (["--strategy", "random"], "--strategy: invalid choice"),
+    (["--T", "0"], "--T must be >= 1"),
+    (["--epochs", "0"], "--epochs must be >= 1"),
+    (["--lr", "-1"], "--lr must be > 0"),
+    (["--surrogate", "asy", "--h", "0.2"], "--h must be >= 0.5"),
+    (["--data", "/nonexistent/data"], "--data /nonexistent/data: no such folder"),
+    (["--T", "two"], "argument --T: invalid int value"),
+])
+def test_bad_input_is_one_line(args, message, tmp_path, capsys):
+    code, captured = run([*args, "--out", tmp_path / "x"], capsys)
+    assert code == 2
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("a2sg-train: error:") and message in lines[0]
+    assert not (tmp_path / "x").exists()
+
+
+def test_existing_run_is_refused_and_checkpoint_errors(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run([*TINY, "--epochs", "1", "--out", out])[0] == 0
+    capsys.readouterr()
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    code, captured = run([*TINY, "--out", out], capsys)
+    assert code == 2 and "holds another run" in captured.err
+    code, captured = run(["--resume", out, "--T", "6"], capsys)
+    assert code == 2 and "the checkpoint is for T=4, not 6" in captured.err
+    code, captured = run(["--resume", out, "--model", "vgg16"], capsys)
+    assert code == 2 and "model='digits_cnn'" in captured.err
+    code, captured = run(["--resume", tmp_path / "empty"], capsys)
+    assert code == 2 and "no checkpoint.pt" in captured.err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing overwritten
+
+    (out / "checkpoint.pt").write_bytes(before["checkpoint.pt"][: len(before["checkpoint.pt"]) // 2])
+    code, captured = run(["--resume", out], capsys)
+    assert code == 2 and "checkpoint.pt is unreadable" in captured.err
+    assert (out / "metrics.jsonl").read_bytes() == before["metrics.jsonl"]
+
+    assert run([*TINY, "--epochs", "1", "--out", out, "--force"])[0] == 0  # --force starts afresh
+
+
+def test_module_entry_point_exits_2_without_traceback(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "a2sg_triton.train", "--model", "nope"], capture_output=True,
+                            text=True, cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().startswith("a2sg-train: error:")
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes(tmp_path):
+    out = tmp_path / "ddp"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             "-m", "a2sg_triton.train", *TINY[2:], "--epochs", "1", "--out", str(out)],
+                            capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 1 and rows[0]["search_seconds"] > 0
+    state = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert state["epoch"] == 0
