@@ -9,6 +9,7 @@ hyperparameter fit is the cost that matters, hence the ``gp_fit`` options (docs/
 
 import math
 import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -20,6 +21,7 @@ from botorch.models import SingleTaskGP
 from botorch.models.transforms.input import Normalize
 from botorch.models.transforms.outcome import Standardize
 from gpytorch.mlls import ExactMarginalLogLikelihood
+from gpytorch.utils.warnings import NumericalWarning
 
 from .utils import check_flag, check_real
 
@@ -226,7 +228,10 @@ def search_beta(evaluate, *, maximize: bool, config: SearchConfig, generator: to
         except ModelFittingError:  # every attempt failed: keep the best draw rather than stop training
             return SearchResult(beta_best, beta_best, sign * y_best, None, True, time.perf_counter() - start,
                                 n_evaluated)
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            # Near-duplicate draws give tiny negative posterior variances, which gpytorch clamps and
+            # warns about once per search; the clamp is the right answer, the warning is noise.
+            warnings.simplefilter("ignore", NumericalWarning)
             # best_f on the metric's own scale: the posterior LogEI sees is un-standardised
             log_ei = LogExpectedImprovement(model, best_f=y_best)(beta_eval.view(-1, 1, 1))
             beta_star = beta_eval[int(log_ei.argmax())].item()

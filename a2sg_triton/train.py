@@ -31,11 +31,11 @@ from tqdm import tqdm
 
 from .controller import ADAPT_MODES, A2SG
 from .data import DATASETS, DatasetNotFoundError, batch_mixer, build_datasets
-from .models import MODELS, build_model, direct_encode
+from .models import MODELS, build_model, model_input
 from .nn import LIF
 from .search import STRATEGIES
 from .surrogate import SURROGATES
-from .utils import atomic_write
+from .utils import atomic_write, save_figure
 
 CHECKPOINT_FORMAT = "a2sg-train/1"
 # Settings a resumed run must share with its checkpoint: anything that changes the model or the data.
@@ -271,7 +271,7 @@ def run_epoch(model, loader, config, device, optimizer=None, mixer=None, autocas
             target = y
             if mixer is not None:
                 x, target = mixer(x, y)
-            x = x.transpose(0, 1) if x.dim() == 5 else direct_encode(x, config["T"])  # [T, B, ...]
+            x = model_input(x, config["T"])
             with autocast():
                 logits = model(x)
                 loss = F.cross_entropy(logits.float(), target)
@@ -279,7 +279,7 @@ def run_epoch(model, loader, config, device, optimizer=None, mixer=None, autocas
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-            total_loss += float(loss) * y.shape[0]
+            total_loss += float(loss.detach()) * y.shape[0]
             correct += float((logits.argmax(1) == y).sum())
             count += y.shape[0]
             bar.set_postfix(loss=f"{total_loss / count:.3f}", acc=f"{correct / count:.3f}", refresh=False)
@@ -411,14 +411,12 @@ def save_epoch(out, config, epoch, model, optimizer, scheduler, controller, data
 
 def plot_run(out, history):
     """beta.png: every layer's beta per timestep over the epochs; accuracy.png: the accuracy curves."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # not pyplot: no global state, renders with Agg
 
     epochs = [row["epoch"] + 1 for row in history]
     layers = list(history[0]["beta"])
-    fig, axes = plt.subplots(1, len(layers), figsize=(3 * len(layers), 3), squeeze=False, sharey=True)
+    fig = Figure(figsize=(3 * len(layers), 3))
+    axes = fig.subplots(1, len(layers), squeeze=False, sharey=True)
     for ax, name in zip(axes[0], layers):
         for t in range(len(history[0]["beta"][name])):
             ax.plot(epochs, [row["beta"][name][t] for row in history], label=f"t={t}")
@@ -426,22 +424,15 @@ def plot_run(out, history):
         ax.set_xlabel("epoch")
     axes[0][0].set_ylabel("β")
     axes[0][-1].legend(fontsize="small")
-    _save_figure(fig, out / "beta.png")
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    save_figure(fig, out / "beta.png")
+    fig = Figure(figsize=(5, 3.5))
+    ax = fig.subplots()
     ax.plot(epochs, [row["train_acc"] for row in history], label="train")
     ax.plot(epochs, [row["test_acc"] for row in history], label="test")
     ax.set_xlabel("epoch")
     ax.set_ylabel("accuracy")
     ax.legend()
-    _save_figure(fig, out / "accuracy.png")
-
-
-def _save_figure(fig, path):
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    atomic_write(path, lambda f: fig.savefig(f, dpi=100, format="png"))
-    plt.close(fig)
+    save_figure(fig, out / "accuracy.png")
 
 
 def summary(config, out, history):

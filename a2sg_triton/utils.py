@@ -118,3 +118,9 @@ def atomic_write(path, write, binary=True):
     except BaseException:
         os.unlink(tmp)
         raise
+
+
+def save_figure(fig, path):
+    """Writes a matplotlib Figure as PNG, atomically."""
+    fig.tight_layout()
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))

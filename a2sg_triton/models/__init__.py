@@ -6,7 +6,7 @@ layer is an ``a2sg_triton.nn.LIF``, so ``a2sg_triton.A2SG(model)`` finds them al
 """
 
 from .layers import (NeuronConfig, SpikingClassifier, TdBatchNorm2d, TimeDistributed, check_count, conv_bn,
-                     conv_bn_lif, direct_encode)
+                     conv_bn_lif, direct_encode, model_input)
 from .resnet import BasicBlock, ResNet, resnet18, resnet19
 from .vgg import VGG, digits_cnn, vgg16, vggsnn
 
@@ -30,4 +30,4 @@ def build_model(name, *, num_classes, in_channels, T, surrogate="asy", tau=2.0, 
 
 __all__ = ["MODELS", "BasicBlock", "NeuronConfig", "ResNet", "SpikingClassifier", "TdBatchNorm2d",
            "TimeDistributed", "VGG", "build_model", "conv_bn", "conv_bn_lif", "digits_cnn", "direct_encode",
-           "resnet18", "resnet19", "vgg16", "vggsnn"]
+           "model_input", "resnet18", "resnet19", "vgg16", "vggsnn"]

@@ -97,6 +97,12 @@ def direct_encode(x, T):
     return x.unsqueeze(0).expand(T, *x.shape)
 
 
+def model_input(x, T):
+    """A loader batch -> the model's input [T, B, ...]: sequences [B, T, C, H, W] are transposed,
+    static input [B, C, H, W] is direct-encoded (repeated over T)."""
+    return x.transpose(0, 1) if x.dim() == 5 else direct_encode(x, T)
+
+
 def check_count(name, value):
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be an int >= 1, got {value!r}")

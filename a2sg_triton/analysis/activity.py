@@ -1,0 +1,467 @@
+"""Activity analysis of a spiking model built from ``a2sg_triton.nn.LIF``: spike counts and their
+distribution (the paper's Table A1), energy, membrane statistics (Table A2's RMD, Eq. A10, and
+Theorem 2's condition, Fig. 4), weight histograms (Fig. 7), spike deletion (Table A3) and t-SNE of
+a layer's output per timestep (Fig. 6), with a ``plot_*`` helper for each.
+
+Every function that needs data takes ``(model, loader, T, device, ...)``; the loader yields
+``(x, y)`` with static ``x`` [B, C, H, W] or sequences [B, T, C, H, W] (``model_input``). The model
+runs in eval mode under ``torch.no_grad()``, every module's training flag is restored afterwards,
+hooks are removed even on error, and the results are plain dicts, lists and floats (JSON-ready).
+Timesteps are 0-based (the paper's t = 1 … T are t = 0 … T-1 here).
+"""
+
+import math
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..models import model_input
+from ..nn import LIF
+from ..utils import save_figure
+
+__all__ = ["E_AC_PJ", "E_MAC_PJ", "energy", "membrane_potentials", "membrane_statistics", "model_input",
+           "plot_firing_rates", "plot_membrane_statistics", "plot_spike_deletion", "plot_spike_distribution",
+           "plot_tsne", "plot_weight_histograms", "spike_deletion", "spike_statistics", "tsne_features",
+           "weight_statistics"]
+
+# Energy per operation at 45 nm (Horowitz 2014), the values SNN papers use: a multiply-accumulate
+# (real-valued input) and an accumulate (a spike adds a weight).
+E_MAC_PJ = 4.6
+E_AC_PJ = 0.9
+# The layers with weights whose operations are counted.
+SYNAPTIC = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+
+
+def membrane_potentials(lif, x):
+    """The membrane potential u [T, ...] of ``lif`` for its input currents x [T, ...] (docs/math.md):
+
+    u[t] = decay·v[t-1] + input_scale·x[t] with v[-1] = 0, s[t] = (u[t] - v_th >= 0), then the
+    layer's soft (v = u - v_th·s) or hard (v = v_reset where s, else u) reset. Computed in float32
+    (float64 for float64 input), as the layer does, so ``u[t] >= v_th`` are exactly its spikes.
+    """
+    x = x.to(torch.promote_types(x.dtype, torch.float32))
+    v = torch.zeros_like(x[0])
+    potentials = []
+    for t in range(x.shape[0]):
+        u = lif.decay * v + lif.input_scale * x[t]
+        spike = u - lif.v_th >= 0
+        if lif.reset == "hard":
+            v = torch.where(spike, lif.v_reset, u)
+        else:
+            v = torch.where(spike, u - lif.v_th, u)
+        potentials.append(u)
+    return torch.stack(potentials)
+
+
+def spike_statistics(model, loader, T, device, max_batches=None):
+    """Spikes of every LIF layer (by module name) over the loader's samples.
+
+    Per layer: ``neurons`` (per sample and timestep), ``spikes_per_sample``, ``spikes_per_sample_per_t``
+    [T], ``firing_rate`` = spikes / (neurons·T·samples), and ``spike_count_distribution`` [T+1]:
+    entry k is the fraction of (sample, neuron) pairs whose neuron fired exactly k times over the T
+    steps. That is our reading of Table A1's "percentage of samples with the corresponding spike
+    counts" (its rows 0 … 4 at T = 4 sum to 100%).
+
+    ``input_rates`` gives, per Conv/Linear layer, the mean of its input per element and timestep:
+    for a layer fed by spikes (also through average pooling) the firing rate ``energy`` needs.
+    """
+    lifs = _lifs(model)
+    counts = {name: torch.zeros(T + 1, dtype=torch.float64) for name in lifs}
+    per_t = {name: torch.zeros(T, dtype=torch.float64) for name in lifs}
+    neurons = dict.fromkeys(lifs, 0)
+    input_sums = {name: [0.0, 0] for name in _synaptic(model)}
+
+    def lif_hook(name):
+        def hook(module, inputs, spikes):
+            per_neuron = spikes.sum(0).reshape(spikes.shape[1], -1).long()  # [B, neurons]: spikes over T
+            counts[name] += torch.bincount(per_neuron.flatten(), minlength=T + 1).double().cpu()
+            per_t[name] += spikes.flatten(1).sum(1).double().cpu()
+            neurons[name] = spikes[0, 0].numel()
+        return hook
+
+    def input_hook(name):
+        def hook(module, inputs):
+            input_sums[name][0] += float(inputs[0].double().sum())
+            input_sums[name][1] += inputs[0].numel()
+        return hook
+
+    hooks = [(m.register_forward_hook, lif_hook(name)) for name, m in lifs.items()]
+    hooks += [(m.register_forward_pre_hook, input_hook(name)) for name, m in _synaptic(model).items()]
+    samples = 0
+    with _inference(model), _hooked(hooks):
+        for x, _ in _batches(loader, T, device, max_batches):
+            model(x)
+            samples += x.shape[1]
+    layers = {}
+    for name in lifs:
+        total = float(per_t[name].sum()) / samples
+        layers[name] = {
+            "neurons": neurons[name],
+            "spikes_per_sample": total,
+            "spikes_per_sample_per_t": (per_t[name] / samples).tolist(),
+            "firing_rate": total / (neurons[name] * T),
+            "spike_count_distribution": (counts[name] / counts[name].sum()).tolist(),
+        }
+    total = sum(layer["spikes_per_sample"] for layer in layers.values())
+    return {
+        "T": T,
+        "samples": samples,
+        "spikes_per_sample": total,
+        "firing_rate": total / (T * sum(neurons.values())),
+        "layers": layers,
+        "input_rates": {name: s / n for name, (s, n) in input_sums.items()},
+    }
+
+
+def energy(model, spike_stats, input_shape):
+    """Inference energy per sample, in mJ, with the usual SNN convention (45 nm, E_MAC = 4.6 pJ,
+    E_AC = 0.9 pJ): E = E_MAC·FLOPs(first layer) + E_AC·SOPs(every later layer).
+
+    Direct encoding feeds real values to the first Conv/Linear layer (in execution order), so its
+    MACs over the T steps count as FLOPs (also for event input). Every later Conv/Linear layer is fed
+    by spikes and does one accumulate per spike and fan-out: SOPs = input firing rate × T × its MACs
+    per timestep (= input spikes × fan-out, up to a conv's zero padding). The rate is the one measured
+    at the layer's own input (``spike_stats["input_rates"]``), so average pooling and residual
+    shortcuts need no mapping from layer to LIF. BN is taken as folded into the conv; biases,
+    pooling, residual additions and the LIF updates are not counted. MACs are counted with forward
+    hooks on one sample of ``input_shape`` (as the loader yields it, without the batch: [C, H, W] or
+    [T, C, H, W]).
+    """
+    T = spike_stats["T"]
+    synaptic = _synaptic(model)
+    macs = {}  # total over the T steps of one sample; insertion order is execution order
+
+    def hook(name):
+        def count(module, inputs, output):
+            fan_in = module.in_features if isinstance(module, nn.Linear) else (
+                module.in_channels // module.groups * math.prod(module.kernel_size))
+            macs[name] = macs.get(name, 0) + output.numel() * fan_in
+        return count
+
+    device = next(model.parameters()).device
+    with _inference(model), _hooked([(m.register_forward_hook, hook(name)) for name, m in synaptic.items()]):
+        model(model_input(torch.zeros(1, *input_shape, device=device), T))
+    layers = {}
+    for i, (name, layer_macs) in enumerate(macs.items()):
+        if i == 0:
+            rate, ops, e_pj = None, layer_macs, E_MAC_PJ
+        else:
+            if name not in spike_stats["input_rates"]:
+                raise ValueError(f"spike_stats has no input rate for layer {name!r}; compute it on this model")
+            rate = spike_stats["input_rates"][name]
+            ops, e_pj = rate * layer_macs, E_AC_PJ
+        layers[name] = {"op": "MAC" if i == 0 else "AC", "macs_per_timestep": layer_macs / T, "input_rate": rate,
+                        "ops": ops, "energy_mj": ops * e_pj * 1e-9}
+    flops = sum(layer["ops"] for layer in layers.values() if layer["op"] == "MAC")
+    sops = sum(layer["ops"] for layer in layers.values() if layer["op"] == "AC")
+    return {
+        "convention": "E = E_MAC*FLOPs(first layer) + E_AC*SOPs(rest), 45 nm; direct encoding; "
+                      "BN folded; pooling, biases and LIF updates not counted",
+        "e_mac_pj": E_MAC_PJ,
+        "e_ac_pj": E_AC_PJ,
+        "flops": flops,
+        "sops": sops,
+        "energy_mj": sum(layer["energy_mj"] for layer in layers.values()),
+        "layers": layers,
+    }
+
+
+def membrane_statistics(model, loader, T, device, max_batches=None):
+    """Membrane potential statistics of every LIF layer and Theorem 2's condition.
+
+    u is recomputed from each layer's input (``membrane_potentials``). Per layer: ``mu_u`` and
+    ``sigma_u`` (population std) over every t, sample and neuron, the same per t, and
+    RMD = (v_th - mu_u) / sigma_u (Eq. A10). ``theorem2`` holds, for the mean of the layer's beta
+    buffer, L = 2β (the window [a, b] = [v_th - β, v_th + β]), a = v_th - β, κ = a - mu_u, L·κ,
+    sigma_u² and whether L·κ > sigma_u²; ``theorem2_per_t`` the same for each β_t (with the pooled
+    mu_u and sigma_u, as Fig. 4 plots one pair per layer).
+    """
+    lifs = _lifs(model)
+    sums = {name: torch.zeros(3, T, dtype=torch.float64) for name in lifs}  # count, Σu, Σu² per t
+
+    def hook(name):
+        def accumulate(module, inputs):
+            u = membrane_potentials(module, inputs[0]).double().flatten(1)  # [T, samples·neurons]
+            count = torch.full((T,), u.shape[1], dtype=torch.float64, device=u.device)
+            sums[name] += torch.stack([count, u.sum(1), (u * u).sum(1)]).cpu()
+        return accumulate
+
+    with _inference(model), _hooked([(m.register_forward_pre_hook, hook(name)) for name, m in lifs.items()]):
+        for x, _ in _batches(loader, T, device, max_batches):
+            model(x)
+    layers = {}
+    for name, lif in lifs.items():
+        n, s1, s2 = sums[name]
+        mu, sigma = _mean_std(n.sum(), s1.sum(), s2.sum())
+        mu_t, sigma_t = zip(*(_mean_std(*sums[name][:, t]) for t in range(T)))
+        beta = lif.beta.tolist()
+        layers[name] = {
+            "v_th": lif.v_th,
+            "mu_u": mu,
+            "sigma_u": sigma,
+            "rmd": (lif.v_th - mu) / sigma if sigma > 0 else math.inf,
+            "mu_u_per_t": list(mu_t),
+            "sigma_u_per_t": list(sigma_t),
+            "beta": beta,
+            "theorem2": _theorem2(sum(beta) / len(beta), lif.v_th, mu, sigma),
+            "theorem2_per_t": [_theorem2(b, lif.v_th, mu, sigma) for b in beta],
+        }
+    return layers
+
+
+def weight_statistics(model, bins=50):
+    """Per Conv/Linear layer (by module name), its weight's (not bias) mean, std (population), min,
+    max, count and histogram (``bins`` equal-width bins: ``edges`` [bins+1], ``counts`` [bins]), Fig. 7."""
+    stats = {}
+    for name, module in _synaptic(model).items():
+        w = module.weight.detach().cpu().double().numpy().ravel()
+        counts, edges = np.histogram(w, bins=bins)
+        stats[name] = {"mean": float(w.mean()), "std": float(w.std()), "min": float(w.min()),
+                       "max": float(w.max()), "count": int(w.size), "edges": edges.tolist(),
+                       "counts": counts.tolist()}
+    return stats
+
+
+def spike_deletion(model, loader, T, device, fractions=(0.0, 0.1, 0.2, 0.3), seed=0, max_batches=None):
+    """Accuracy and spikes under deletion noise (Table A3): every LIF layer's output spikes are each
+    zeroed independently with probability ``fraction`` (one ``torch.Generator`` seeded with ``seed``
+    per fraction), so the next layer sees only the kept spikes.
+
+    Returns one dict per fraction: ``accuracy``, ``spikes_per_sample`` (kept spikes, the ones that
+    reach the next layer; 0 at fraction 1), ``emitted_spikes_per_sample`` (before deletion: it also
+    changes, since every layer after the first receives fewer spikes) and both per layer.
+    """
+    return [_deletion_run(model, loader, T, device, float(fraction), seed, max_batches) for fraction in fractions]
+
+
+def _deletion_run(model, loader, T, device, fraction, seed, max_batches):
+    lifs = _lifs(model)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    emitted, kept = dict.fromkeys(lifs, 0.0), dict.fromkeys(lifs, 0.0)
+
+    def hook(name):
+        def delete(module, inputs, spikes):
+            out = spikes * (torch.rand(spikes.shape, generator=generator, device=spikes.device) >= fraction)
+            emitted[name] += float(spikes.sum())
+            kept[name] += float(out.sum())
+            return out
+        return delete
+
+    correct = samples = 0
+    with _inference(model), _hooked([(m.register_forward_hook, hook(name)) for name, m in lifs.items()]):
+        for x, y in _batches(loader, T, device, max_batches):
+            correct += int((model(x).argmax(1) == y).sum())
+            samples += y.shape[0]
+    return {
+        "fraction": fraction,
+        "accuracy": correct / samples,
+        "samples": samples,
+        "spikes_per_sample": sum(kept.values()) / samples,
+        "emitted_spikes_per_sample": sum(emitted.values()) / samples,
+        "layers": {name: {"spikes_per_sample": kept[name] / samples,
+                          "emitted_spikes_per_sample": emitted[name] / samples} for name in lifs},
+    }
+
+
+def tsne_features(model, loader, T, device, layer, timesteps, n_samples=500, seed=0):
+    """2-D t-SNE of the output of module ``layer`` at each of ``timesteps`` (Fig. 6).
+
+    The module's output must be [T, B, ...] (a LIF layer's spikes, or e.g. a time-folded conv);
+    at step t each sample's output[t] is flattened into one feature vector. The first ``n_samples``
+    samples of the loader are embedded with ``TSNE(n_components=2, random_state=seed, init="pca",
+    perplexity=min(30, n-1))``. Returns ``labels`` [n] and, per timestep, ``points`` [n, 2].
+    """
+    from sklearn.manifold import TSNE  # heavy import, only needed here
+
+    modules = dict(model.named_modules())
+    if layer not in modules:
+        raise ValueError(f"no module named {layer!r} in the model")
+    if not timesteps or any(not 0 <= t < T for t in timesteps):
+        raise ValueError(f"timesteps must be a non-empty list of steps in 0 … {T - 1}, got {timesteps!r}")
+    features, labels = [], []
+
+    def hook(module, inputs, output):
+        if output.dim() < 2 or output.shape[0] != T:
+            raise ValueError(f"module {layer!r} must output [T={T}, B, ...], got {list(output.shape)}")
+        features.append(output[list(timesteps)].flatten(2).float().cpu())  # [steps, B, features]
+
+    with _inference(model), _hooked([(modules[layer].register_forward_hook, hook)]):
+        for x, y in _batches(loader, T, device, None):
+            model(x)
+            labels.append(y.cpu())
+            if sum(len(batch) for batch in labels) >= n_samples:
+                break
+    features = torch.cat(features, 1)[:, :n_samples].numpy()
+    labels = torch.cat(labels)[:n_samples].tolist()
+    n = len(labels)
+    embeddings = []
+    for t, x in zip(timesteps, features):
+        if np.ptp(x, axis=0).max() == 0:  # sklearn's PCA initialisation divides by zero (and may crash)
+            raise ValueError(f"every sample has the same output of {layer!r} at t={t}; t-SNE is undefined")
+        tsne = TSNE(n_components=2, random_state=seed, init="pca", perplexity=min(30, n - 1))
+        embeddings.append({"t": int(t), "points": tsne.fit_transform(x).tolist()})
+    return {"layer": layer, "labels": labels, "timesteps": embeddings}
+
+
+# ---------------------------------------------------------------------------------------------
+# Plots: matplotlib Figure objects (Agg, no pyplot state), written atomically as PNG.
+# ---------------------------------------------------------------------------------------------
+
+
+def plot_spike_distribution(spike_stats, path):
+    """Table A1 as bars: per LIF layer, the percentage of (sample, neuron) pairs with k spikes."""
+    layers = spike_stats["layers"]
+    fig, axes = _figure(len(layers))
+    for ax, (name, layer) in zip(axes, layers.items()):
+        percent = [100 * p for p in layer["spike_count_distribution"]]
+        ax.bar_label(ax.bar(range(len(percent)), percent), fmt="%.2f", fontsize="x-small")
+        ax.set_title(f"{name}\n{layer['spikes_per_sample']:.4g} spikes/sample", fontsize="small")
+        ax.set_xlabel("spikes over T")
+    axes[0].set_ylabel("% of (sample, neuron) pairs")
+    save_figure(fig, path)
+
+
+def plot_firing_rates(spike_stats, path):
+    """Firing rate of every LIF layer (left) and per timestep (right)."""
+    layers = spike_stats["layers"]
+    fig, (left, right) = _figure(2, sharey=False)
+    left.bar(range(len(layers)), [layer["firing_rate"] for layer in layers.values()])
+    left.set_xticks(range(len(layers)), list(layers), rotation=90, fontsize="x-small")
+    left.set_ylabel("firing rate")
+    for name, layer in layers.items():
+        right.plot([s / layer["neurons"] for s in layer["spikes_per_sample_per_t"]], marker="o", label=name)
+    right.set_xlabel("timestep t")
+    right.set_ylabel("firing rate at t")
+    right.legend(fontsize="x-small")
+    save_figure(fig, path)
+
+
+def plot_weight_histograms(weight_stats, path):
+    """Fig. 7: the weight histogram of every Conv/Linear layer."""
+    fig, axes = _figure(len(weight_stats), sharey=False)
+    for ax, (name, w) in zip(axes, weight_stats.items()):
+        ax.stairs(w["counts"], w["edges"], fill=True)
+        ax.set_title(f"{name}\nmean {w['mean']:.3g}, std {w['std']:.3g}", fontsize="small")
+        ax.set_xlabel("weight")
+    axes[0].set_ylabel("count")
+    save_figure(fig, path)
+
+
+def plot_membrane_statistics(membrane_stats, path):
+    """Per LIF layer: μ_u ± σ_u against v_th, RMD (Eq. A10), and Theorem 2's L·κ against σ_u² (mean β)."""
+    names = list(membrane_stats)
+    x = range(len(names))
+    fig, (mu_ax, rmd_ax, thm_ax) = _figure(3, sharey=False)
+    mu_ax.errorbar(x, [m["mu_u"] for m in membrane_stats.values()],
+                   yerr=[m["sigma_u"] for m in membrane_stats.values()], fmt="o", capsize=3, label="μ_u ± σ_u")
+    mu_ax.plot(x, [m["v_th"] for m in membrane_stats.values()], "r_", markersize=12, label="v_th")
+    mu_ax.set_ylabel("membrane potential u")
+    mu_ax.legend(fontsize="x-small")
+    rmd_ax.bar(x, [m["rmd"] for m in membrane_stats.values()])
+    rmd_ax.set_ylabel("RMD = (v_th - μ_u) / σ_u")
+    conditions = [m["theorem2"] for m in membrane_stats.values()]
+    thm_ax.plot(x, [c["L_kappa"] for c in conditions], "o-", label="L·κ")
+    thm_ax.plot(x, [c["sigma2"] for c in conditions], "s--", label="σ_u²")
+    for i, c in enumerate(conditions):
+        thm_ax.annotate("holds" if c["holds"] else "fails", (i, c["L_kappa"]), fontsize="x-small",
+                        textcoords="offset points", xytext=(0, 5), ha="center")
+    thm_ax.set_title("Theorem 2: L·κ > σ_u²", fontsize="small")
+    thm_ax.legend(fontsize="x-small")
+    for ax in (mu_ax, rmd_ax, thm_ax):
+        ax.set_xticks(x, names, rotation=90, fontsize="x-small")
+    save_figure(fig, path)
+
+
+def plot_spike_deletion(results, path):
+    """Table A3 as curves: accuracy and kept spikes per sample against the deleted fraction."""
+    fractions = [100 * r["fraction"] for r in results]
+    fig, (acc_ax, spike_ax) = _figure(2, sharey=False)
+    acc_ax.plot(fractions, [100 * r["accuracy"] for r in results], "o-")
+    acc_ax.set_ylabel("accuracy (%)")
+    spike_ax.plot(fractions, [r["spikes_per_sample"] for r in results], "o-", label="kept")
+    spike_ax.plot(fractions, [r["emitted_spikes_per_sample"] for r in results], "s--", label="emitted")
+    spike_ax.set_ylabel("spikes per sample")
+    spike_ax.legend(fontsize="x-small")
+    for ax in (acc_ax, spike_ax):
+        ax.set_xlabel("deleted spikes (%)")
+    save_figure(fig, path)
+
+
+def plot_tsne(tsne, path):
+    """Fig. 6: the t-SNE points of every timestep, coloured by label."""
+    fig, axes = _figure(len(tsne["timesteps"]))
+    for ax, step in zip(axes, tsne["timesteps"]):
+        points = np.asarray(step["points"])
+        ax.scatter(points[:, 0], points[:, 1], c=tsne["labels"], cmap="tab10", s=6)
+        ax.set_title(f"{tsne['layer']}, t = {step['t']}", fontsize="small")
+        ax.set_xticks([])
+        ax.set_yticks([])
+    save_figure(fig, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers.
+# ---------------------------------------------------------------------------------------------
+
+
+def _lifs(model):
+    return {name: m for name, m in model.named_modules() if isinstance(m, LIF)}
+
+
+def _synaptic(model):
+    return {name: m for name, m in model.named_modules() if isinstance(m, SYNAPTIC)}
+
+
+def _batches(loader, T, device, max_batches):
+    """(x [T, B, ...], y) on ``device``, at most ``max_batches`` of them."""
+    for i, (x, y) in enumerate(loader):
+        if max_batches is not None and i >= max_batches:
+            break
+        yield model_input(x.to(device), T), y.to(device)
+
+
+@contextmanager
+def _inference(model):
+    """Eval mode and no_grad; every module's own training flag is restored afterwards."""
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        for m, flag in flags:
+            m.training = flag
+
+
+@contextmanager
+def _hooked(hooks):
+    """Registers hooks given as (register method, hook) pairs and removes them all on exit."""
+    handles = []
+    try:
+        for register, fn in hooks:
+            handles.append(register(fn))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _mean_std(n, s1, s2):
+    mean = float(s1 / n)
+    return mean, math.sqrt(max(float(s2 / n) - mean * mean, 0.0))
+
+
+def _theorem2(beta, v_th, mu, sigma):
+    L, a = 2 * beta, v_th - beta
+    kappa = a - mu
+    return {"beta": beta, "L": L, "a": a, "kappa": kappa, "L_kappa": L * kappa, "sigma2": sigma * sigma,
+            "holds": L * kappa > sigma * sigma}
+
+
+def _figure(panels, sharey=True):
+    from matplotlib.figure import Figure  # not pyplot: no global state, renders with Agg
+
+    fig = Figure(figsize=(3.2 * panels, 3.2))
+    return fig, fig.subplots(1, panels, sharey=sharey, squeeze=False)[0]

@@ -1,0 +1,384 @@
+"""Curvature and surrogate-width analyses of a trained spiking model (the paper's Figs. 1, 3, 5, A3, A4).
+
+- ``fisher_max_eigenvalue``: largest eigenvalue of each layer's empirical Fisher (Eq. A8, Fig. 5c).
+- ``loss_landscape_1d`` / ``loss_landscape_2d``: loss along filter-normalised random directions
+  (Li et al. 2018, Fig. 1).
+- ``metric_vs_beta``: SGV and TGC of one LIF layer at one timestep as functions of beta (Fig. 3).
+- ``search_history_metrics``: the series of an ``A2SG.history`` per layer, timestep and metric
+  (Figs. 3, 5, A3, A4).
+- ``plot_*``: PNG figures of the above (matplotlib, Agg), written atomically.
+
+Every function returns JSON-serialisable dicts and lists and leaves the model as it found it: its
+``state_dict`` bit for bit, every module's training flag and every LIF layer's armed A²SG search
+are restored afterwards, even on error (while it runs, no LIF layer searches). Batches from a
+loader are ``(x, y)`` as in training: static ``x`` [B, C, H, W] is repeated over T
+(``direct_encode``), sequences [B, T, ...] are made time-major.
+"""
+
+import contextlib
+
+import torch
+import torch.nn.functional as F
+
+from ..nn import LIF
+from ..stats import _local_grad, candidate_stats
+from ..surrogate import surrogate_grad
+from ..utils import save_figure
+from ..models import model_input
+from .activity import _synaptic, membrane_potentials
+
+# method="auto": the exact Gram route keeps a float64 copy of a layer's [n, P] gradients; above this
+# many elements it uses float32 power iteration instead.
+GRAM_MAX_ELEMENTS = 2**24
+
+
+# -- shared helpers ---------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _preserved(model, train=None):
+    """Runs the body with ``model.train(train)`` (None: modes unchanged) and no LIF search armed;
+    then restores the state_dict bit for bit, every module's training flag and the armed flags."""
+    state = {key: value.detach().clone() for key, value in model.state_dict().items()}
+    modes = {module: module.training for module in model.modules()}
+    armed = {module: module.search_armed for module in model.modules() if isinstance(module, LIF)}
+    try:
+        if train is not None:
+            model.train(train)
+        for module in armed:
+            module.search_armed = False
+        yield
+    finally:
+        model.load_state_dict(state)
+        for module, mode in modes.items():
+            module.training = mode
+        for module, flag in armed.items():
+            module.search_armed = flag
+
+
+def _weights(model):
+    """(module name, weight) of every Conv/Linear whose weight is trained."""
+    return [(name, module.weight) for name, module in _synaptic(model).items() if module.weight.requires_grad]
+
+
+def _take_batches(loader, max_batches):
+    """The first ``max_batches`` (all when None) (x, y) batches, kept so every point sees the same data."""
+    batches = []
+    for x, y in loader:
+        if max_batches is not None and len(batches) >= max_batches:
+            break
+        batches.append((x, y))
+    if not batches:
+        raise ValueError("loader yielded no batch")
+    return batches
+
+
+@torch.no_grad()
+def _evaluate(model, batches, T, device):
+    """(mean cross-entropy, accuracy) over the batches, weighted by sample."""
+    total_loss = correct = count = 0.0
+    for x, y in batches:
+        x, y = x.to(device), y.to(device)
+        logits = model(model_input(x, T)).float()
+        total_loss += float(F.cross_entropy(logits, y, reduction="sum"))
+        correct += float((logits.argmax(1) == y).sum())
+        count += y.shape[0]
+    return total_loss / count, correct / count
+
+
+# -- 1. Fisher information ---------------------------------------------------------------------
+
+
+def fisher_max_eigenvalue(model, loader, T, device, n_samples=64, method="auto", iters=50, seed=0):
+    """Largest eigenvalue of each Conv/Linear layer's empirical Fisher (Eq. A8, Fig. 5c).
+
+    F = (1/n) sum_i g_i g_i^T, g_i the gradient of sample i's cross-entropy (true label) w.r.t. the
+    layer's weight, over the loader's first ``n_samples`` samples; batch norm in eval mode. With
+    Gamma = [g_1 ... g_n]^T: ``method="gram"`` takes the exact top eigenvalue of the n×n Gram matrix
+    (1/n) Gamma Gamma^T (float64; the same non-zero spectrum as F), ``"power"`` runs ``iters`` power
+    iterations of v -> (1/n) Gamma^T (Gamma v) from a seeded random start and reports the Rayleigh
+    quotient, ``"auto"`` uses gram when n × P <= GRAM_MAX_ELEMENTS. Also reports trace(F).
+
+    Returns {"n_samples", "layers": {module name: {"lambda_max", "trace", "method", "n_params"}}}.
+    """
+    if method not in ("auto", "gram", "power"):
+        raise ValueError(f"method must be 'auto', 'gram' or 'power', got {method!r}")
+    with _preserved(model, train=False), torch.enable_grad():
+        weights = _weights(model)
+        if not weights:
+            raise ValueError("model has no Conv/Linear weight to analyse")
+        rows = {name: [] for name, _ in weights}
+        n = 0
+        for x, y in loader:
+            for i in range(y.shape[0]):
+                if n == n_samples:
+                    break
+                logits = model(model_input(x[i:i + 1].to(device), T)).float()
+                loss = F.cross_entropy(logits, y[i:i + 1].to(device))
+                for (name, _), grad in zip(weights, torch.autograd.grad(loss, [w for _, w in weights])):
+                    rows[name].append(grad.detach().flatten().float())
+                n += 1
+            if n == n_samples:
+                break
+        if n == 0:
+            raise ValueError("loader yielded no sample")
+        generator = torch.Generator().manual_seed(seed)
+        layers = {}
+        for name, weight in weights:
+            gamma = torch.stack(rows.pop(name))  # [n, P]
+            use_gram = method == "gram" or (method == "auto" and gamma.numel() <= GRAM_MAX_ELEMENTS)
+            if use_gram:
+                gamma64 = gamma.double()
+                lambda_max = float(torch.linalg.eigvalsh(gamma64 @ gamma64.T / n)[-1])
+            else:
+                lambda_max = _power_iteration(gamma, iters, generator)
+            layers[name] = {"lambda_max": lambda_max, "trace": float(gamma.double().square().sum() / n),
+                            "method": "gram" if use_gram else "power", "n_params": weight.numel()}
+    return {"n_samples": n, "layers": layers}
+
+
+def _power_iteration(gamma, iters, generator):
+    """Top eigenvalue of (1/n) Gamma^T Gamma by power iteration (Rayleigh quotient of the last iterate)."""
+    n = gamma.shape[0]
+    v = torch.randn(gamma.shape[1], generator=generator).to(gamma)
+    v /= v.norm()
+    for _ in range(iters):
+        w = gamma.T @ (gamma @ v) / n
+        norm = w.norm()
+        if norm == 0:
+            return 0.0
+        v = w / norm
+    return float((gamma @ v).double().square().sum() / n)
+
+
+# -- 2. Loss landscapes ------------------------------------------------------------------------
+
+
+def _filter_normalised_direction(model, generator, layers):
+    """Per parameter: a Gaussian direction whose every filter (slice along dim 0: a conv's output
+    channel, a linear layer's output row) has the norm of the parameter's filter (Li et al. 2018).
+    Parameters of dim <= 1 (biases, batch-norm scale and shift) and parameters outside ``layers``
+    (module names; None = all) get a zero direction: they are not perturbed."""
+    direction = {}
+    for name, param in model.named_parameters():
+        module_name = name.rpartition(".")[0]
+        if param.dim() <= 1 or (layers is not None and module_name not in layers):
+            direction[name] = torch.zeros_like(param)
+            continue
+        d = torch.randn(param.shape, generator=generator).to(param)
+        filter_norm = param.detach().flatten(1).norm(dim=1)
+        d_norm = d.flatten(1).norm(dim=1).clamp_min(torch.finfo(d.dtype).tiny)
+        direction[name] = d * (filter_norm / d_norm).view(-1, *[1] * (param.dim() - 1))
+    return direction
+
+
+def _landscape(model, loader, T, device, directions, steps, span, max_batches):
+    """Loss and accuracy at theta + a_1 d_1 (+ a_2 d_2) on the grid linspace(-span, span, steps)^k."""
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    alphas = [0.0] if steps == 1 else [span * (2 * i / (steps - 1) - 1) for i in range(steps)]  # exact 0 mid
+    batches = _take_batches(loader, max_batches)
+    theta = {name: param.detach().clone() for name, param in model.named_parameters()}
+
+    def at(coefficients):
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                param.copy_(theta[name] + sum(c * d[name] for c, d in zip(coefficients, directions)))
+        return _evaluate(model, batches, T, device)
+
+    if len(directions) == 1:
+        points = [at((a,)) for a in alphas]
+        return alphas, [p[0] for p in points], [p[1] for p in points]
+    grid = [[at((a, b)) for b in alphas] for a in alphas]
+    return alphas, [[p[0] for p in row] for row in grid], [[p[1] for p in row] for row in grid]
+
+
+def loss_landscape_1d(model, loader, T, device, steps=21, span=1.0, seed=0, max_batches=None, *, layers=None):
+    """Mean cross-entropy and accuracy at theta + alpha d, alpha in linspace(-span, span, steps) (Fig. 1).
+
+    d is a filter-normalised Gaussian direction (Li et al. 2018; seeded): every filter of every weight
+    of dim >= 2 is scaled to that filter's norm; biases and batch-norm parameters are not perturbed.
+    ``layers`` (module names) restricts the perturbation to those modules' weights, e.g. one conv
+    as in Fig. 1. Batch norm in eval mode; the first ``max_batches`` batches (all when None), the
+    same ones at every point. With odd ``steps`` the middle alpha is exactly 0, so its loss is the
+    model's plain loss. Returns {"alphas", "loss", "accuracy"}.
+    """
+    with _preserved(model, train=False):
+        generator = torch.Generator().manual_seed(seed)
+        direction = _filter_normalised_direction(model, generator, layers)
+        alphas, loss, accuracy = _landscape(model, loader, T, device, [direction], steps, span, max_batches)
+    return {"alphas": alphas, "loss": loss, "accuracy": accuracy}
+
+
+def loss_landscape_2d(model, loader, T, device, steps=11, span=1.0, seed=0, max_batches=None, *, layers=None):
+    """As ``loss_landscape_1d`` on the plane theta + alpha d + beta e (two independent seeded
+    directions); ``loss[i][j]`` is at (alphas[i], betas[j]). Returns {"alphas", "betas", "loss", "accuracy"}."""
+    with _preserved(model, train=False):
+        generator = torch.Generator().manual_seed(seed)
+        directions = [_filter_normalised_direction(model, generator, layers) for _ in range(2)]
+        alphas, loss, accuracy = _landscape(model, loader, T, device, directions, steps, span, max_batches)
+    return {"alphas": alphas, "betas": list(alphas), "loss": loss, "accuracy": accuracy}
+
+
+# -- 3. SGV and TGC as functions of beta --------------------------------------------------------
+
+
+def metric_vs_beta(model, x, y, layer_name, t, betas, T=None):
+    """SGV and TGC of LIF layer ``layer_name`` at timestep ``t`` for each candidate beta_t (Fig. 3).
+
+    One forward of the batch (x as a loader gives it; T defaults to the layer's T) in the model's
+    current train/eval mode, and dL/ds of the layer's output spikes for the cross-entropy. Going down
+    from T-1 to t+1 with the layer's current betas, the LIF backward gives the carry c[t] = dL/dv[t]
+    and the reference delta[t+1]; then ``candidate_stats`` evaluates delta[t] for every candidate
+    (the quantities the A²SG search sees at that step). The batch norm statistics a train-mode
+    forward updates are restored afterwards with everything else.
+
+    Returns {"layer", "t", "betas", "sgv", "tgc" (None at t = T-1), "current_beta"}.
+    """
+    lif = dict(model.named_modules()).get(layer_name)
+    if not isinstance(lif, LIF):
+        raise ValueError(f"{layer_name!r} is not an a2sg_triton.nn.LIF layer of the model")
+    if not 0 <= t < lif.T:
+        raise ValueError(f"t must be in [0, {lif.T - 1}], got {t}")
+    captured = {}
+
+    def capture(module, inputs, output):
+        captured["input"], captured["output"] = inputs[0].detach(), output
+
+    with _preserved(model), torch.enable_grad():
+        handle = lif.register_forward_hook(capture)
+        try:
+            logits = model(model_input(x, lif.T if T is None else T)).float()
+        finally:
+            handle.remove()
+        loss = F.cross_entropy(logits, y)
+        grad_s = torch.autograd.grad(loss, captured["output"])[0].detach().double()
+        u = membrane_potentials(lif, captured["input"].double())
+        hard_reset = lif.reset == "hard"
+        carry = ref = None
+        for step in range(lif.T - 1, t, -1):
+            d = u[step] - lif.v_th
+            f = surrogate_grad(d, float(lif.beta[step]), lif.surrogate, v_th=0.0, h=lif.h)
+            ref = _local_grad(d, grad_s[step], carry, f, lif.v_th, hard_reset, lif.v_reset, lif.detach_reset)
+            carry = lif.decay * ref
+        stats = candidate_stats(u[t], grad_s[t], betas, lif.surrogate, carry=carry, ref=ref, v_th=lif.v_th,
+                                h=lif.h, reset=lif.reset, v_reset=lif.v_reset, detach_reset=lif.detach_reset)
+        current_beta = float(lif.beta[t])
+    return {"layer": layer_name, "t": t, "betas": stats.betas.tolist(), "sgv": stats.sgv().tolist(),
+            "tgc": None if ref is None else stats.tgc().tolist(), "current_beta": current_beta}
+
+
+# -- 4. Search history -------------------------------------------------------------------------
+
+
+def search_history_metrics(history):
+    """``A2SG.history`` rows -> {layer: {t: {metric: {"epochs", "beta", "metric_at_beta", "best_value"}}}},
+    each series in epoch order: the chosen beta and the metric at it per search (Figs. 3, 5, A3, A4)."""
+    series = {}
+    for row in sorted(history, key=lambda row: row["epoch"]):
+        entry = series.setdefault(row["layer"], {}).setdefault(row["t"], {}).setdefault(
+            row["metric"], {"epochs": [], "beta": [], "metric_at_beta": [], "best_value": []})
+        entry["epochs"].append(row["epoch"])
+        entry["beta"].append(row["beta"])
+        entry["metric_at_beta"].append(row["metric_at_beta"])
+        entry["best_value"].append(row["best_value"])
+    return series
+
+
+# -- 5. Figures --------------------------------------------------------------------------------
+
+
+def _figure(rows=1, columns=1, size=(4.5, 3.5)):
+    """A pyplot-free figure (no global state; PNG renders with Agg) and its [rows, columns] axes."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(size[0] * columns, size[1] * rows))
+    return fig, fig.subplots(rows, columns, squeeze=False)
+
+
+def _labelled(results, single_key):
+    """{label: result}; a single result (recognised by ``single_key``) becomes {"": result}."""
+    return {"": results} if single_key in results else results
+
+
+def plot_fisher_eigenvalues(results, path):
+    """Bars of lambda_max per layer (log scale), one bar group per label (Fig. 5c). ``results``: one
+    ``fisher_max_eigenvalue`` result or {label: result}."""
+    runs = _labelled(results, "layers")
+    names = list(next(iter(runs.values()))["layers"])
+    width = 0.8 / len(runs)
+    fig, axes = _figure(size=(max(4.0, 0.8 * len(names) * len(runs)), 3.5))
+    ax = axes[0][0]
+    for k, (label, result) in enumerate(runs.items()):
+        values = [result["layers"][name]["lambda_max"] for name in names]
+        ax.bar([i + k * width for i in range(len(names))], values, width, label=label or None)
+    ax.set_xticks([i + width * (len(runs) - 1) / 2 for i in range(len(names))], names, rotation=45, ha="right")
+    ax.set_yscale("log")
+    ax.set_ylabel("largest Fisher eigenvalue")
+    if len(runs) > 1:
+        ax.legend(fontsize="small")
+    save_figure(fig, path)
+
+
+def plot_loss_landscape_1d(results, path):
+    """Loss against alpha, one curve per label (Fig. 1). ``results``: one ``loss_landscape_1d``
+    result or {label: result}."""
+    runs = _labelled(results, "alphas")
+    fig, axes = _figure()
+    ax = axes[0][0]
+    for label, result in runs.items():
+        ax.plot(result["alphas"], result["loss"], label=label or None)
+    ax.set_xlabel("α (filter-normalised direction)")
+    ax.set_ylabel("loss")
+    if len(runs) > 1:
+        ax.legend(fontsize="small")
+    save_figure(fig, path)
+
+
+def plot_loss_landscape_2d(result, path, levels=20):
+    """Contours of the loss over the plane of one ``loss_landscape_2d`` result."""
+    fig, axes = _figure(size=(4.5, 4.0))
+    ax = axes[0][0]
+    # loss[i][j] is at (alphas[i], betas[j]); contour wants Z[y][x], so transpose.
+    loss = [list(column) for column in zip(*result["loss"])]
+    contour = ax.contour(result["alphas"], result["betas"], loss, levels=levels)
+    ax.clabel(contour, fontsize="x-small")
+    ax.set_xlabel("α")
+    ax.set_ylabel("β")
+    save_figure(fig, path)
+
+
+def plot_metric_vs_beta(results, path):
+    """SGV (and TGC where present) against beta, the current beta dashed, one curve per label (Fig. 3).
+    ``results``: one ``metric_vs_beta`` result or {label: result}."""
+    runs = _labelled(results, "betas")
+    metrics = ["sgv"] + (["tgc"] if any(result["tgc"] is not None for result in runs.values()) else [])
+    fig, axes = _figure(columns=len(metrics))
+    for ax, metric in zip(axes[0], metrics):
+        for label, result in runs.items():
+            if result[metric] is not None:
+                line, = ax.plot(result["betas"], result[metric], label=label or None)
+                ax.axvline(result["current_beta"], color=line.get_color(), linestyle="--")
+        ax.set_xlabel("β")
+        ax.set_ylabel(metric.upper())
+    if len(runs) > 1:
+        axes[0][-1].legend(fontsize="small")
+    save_figure(fig, path)
+
+
+def plot_search_history(metrics, path):
+    """One row per layer: the metric at the chosen beta (left) and the chosen beta (right) over the
+    epochs, one curve per timestep. ``metrics``: a ``search_history_metrics`` result."""
+    fig, axes = _figure(rows=len(metrics), columns=2)
+    for (layer, per_t), (ax_metric, ax_beta) in zip(metrics.items(), axes):
+        for t, per_metric in sorted(per_t.items()):
+            for metric, entry in per_metric.items():
+                label = f"t={t} {metric.upper()}"
+                ax_metric.plot(entry["epochs"], entry["metric_at_beta"], marker=".", label=label)
+                ax_beta.plot(entry["epochs"], entry["beta"], marker=".", label=label)
+        ax_metric.set_title(f"{layer}: metric at the chosen β")
+        ax_beta.set_title(f"{layer}: chosen β")
+        for ax in (ax_metric, ax_beta):
+            ax.set_xlabel("epoch")
+        ax_beta.legend(fontsize="small")
+    save_figure(fig, path)

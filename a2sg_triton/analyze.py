@@ -1,0 +1,199 @@
+"""a2sg-analyze RUN_DIR: every instrument of a2sg_triton.analysis on a finished a2sg-train run.
+
+Loads RUN_DIR's config and checkpoint, rebuilds the model and the test data, and writes to
+RUN_DIR/analysis (or --out): one PNG per instrument, analysis.json with every number and
+analysis.md with the tables.
+"""
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from . import analysis
+from .data import DatasetNotFoundError, build_datasets
+from .models import build_model
+from .nn import LIF
+from .utils import atomic_write
+
+
+class AnalyzeError(Exception):
+    """A problem with the user's input: printed as one line, exit code 2."""
+
+
+def load_run(run_dir, device):
+    """-> (config, model with the checkpoint's weights and betas, test set, data info, controller history)."""
+    try:
+        config = json.loads((run_dir / "config.json").read_text())
+        state = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)
+    except FileNotFoundError as error:
+        raise AnalyzeError(f"{run_dir} is not an a2sg-train run folder ({error.filename} is missing)")
+    except Exception as error:  # a truncated or foreign file
+        raise AnalyzeError(f"{run_dir}: cannot read the run ({type(error).__name__}: {error})")
+    try:
+        _, test_set, info = build_datasets(config["dataset"], config["data"], T=config["T"], seed=config["seed"])
+    except (DatasetNotFoundError, ValueError, ImportError) as error:
+        raise AnalyzeError(str(error))
+    model = build_model(config["model"], num_classes=info.num_classes, in_channels=info.in_channels, T=config["T"],
+                        surrogate=config["surrogate"], tau=config["tau"], v_th=config["v_th"],
+                        beta_init=config["beta_init"], h=config["h"], backend=config["backend"])
+    model.load_state_dict(state["model"])
+    return config, model.to(device).eval(), test_set, info, state["controller"]["history"]
+
+
+def _finite(value):
+    """JSON has no inf/nan: they become strings."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def run_all(config, model, test_set, info, history, out, device, args):
+    T = config["T"]
+    loader = DataLoader(test_set, batch_size=args.batch_size, shuffle=False)
+    lif_names = [name for name, m in model.named_modules() if isinstance(m, LIF)]
+    x0, y0 = next(iter(DataLoader(test_set, batch_size=min(args.batch_size, len(test_set)), shuffle=False)))
+    x0, y0 = x0.to(device), y0.to(device)
+    common = dict(T=T, device=device, max_batches=args.max_batches)
+    results = {}
+
+    def spikes():
+        results["spikes"] = analysis.spike_statistics(model, loader, **common)
+        analysis.plot_spike_distribution(results["spikes"], out / "spike_distribution.png")
+        analysis.plot_firing_rates(results["spikes"], out / "firing_rates.png")
+        results["energy"] = analysis.energy(model, results["spikes"], tuple(test_set[0][0].shape))
+
+    def membrane():
+        results["membrane"] = analysis.membrane_statistics(model, loader, **common)
+        analysis.plot_membrane_statistics(results["membrane"], out / "membrane.png")
+
+    def weights():
+        results["weights"] = analysis.weight_statistics(model)
+        analysis.plot_weight_histograms(results["weights"], out / "weights.png")
+
+    def deletion():
+        results["spike_deletion"] = analysis.spike_deletion(model, loader, fractions=(0.0, 0.1, 0.2, 0.3),
+                                                            seed=config["seed"], **common)
+        analysis.plot_spike_deletion(results["spike_deletion"], out / "spike_deletion.png")
+
+    def fisher():
+        results["fisher"] = analysis.fisher_max_eigenvalue(model, loader, T, device, n_samples=args.fisher_samples)
+        analysis.plot_fisher_eigenvalues(results["fisher"], out / "fisher.png")
+
+    def landscapes():
+        results["landscape_1d"] = analysis.loss_landscape_1d(model, loader, **common)
+        analysis.plot_loss_landscape_1d(results["landscape_1d"], out / "landscape_1d.png")
+        results["landscape_2d"] = analysis.loss_landscape_2d(model, loader, steps=args.landscape_steps, **common)
+        analysis.plot_loss_landscape_2d(results["landscape_2d"], out / "landscape_2d.png")
+
+    def search():
+        results["search_history"] = analysis.search_history_metrics(history)
+        if history:
+            analysis.plot_search_history(results["search_history"], out / "search_history.png")
+        betas = torch.linspace(0.05, 1.0, 40, dtype=torch.float64)
+        curves = {f"{name} t={t}": analysis.metric_vs_beta(model, x0, y0, name, t, betas) for name in lif_names
+                  for t in sorted({0, T - 1})}
+        results["metric_vs_beta"] = curves
+        analysis.plot_metric_vs_beta(curves, out / "metric_vs_beta.png")
+
+    def tsne():
+        try:
+            results["tsne"] = analysis.tsne_features(model, loader, T, device, lif_names[-1], sorted({0, T - 1}),
+                                                     n_samples=args.tsne_samples, seed=config["seed"])
+        except ValueError as error:  # e.g. a layer that is silent for every sample: nothing to embed
+            results["tsne"] = {"skipped": str(error)}
+            tqdm.write(f"a2sg-analyze: t-SNE skipped: {error}")
+            return
+        analysis.plot_tsne(results["tsne"], out / "tsne.png")
+
+    steps = {"spikes": spikes, "membrane": membrane, "weights": weights, "deletion": deletion, "fisher": fisher,
+             "landscapes": landscapes, "search": search, "tsne": tsne}
+    for name in tqdm([s for s in steps if s not in args.skip], desc="analysis"):
+        steps[name]()
+    return results
+
+
+def markdown(config, results):
+    lines = [f"# Analysis of {config['model']} on {config['dataset']} ({config['surrogate']} + {config['adapt']}, "
+             f"T={config['T']})", ""]
+    if "spikes" in results:
+        stats = results["spikes"]
+        lines += ["## Spikes (test set)", "", "| layer | spikes / sample | firing rate | silent neuron-samples |",
+                  "|---|---|---|---|"]
+        for name, layer in stats["layers"].items():
+            lines.append(f"| {name} | {layer['spikes_per_sample']:.1f} | {layer['firing_rate']:.4f} | "
+                         f"{100 * layer['spike_count_distribution'][0]:.2f}% |")
+        energy = results["energy"]
+        lines += ["", f"Energy per sample: {energy['energy_mj']:.3e} mJ — {energy['convention']}", ""]
+    if "membrane" in results:
+        lines += ["## Membrane (Eq. A10, Theorem 2)", "", "| layer | μ_u | σ_u | RMD | L·κ > σ² (mean β) |",
+                  "|---|---|---|---|---|"]
+        for name, layer in results["membrane"].items():
+            lines.append(f"| {name} | {layer['mu_u']:.4f} | {layer['sigma_u']:.4f} | {layer['rmd']:.3f} | "
+                         f"{layer['theorem2']['holds']} |")
+        lines.append("")
+    if "spike_deletion" in results:
+        lines += ["## Spike deletion (Table A3)", "", "| deleted | accuracy | spikes / sample kept |", "|---|---|---|"]
+        for row in results["spike_deletion"]:
+            lines.append(f"| {100 * row['fraction']:.0f}% | {100 * row['accuracy']:.2f}% | "
+                         f"{row['spikes_per_sample']:.1f} |")
+        lines.append("")
+    if "fisher" in results:
+        lines += ["## Largest Fisher eigenvalue (Fig. 5c)", "", "| layer | λ_max |", "|---|---|"]
+        lines += [f"| {name} | {value['lambda_max']:.4g} |" for name, value in results["fisher"]["layers"].items()]
+        lines.append("")
+    if "landscape_1d" in results:
+        curve = results["landscape_1d"]
+        lines += ["## Loss landscape (Fig. 1)", "",
+                  f"1-D, filter-normalised direction: loss {min(curve['loss']):.4f} … {max(curve['loss']):.4f} "
+                  f"over α ∈ [{curve['alphas'][0]}, {curve['alphas'][-1]}]", ""]
+    return "\n".join(lines)
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="a2sg-analyze", description=__doc__.split("\n")[0])
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--out", metavar="DIR", help="default: RUN_DIR/analysis")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--max-batches", type=int, default=None, help="at most this many test batches per instrument")
+    p.add_argument("--fisher-samples", type=int, default=64)
+    p.add_argument("--landscape-steps", type=int, default=11, help="grid points per axis of the 2-D landscape")
+    p.add_argument("--tsne-samples", type=int, default=300)
+    p.add_argument("--skip", nargs="+", default=[], choices=["spikes", "membrane", "weights", "deletion", "fisher",
+                                                              "landscapes", "search", "tsne"])
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        run_dir = Path(args.run_dir)
+        device = torch.device(args.device)
+        config, model, test_set, info, history = load_run(run_dir, device)
+        out = Path(args.out) if args.out else run_dir / "analysis"
+        out.mkdir(parents=True, exist_ok=True)
+        results = run_all(config, model, test_set, info, history, out, device, args)
+    except AnalyzeError as error:
+        print(f"a2sg-analyze: error: {error}", file=sys.stderr)
+        return 2
+    payload = json.dumps(_finite({"config": config, **results}), indent=1)
+    atomic_write(out / "analysis.json", lambda f: f.write(payload), binary=False)
+    text = markdown(config, results)
+    atomic_write(out / "analysis.md", lambda f: f.write(text), binary=False)
+    print(text)
+    print(f"figures and tables in {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

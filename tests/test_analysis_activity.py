@@ -1,0 +1,292 @@
+"""Activity analysis (a2sg_triton.analysis.activity): spike counts, energy, membrane statistics, weight
+statistics, spike deletion and t-SNE, on a hand-countable model and on digits_cnn."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from threadpoolctl import threadpool_limits  # a dependency of scikit-learn
+from torch.utils.data import DataLoader, TensorDataset
+
+from a2sg_triton.analysis import activity
+from a2sg_triton.models import build_model, direct_encode
+from a2sg_triton.nn import LIF
+
+T = 4
+
+
+class Tiny(nn.Module):
+    """Linear(4 -> 3) with weight [I | 0] (neuron i gets input i, input 3 is ignored), LIF (tau = 2,
+    soft reset, v_th = 1), then Linear(3 -> 2); logits = mean over T."""
+
+    def __init__(self, T):
+        super().__init__()
+        self.fc1 = nn.Linear(4, 3, bias=False)
+        self.lif = LIF(T, backend="torch")
+        self.fc2 = nn.Linear(3, 2, bias=False)
+        with torch.no_grad():
+            self.fc1.weight.copy_(torch.eye(3, 4))
+            self.fc2.weight.copy_(torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 1.0]]))
+
+    def forward(self, x):
+        return self.fc2(self.lif(self.fc1(x))).mean(0)
+
+
+# A constant input c gives, with u[t] = 0.5 v[t-1] + 0.5 c and a soft reset (worked out by hand):
+#   c = 2:     u = 1, 1, 1, 1                         spikes at t = 0, 1, 2, 3 (u = v_th fires)
+#   c = 1.5:   u = .75, 1.125, .8125, 1.15625          spikes at t = 1, 3
+#   c = 0:     u = 0, 0, 0, 0                         no spike
+#   c = 1.875: u = .9375, 1.40625, 1.140625, 1.0078125 spikes at t = 1, 2, 3
+#   c = 1:     u = .5, .75, .875, .9375               no spike
+#   c = 4:     u = 2, 2.5, 2.75, 2.875                spikes at t = 0, 1, 2, 3
+HAND_X = torch.tensor([[2.0, 1.5, 0.0, 5.0], [1.875, 1.0, 4.0, -3.0]])
+HAND_Y = torch.tensor([0, 1])
+HAND_U = [1, 1, 1, 1, .75, 1.125, .8125, 1.15625, 0, 0, 0, 0,
+          .9375, 1.40625, 1.140625, 1.0078125, .5, .75, .875, .9375, 2, 2.5, 2.75, 2.875]
+
+
+@pytest.fixture(autouse=True)
+def one_openmp_thread():
+    """sklearn's t-SNE runs an OpenMP loop at each of its 1000 iterations; on a busy 2-core machine
+    two threads wait on each other at every barrier (11 ms per iteration measured, 35 s per test).
+    One thread takes 0.1 s for these few samples."""
+    with threadpool_limits(1, user_api="openmp"):
+        yield
+
+
+def _loader(x, y, batch_size):
+    return DataLoader(TensorDataset(x, y), batch_size=batch_size)
+
+
+@pytest.fixture
+def digits():
+    """digits_cnn whose BN running statistics are those of its data, so both LIF layers fire in eval."""
+    torch.manual_seed(0)
+    model = build_model("digits_cnn", num_classes=10, in_channels=1, T=T, backend="torch")
+    x, y = torch.rand(48, 1, 8, 8) * 4, torch.randint(0, 10, (48,))
+    for bn in model.modules():
+        if isinstance(bn, nn.BatchNorm2d):
+            bn.momentum = None  # cumulative average: one batch sets the running statistics
+    with torch.no_grad():
+        model(direct_encode(x, T))
+    return model, _loader(x, y, 16)
+
+
+def _no_hooks(model):
+    return all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+
+
+def test_model_input():
+    static, seq = torch.rand(5, 1, 8, 8), torch.rand(5, T, 2, 8, 8)
+    assert torch.equal(activity.model_input(static, T), direct_encode(static, T))
+    assert activity.model_input(seq, T).shape == (T, 5, 2, 8, 8)
+    assert torch.equal(activity.model_input(seq, T)[2, 3], seq[3, 2])
+
+
+def test_spike_statistics_hand_count():
+    stats = activity.spike_statistics(Tiny(T), _loader(HAND_X, HAND_Y, 1), T, "cpu")
+    layer = stats["layers"]["lif"]
+    # sample A: neuron counts 4, 2, 0; sample B: 3, 0, 4 -> 13 spikes over 2 samples
+    assert stats["samples"] == 2 and layer["neurons"] == 3
+    assert layer["spikes_per_sample"] == 6.5 == stats["spikes_per_sample"]
+    assert layer["spikes_per_sample_per_t"] == [1.0, 2.0, 1.5, 2.0]
+    assert layer["firing_rate"] == pytest.approx(13 / 24)
+    assert layer["spike_count_distribution"] == pytest.approx([2 / 6, 0, 1 / 6, 1 / 6, 2 / 6])
+    assert stats["input_rates"]["fc2"] == pytest.approx(13 / 24)  # fc2's input is the LIF's spikes
+    json.dumps(stats)
+
+
+def test_spike_statistics_digits(digits):
+    model, loader = digits
+    stats = activity.spike_statistics(model, loader, T, "cpu", max_batches=2)
+    assert stats["samples"] == 32 and list(stats["layers"]) == ["features.0.1", "features.2.1"]
+    for layer in stats["layers"].values():
+        assert layer["spikes_per_sample"] > 0
+        assert sum(layer["spikes_per_sample_per_t"]) == pytest.approx(layer["spikes_per_sample"])
+        assert sum(layer["spike_count_distribution"]) == pytest.approx(1.0)
+        mean_count = sum(k * p for k, p in enumerate(layer["spike_count_distribution"]))
+        assert mean_count * layer["neurons"] == pytest.approx(layer["spikes_per_sample"])
+    assert stats["layers"]["features.0.1"]["neurons"] == 16 * 8 * 8
+    # average pooling keeps the mean: the second conv's input rate is the first LIF's firing rate
+    assert stats["input_rates"]["features.2.0.0"] == pytest.approx(stats["layers"]["features.0.1"]["firing_rate"])
+    json.dumps(stats)
+
+
+def test_energy_hand_count():
+    model = Tiny(T)
+    stats = activity.spike_statistics(model, _loader(HAND_X, HAND_Y, 2), T, "cpu")
+    result = activity.energy(model, stats, (4,))
+    fc1, fc2 = result["layers"]["fc1"], result["layers"]["fc2"]
+    assert fc1["op"] == "MAC" and fc1["macs_per_timestep"] == 12 and fc1["ops"] == 4 * 12
+    # 6.5 spikes per sample, each reaching fc2's 2 outputs
+    assert fc2["op"] == "AC" and fc2["macs_per_timestep"] == 6 and fc2["ops"] == pytest.approx(6.5 * 2)
+    assert result["flops"] == 48 and result["sops"] == pytest.approx(13)
+    assert result["energy_mj"] == pytest.approx((4.6 * 48 + 0.9 * 13) * 1e-9)
+    json.dumps(result)
+
+
+def test_energy_digits_macs(digits):
+    model, loader = digits
+    stats = activity.spike_statistics(model, loader, T, "cpu", max_batches=1)
+    result = activity.energy(model, stats, (1, 8, 8))
+    layers = result["layers"]
+    assert list(layers) == ["features.0.0.0", "features.2.0.0", "classifier.1"]  # execution order
+    assert [layer["macs_per_timestep"] for layer in layers.values()] == [16 * 64 * 9, 32 * 16 * 16 * 9, 512 * 10]
+    assert [layer["op"] for layer in layers.values()] == ["MAC", "AC", "AC"]
+    rate = stats["layers"]["features.2.1"]["firing_rate"]
+    assert layers["classifier.1"]["ops"] == pytest.approx(rate * T * 5120)
+    assert result["energy_mj"] == pytest.approx(sum(layer["energy_mj"] for layer in layers.values()))
+
+
+@pytest.mark.parametrize("neuron", [dict(), dict(reset="hard", v_reset=-0.2, decay=0.7, input_scale=1.0, v_th=0.8)])
+def test_membrane_potentials_reproduce_spikes(neuron):
+    lif = LIF(T, backend="torch", **neuron)
+    x = torch.randn(T, 64, 5, generator=torch.Generator().manual_seed(1)) * 2
+    u, spikes = activity.membrane_potentials(lif, x), lif(x)
+    assert u.shape == x.shape and spikes.sum() > 0
+    assert torch.equal(spikes.bool(), u >= lif.v_th)
+
+
+def test_membrane_potentials_in_digits(digits):
+    model, loader = digits
+    lif = model.features[2][1]
+    captured = {}
+    lif.register_forward_pre_hook(lambda m, inputs: captured.update(x=inputs[0]))
+    lif.register_forward_hook(lambda m, inputs, out: captured.update(s=out))
+    with torch.no_grad():
+        model(direct_encode(next(iter(loader))[0], T))
+    assert captured["s"].sum() > 0
+    assert torch.equal(captured["s"].bool(), activity.membrane_potentials(lif, captured["x"]) >= lif.v_th)
+
+
+def test_membrane_statistics_hand_values():
+    model = Tiny(T)
+    model.lif.beta.copy_(torch.tensor([0.5, 0.4, 0.3, 0.2]))
+    stats = activity.membrane_statistics(model, _loader(HAND_X, HAND_Y, 1), T, "cpu")["lif"]
+    mu, sigma = np.mean(HAND_U), np.std(HAND_U)
+    assert stats["mu_u"] == pytest.approx(mu) and stats["sigma_u"] == pytest.approx(sigma)
+    assert stats["rmd"] == pytest.approx((1 - mu) / sigma)
+    assert stats["mu_u_per_t"] == pytest.approx(np.reshape(HAND_U, (6, T)).mean(0))
+    assert stats["beta"] == pytest.approx([0.5, 0.4, 0.3, 0.2])
+    assert stats["theorem2"]["beta"] == pytest.approx(0.35)
+    assert not stats["theorem2"]["holds"]  # mu_u ≈ 1.06 lies above the window's left edge a = 0.65
+    json.dumps(stats)
+
+
+def test_membrane_statistics_theorem2_condition():
+    # T = 2, inputs -1, 0, 1 and 1, 0, -1: u[0] = 0.5 c, u[1] = 0.75 c, no spikes, so mu_u = 0 and
+    # sigma_u² = (4·0.25 + 4·0.5625) / 12 = 13/48.
+    model = Tiny(2)
+    model.lif.beta.copy_(torch.tensor([0.5, 0.05]))
+    x = torch.tensor([[-1.0, 0.0, 1.0, 0.0], [1.0, 0.0, -1.0, 0.0]])
+    stats = activity.membrane_statistics(model, _loader(x, HAND_Y, 2), 2, "cpu")["lif"]
+    assert stats["mu_u"] == pytest.approx(0, abs=1e-12) and stats["sigma_u"] ** 2 == pytest.approx(13 / 48)
+    assert stats["rmd"] == pytest.approx(1 / math.sqrt(13 / 48))
+    assert stats["sigma_u_per_t"] == pytest.approx([math.sqrt(1 / 6), math.sqrt(2.25 / 6)])
+    mean_beta = stats["theorem2"]  # beta 0.275: L = 0.55, a = kappa = 0.725, L·kappa = 0.39875 > 13/48
+    assert mean_beta["L"] == pytest.approx(0.55) and mean_beta["kappa"] == pytest.approx(0.725)
+    assert mean_beta["L_kappa"] == pytest.approx(0.39875) and mean_beta["holds"]
+    # beta 0.5: L·kappa = 0.5 > 13/48; beta 0.05: L·kappa = 0.1·0.95 = 0.095 < 13/48
+    assert [c["holds"] for c in stats["theorem2_per_t"]] == [True, False]
+    assert stats["theorem2_per_t"][1]["L_kappa"] == pytest.approx(0.095)
+
+
+def test_weight_statistics_match_numpy(digits):
+    model, _ = digits
+    stats = activity.weight_statistics(model, bins=20)
+    assert list(stats) == ["features.0.0.0", "features.2.0.0", "classifier.1"]
+    for name, w in stats.items():
+        weight = model.get_submodule(name).weight.detach().double().numpy().ravel()
+        counts, edges = np.histogram(weight, bins=20)
+        assert w["counts"] == counts.tolist() and w["edges"] == pytest.approx(edges)
+        assert (w["mean"], w["std"], w["min"], w["max"]) == pytest.approx(
+            (weight.mean(), weight.std(), weight.min(), weight.max()))
+        assert w["count"] == weight.size
+    json.dumps(stats)
+
+
+def test_spike_deletion(digits):
+    model, loader = digits
+    with torch.no_grad():
+        model.eval()
+        plain = sum(int((model(direct_encode(x, T)).argmax(1) == y).sum()) for x, y in loader) / 48
+    stats = activity.spike_statistics(model, loader, T, "cpu")
+    none, some, every = activity.spike_deletion(model, loader, T, "cpu", fractions=(0.0, 0.3, 1.0), seed=3)
+    assert none["accuracy"] == plain and none["samples"] == 48
+    assert none["spikes_per_sample"] == pytest.approx(stats["spikes_per_sample"])
+    assert none["spikes_per_sample"] == none["emitted_spikes_per_sample"]
+    first = some["layers"]["features.0.1"]  # the first layer's input is unchanged: it emits as without noise
+    assert first["emitted_spikes_per_sample"] == pytest.approx(stats["layers"]["features.0.1"]["spikes_per_sample"])
+    assert 0 < first["spikes_per_sample"] < first["emitted_spikes_per_sample"]
+    assert every["spikes_per_sample"] == 0
+    assert all(layer["spikes_per_sample"] == 0 for layer in every["layers"].values())
+    assert activity.spike_deletion(model, loader, T, "cpu", fractions=(0.3,), seed=3) == [some]  # seeded
+    json.dumps([none, some, every])
+
+
+def test_tsne_features(digits):
+    model, loader = digits
+    result = activity.tsne_features(model, loader, T, "cpu", "features.0.1", [0, 3], n_samples=40, seed=1)
+    assert result["layer"] == "features.0.1" and len(result["labels"]) == 40
+    assert [step["t"] for step in result["timesteps"]] == [0, 3]
+    assert all(np.asarray(step["points"]).shape == (40, 2) for step in result["timesteps"])
+    again = activity.tsne_features(model, loader, T, "cpu", "features.0.1", [3], n_samples=40, seed=1)
+    assert again["timesteps"] == result["timesteps"][1:] and again["labels"] == result["labels"]  # deterministic
+    folded = activity.tsne_features(model, loader, T, "cpu", "features.0.0", [1], n_samples=20)  # conv-BN output
+    assert np.asarray(folded["timesteps"][0]["points"]).shape == (20, 2)
+    json.dumps(result)
+
+
+def test_tsne_rejects_bad_arguments(digits):
+    model, loader = digits
+    with pytest.raises(ValueError, match="no module"):
+        activity.tsne_features(model, loader, T, "cpu", "nope", [0])
+    with pytest.raises(ValueError, match="timesteps"):
+        activity.tsne_features(model, loader, T, "cpu", "features.0.1", [T])
+    with pytest.raises(ValueError, match=r"\[T=4, B"):  # the conv inside the time fold sees [T*B, ...]
+        activity.tsne_features(model, loader, T, "cpu", "features.0.0.0", [0])
+    assert _no_hooks(model)
+
+
+def test_hooks_removed_and_training_flags_restored(digits):
+    model, loader = digits
+    model.train()
+    model.features[0][0].eval()  # a mixed state must come back as it was
+    flags = [m.training for m in model.modules()]
+    for run in (lambda: activity.spike_statistics(model, loader, T, "cpu", max_batches=1),
+                lambda: activity.membrane_statistics(model, loader, T, "cpu", max_batches=1),
+                lambda: activity.energy(model, activity.spike_statistics(model, loader, T, "cpu", 1), (1, 8, 8)),
+                lambda: activity.spike_deletion(model, loader, T, "cpu", fractions=(0.5,), max_batches=1)):
+        run()
+        assert _no_hooks(model) and [m.training for m in model.modules()] == flags
+
+    def failing():
+        yield next(iter(loader))
+        raise RuntimeError("loader failed")
+
+    with pytest.raises(RuntimeError, match="loader failed"):
+        activity.spike_deletion(model, failing(), T, "cpu")
+    assert _no_hooks(model) and [m.training for m in model.modules()] == flags
+
+
+def test_plots_write_png(digits, tmp_path):
+    model, loader = digits
+    stats = activity.spike_statistics(model, loader, T, "cpu", max_batches=1)
+    membrane = activity.membrane_statistics(model, loader, T, "cpu", max_batches=1)
+    deletion = activity.spike_deletion(model, loader, T, "cpu", fractions=(0.0, 0.5), max_batches=1)
+    tsne = activity.tsne_features(model, loader, T, "cpu", "features.0.1", [0, 3], n_samples=20)
+    plots = {
+        "distribution.png": lambda p: activity.plot_spike_distribution(stats, p),
+        "rates.png": lambda p: activity.plot_firing_rates(stats, p),
+        "weights.png": lambda p: activity.plot_weight_histograms(activity.weight_statistics(model), p),
+        "membrane.png": lambda p: activity.plot_membrane_statistics(membrane, p),
+        "deletion.png": lambda p: activity.plot_spike_deletion(deletion, p),
+        "tsne.png": lambda p: activity.plot_tsne(tsne, p),
+    }
+    for name, plot in plots.items():
+        plot(tmp_path / name)
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(plots)  # no temporary files left

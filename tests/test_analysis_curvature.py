@@ -1,0 +1,264 @@
+"""a2sg_triton.analysis.curvature: Fisher eigenvalues, loss landscapes, SGV/TGC against beta, the search
+history and the figures (CPU, small models)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import a2sg_triton
+from a2sg_triton.analysis import curvature
+from a2sg_triton.metrics import sgv, tgc
+from a2sg_triton.models import build_model
+from a2sg_triton.reference import lif_multistep as lif_ref
+
+T = 4
+
+
+def digits_model(surrogate="asy", seed=0):
+    """digits_cnn whose batch norms hold the statistics of a random batch, so it also spikes in eval mode."""
+    torch.manual_seed(seed)
+    model = build_model("digits_cnn", num_classes=10, in_channels=1, T=T, surrogate=surrogate, backend="torch")
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.momentum = None  # cumulative average: one forward sets the running statistics
+    with torch.no_grad():
+        model(a2sg_triton.models.direct_encode(torch.rand(64, 1, 8, 8) * 4, T))
+    return model
+
+
+def digits_loader(n_batches=2, batch=12, seed=1):
+    generator = torch.Generator().manual_seed(seed)
+    return [(torch.rand(batch, 1, 8, 8, generator=generator) * 4, torch.randint(0, 10, (batch,), generator=generator))
+            for _ in range(n_batches)]
+
+
+def snapshot(model):
+    return {key: value.clone() for key, value in model.state_dict().items()}
+
+
+def assert_bit_identical(model, before):
+    after = model.state_dict()
+    assert after.keys() == before.keys()
+    for key, value in before.items():
+        assert torch.equal(after[key], value), key
+
+
+class LinearToy(nn.Module):
+    """logits = W mean_t(x) + b: the per-sample gradient of CE w.r.t. W is (softmax - onehot) ⊗ x."""
+
+    def __init__(self, features, classes):
+        super().__init__()
+        self.linear = nn.Linear(features, classes)
+
+    def forward(self, x):
+        return self.linear(x.mean(0).flatten(1))
+
+
+# -- 1. Fisher ----------------------------------------------------------------------------------
+
+
+def test_fisher_equals_numpy_on_a_linear_toy(monkeypatch):
+    torch.manual_seed(0)
+    model = LinearToy(7, 3)
+    x, y = torch.randn(10, 7, 1, 1), torch.randint(0, 3, (10,))  # [B, C, H, W]: repeated over T
+    loader = [(x[:6], y[:6]), (x[6:], y[6:])]
+    inputs = x[:, :, 0, 0].double().numpy()
+    with torch.no_grad():
+        probs = torch.softmax(model.linear(x[:, :, 0, 0]), 1).double().numpy()
+    gamma = np.stack([np.outer(p - np.eye(3)[label], xi).ravel() for p, label, xi in zip(probs, y.numpy(), inputs)])
+
+    def numpy_fisher(n):
+        return gamma[:n].T @ gamma[:n] / n
+
+    exact = curvature.fisher_max_eigenvalue(model, loader, T, "cpu", n_samples=9)
+    layer = exact["layers"]["linear"]
+    assert exact["n_samples"] == 9 and layer["method"] == "gram" and layer["n_params"] == 21
+    assert layer["lambda_max"] == pytest.approx(np.linalg.eigvalsh(numpy_fisher(9))[-1], rel=1e-5)
+    assert layer["trace"] == pytest.approx(np.trace(numpy_fisher(9)), rel=1e-5)
+
+    monkeypatch.setattr(curvature, "GRAM_MAX_ELEMENTS", 0)  # auto: a big layer takes power iteration
+    power = curvature.fisher_max_eigenvalue(model, loader, T, "cpu", n_samples=100, iters=500)
+    assert power["n_samples"] == 10 and power["layers"]["linear"]["method"] == "power"  # the loader ran out
+    assert power["layers"]["linear"]["lambda_max"] == pytest.approx(np.linalg.eigvalsh(numpy_fisher(10))[-1],
+                                                                    rel=1e-5)
+
+
+def test_fisher_gram_and_power_agree_and_model_is_restored():
+    model = digits_model()
+    model.train()
+    before = snapshot(model)
+    loader = digits_loader()
+    gram = curvature.fisher_max_eigenvalue(model, loader, T, "cpu", n_samples=16, method="gram")
+    power = curvature.fisher_max_eigenvalue(model, loader, T, "cpu", n_samples=16, method="power", iters=100)
+    assert list(gram["layers"]) == ["features.0.0.0", "features.2.0.0", "classifier.1"]
+    for name, layer in gram["layers"].items():
+        assert layer["lambda_max"] > 0
+        assert layer["trace"] / 16 <= layer["lambda_max"] * (1 + 1e-6) and layer["lambda_max"] <= layer["trace"]
+        assert power["layers"][name]["lambda_max"] == pytest.approx(layer["lambda_max"], rel=1e-5)
+        assert power["layers"][name]["method"] == "power"
+    json.dumps(gram)
+    assert model.training
+    assert_bit_identical(model, before)
+
+
+# -- 2. Loss landscapes -------------------------------------------------------------------------
+
+
+def test_filter_normalised_direction():
+    model = digits_model()
+    direction = curvature._filter_normalised_direction(model, torch.Generator().manual_seed(0), None)
+    for name, param in model.named_parameters():
+        if param.dim() <= 1:  # biases, batch-norm scale and shift: not perturbed
+            assert not direction[name].any(), name
+        else:
+            torch.testing.assert_close(direction[name].flatten(1).norm(dim=1), param.flatten(1).norm(dim=1))
+    only = curvature._filter_normalised_direction(model, torch.Generator().manual_seed(0), ["classifier.1"])
+    assert [name for name, d in only.items() if d.any()] == ["classifier.1.weight"]
+
+
+def test_loss_landscape_1d_centre_is_the_plain_loss_and_parameters_are_restored():
+    model = digits_model()
+    model.train()
+    before = snapshot(model)
+    loader = digits_loader()
+    result = curvature.loss_landscape_1d(model, loader, T, "cpu", steps=5, span=0.5, max_batches=1)
+    assert result["alphas"] == [-0.5, -0.25, 0.0, 0.25, 0.5]
+    model.eval()
+    with torch.no_grad():
+        x, y = loader[0]
+        logits = model(a2sg_triton.models.direct_encode(x, T))
+        plain_loss = float(nn.functional.cross_entropy(logits, y))
+        plain_accuracy = float((logits.argmax(1) == y).float().mean())
+    model.train()
+    assert result["loss"][2] == pytest.approx(plain_loss, rel=1e-6)
+    assert result["accuracy"][2] == plain_accuracy
+    assert len(set(result["loss"])) == 5  # the perturbation changes the loss
+    json.dumps(result)
+    assert model.training
+    assert_bit_identical(model, before)
+
+
+def test_loss_landscape_2d_grid_and_restoration_on_error():
+    model = digits_model()
+    before = snapshot(model)
+    loader = digits_loader(n_batches=1)
+    result = curvature.loss_landscape_2d(model, loader, T, "cpu", steps=3, span=0.5, layers=["features.2.0.0"])
+    line = curvature.loss_landscape_1d(model, loader, T, "cpu", steps=3, span=0.5, layers=["features.2.0.0"])
+    assert result["alphas"] == result["betas"] == [-0.5, 0.0, 0.5]
+    assert len(result["loss"]) == 3 and all(len(row) == 3 for row in result["loss"])
+    assert result["loss"][1][1] == line["loss"][1]  # both centres: the unperturbed model
+    assert_bit_identical(model, before)
+
+    bad = [(loader[0][0], torch.full((12,), 99))]  # an invalid label fails at the first, perturbed point
+    with pytest.raises((IndexError, RuntimeError)):
+        curvature.loss_landscape_1d(model, bad, T, "cpu", steps=3)
+    assert model.training
+    assert_bit_identical(model, before)
+
+
+# -- 3. SGV and TGC against beta ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("surrogate", ["asy", "tri"])
+@pytest.mark.parametrize("layer_name, t", [("features.0.1", 0), ("features.2.1", 1), ("features.2.1", T - 1)])
+def test_metric_vs_beta_matches_brute_force(surrogate, layer_name, t):
+    model = digits_model(surrogate)
+    lif = dict(model.named_modules())[layer_name]
+    with torch.no_grad():
+        lif.beta.copy_(torch.tensor([0.3, 0.7, 0.45, 0.6]))
+    armed_before = lif.search_armed = True  # an armed A²SG search must neither run nor be consumed
+    before = snapshot(model)
+    x, y = digits_loader(n_batches=1)[0]
+    betas = [0.1, 0.35, 0.8]
+    result = curvature.metric_vs_beta(model, x, y, layer_name, t, betas)
+    assert lif.search_armed == armed_before
+    assert_bit_identical(model, before)
+
+    # Brute force: the layer's input and dL/ds from hooks, then for each beta autograd through the
+    # float64 reference LIF with beta[t] replaced; delta = dL/du = dL/dx / input_scale.
+    captured = {}
+    lif.search_armed = False
+    handle = lif.register_forward_hook(lambda m, inputs, out: captured.update(x=inputs[0].detach(), out=out))
+    loss = nn.functional.cross_entropy(model(a2sg_triton.models.direct_encode(x, T)), y)
+    handle.remove()
+    grad_s = torch.autograd.grad(loss, captured["out"])[0].double()
+    for k, beta in enumerate(betas):
+        beta_vector = lif.beta.double().clone()
+        beta_vector[t] = beta
+        inputs = captured["x"].double().requires_grad_()
+        spikes = lif_ref(inputs, beta_vector, surrogate, decay=lif.decay, input_scale=lif.input_scale,
+                         v_th=lif.v_th, reset=lif.reset, v_reset=lif.v_reset, detach_reset=lif.detach_reset, h=lif.h)
+        (spikes * grad_s).sum().backward()
+        delta = inputs.grad / lif.input_scale
+        assert result["sgv"][k] == pytest.approx(float(sgv(delta[t])), rel=1e-9)
+        if t < T - 1:
+            assert result["tgc"][k] == pytest.approx(float(tgc(delta[t], delta[t + 1])), rel=1e-9, abs=1e-12)
+    assert result["tgc"] is None if t == T - 1 else len(result["tgc"]) == 3
+    assert result["betas"] == betas and result["current_beta"] == pytest.approx(float(lif.beta[t]))
+    assert result["layer"] == layer_name and result["t"] == t
+    json.dumps(result)
+
+
+def test_metric_vs_beta_rejects_a_non_lif_layer():
+    model = digits_model()
+    x, y = digits_loader(n_batches=1)[0]
+    with pytest.raises(ValueError, match="not an a2sg_triton.nn.LIF"):
+        curvature.metric_vs_beta(model, x, y, "features.0.0.0", 0, [0.5])
+    with pytest.raises(ValueError, match="t must be"):
+        curvature.metric_vs_beta(model, x, y, "features.0.1", T, [0.5])
+
+
+# -- 4. Search history --------------------------------------------------------------------------
+
+
+def test_search_history_metrics_from_a_real_search():
+    model = digits_model()
+    controller = a2sg_triton.A2SG(model, strategy="grid", n_obs=8, n_eval=8)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    for epoch, (x, y) in enumerate(digits_loader(n_batches=2)):
+        controller.begin_epoch(epoch)
+        nn.functional.cross_entropy(model(a2sg_triton.models.direct_encode(x, T)), y).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    series = curvature.search_history_metrics(list(reversed(controller.history)))  # any row order
+    assert set(series) == set(controller.layers)
+    for name, per_t in series.items():
+        assert sorted(per_t) == list(range(T))
+        for t, per_metric in per_t.items():
+            assert list(per_metric) == ["sgv" if t == T - 1 else "tgc"]
+            entry = per_metric["sgv" if t == T - 1 else "tgc"]
+            assert entry["epochs"] == [0, 1]
+            assert entry["beta"][-1] == pytest.approx(float(controller.layers[name].beta[t]))
+            assert len(entry["metric_at_beta"]) == len(entry["best_value"]) == 2
+    json.dumps(series)
+
+
+# -- 5. Figures ---------------------------------------------------------------------------------
+
+
+def test_plots_write_png_files(tmp_path):
+    fisher = {"layers": {"conv1": {"lambda_max": 2.0}, "fc": {"lambda_max": 0.5}}}
+    line = {"alphas": [-1.0, 0.0, 1.0], "loss": [3.0, 1.0, 2.5], "accuracy": [0.1, 0.9, 0.2]}
+    plane = {"alphas": [-1.0, 0.0, 1.0], "betas": [-1.0, 0.0, 1.0],
+             "loss": [[3.0, 2.0, 3.5], [2.0, 1.0, 2.2], [3.1, 2.4, 3.9]]}
+    at_t = {"layer": "lif", "t": 0, "betas": [0.1, 0.5, 0.9], "sgv": [0.3, 0.2, 0.25], "tgc": [0.5, 0.7, 0.6],
+            "current_beta": 0.5}
+    last_t = dict(at_t, t=3, tgc=None)
+    history = [{"epoch": e, "layer": "lif", "t": t, "metric": "sgv" if t == 1 else "tgc", "beta": 0.5 + 0.1 * e,
+                "metric_at_beta": 0.2 - 0.01 * e, "best_value": 0.2} for e in range(3) for t in range(2)]
+    figures = {
+        "fisher.png": lambda p: curvature.plot_fisher_eigenvalues({"box": fisher, "asy": fisher}, p),
+        "fisher_one.png": lambda p: curvature.plot_fisher_eigenvalues(fisher, p),
+        "line.png": lambda p: curvature.plot_loss_landscape_1d({"tri": line, "box": line}, p),
+        "plane.png": lambda p: curvature.plot_loss_landscape_2d(plane, p),
+        "beta.png": lambda p: curvature.plot_metric_vs_beta({"epoch 1": at_t, "epoch 2": at_t}, p),
+        "beta_last.png": lambda p: curvature.plot_metric_vs_beta(last_t, p),
+        "history.png": lambda p: curvature.plot_search_history(curvature.search_history_metrics(history), p),
+    }
+    for name, plot in figures.items():
+        plot(tmp_path / name)
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(figures)  # no temporary file left
