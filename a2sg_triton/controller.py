@@ -8,9 +8,7 @@ and so produces this iteration's gradients with the new betas, which it then wri
 layer's ``beta`` buffer. The op is opaque to torch.compile, so a compiled model searches too.
 """
 
-import concurrent.futures
 import csv
-import functools
 import io
 import itertools
 import json
@@ -123,11 +121,8 @@ class A2SG:
                         stats.all_reduce(self.process_group)
                     return (stats.tgc() if tgc else stats.sgv()).cpu()
 
-                # The GP fit needs autograd, which is switched off (grad mode and dispatch keys,
-                # thread-locally) inside a custom op: it runs on a worker thread of its own.
-                result = _gp_thread().submit(
-                    search_beta, evaluate, maximize=tgc, config=self.config, generator=self.generator,
-                    current=new_beta[t], gp_state=self.gp_states[(name, t)]).result()
+                result = search_beta(evaluate, maximize=tgc, config=self.config, generator=self.generator,
+                                     current=new_beta[t], gp_state=self.gp_states[(name, t)])
                 self.history.append({
                     "epoch": self.epoch, "layer": name, "t": t, "metric": metric, "beta": result.beta,
                     "previous_beta": new_beta[t], "best_beta": result.best_beta, "best_value": result.best_value,
@@ -200,11 +195,6 @@ class A2SG:
         else:
             raise ValueError(f"path must end in .json or .csv, got {path!r}")
         atomic_write(path, lambda f: f.write(text), binary=False)
-
-
-@functools.cache
-def _gp_thread():
-    return concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="a2sg-search")
 
 
 def _controller_for(search_key):

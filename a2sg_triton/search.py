@@ -7,6 +7,8 @@ how the metric is computed. The GP is tiny (n_obs points, 1-D) and stays float64
 hyperparameter fit is the cost that matters, hence the ``gp_fit`` options (docs/search-gp-cost.md).
 """
 
+import concurrent.futures
+import functools
 import math
 import time
 import warnings
@@ -142,6 +144,24 @@ def _one_thread():
         torch.set_num_threads(threads)
 
 
+def _fit(mll, **kwargs):
+    """fit_gpytorch_mll wherever we are called from. Inside a custom op's implementation (the A²SG
+    controller searches inside one) autograd is switched off thread-locally, grad mode and dispatch
+    keys alike; the fit then runs on a worker thread, and only the fit: candidate evaluations stay on
+    the caller's thread, since a second thread doing tensor work starts its own OpenMP team, which
+    was measured to slow the training loop's later CPU work by half."""
+    with torch.enable_grad():
+        autograd_works = (torch.ones(1, requires_grad=True) * 2).requires_grad
+    if autograd_works:
+        return fit_gpytorch_mll(mll, **kwargs)
+    return _fit_thread().submit(fit_gpytorch_mll, mll, **kwargs).result()
+
+
+@functools.cache
+def _fit_thread():
+    return concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="a2sg-gp-fit")
+
+
 def _evaluate(evaluate, betas):
     values = torch.as_tensor(evaluate(betas), dtype=torch.float64, device="cpu")
     if values.shape != betas.shape:
@@ -165,8 +185,8 @@ def _fit_gp(beta, y, config, gp_state):
     if config.gp_fit != "fixed":
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(_FIT_SEED)
-            fit_gpytorch_mll(ExactMarginalLogLikelihood(model.likelihood, model),
-                             optimizer_kwargs={"options": {"maxiter": WARM_MAXITER}} if warm else None)
+            _fit(ExactMarginalLogLikelihood(model.likelihood, model),
+                 optimizer_kwargs={"options": {"maxiter": WARM_MAXITER}} if warm else None)
         if gp_state is not None:
             gp_state.lengthscale = model.covar_module.lengthscale.item()
             gp_state.noise = model.likelihood.noise.item()

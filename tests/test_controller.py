@@ -227,3 +227,17 @@ def test_model_without_lif_and_bad_epoch():
         A2SG("model")
     with pytest.raises(ValueError, match="epoch must be"):
         A2SG(two_layer_model()).begin_epoch(-1)
+
+
+@pytest.mark.parametrize("gp_fit", ["fit", "warm"])
+def test_gp_fits_run_inside_the_backward(gp_fit):
+    """A hyperparameter fit needs autograd, which is off inside the searching custom op (a worker
+    thread runs the fit then); the search must still fit and choose."""
+    model = two_layer_model()
+    a2 = A2SG(model, gp_fit=gp_fit, **SEARCH)
+    for epoch in range(2):  # "warm": a full fit first, then a short one from it
+        a2.begin_epoch(epoch)
+        step(model, batch(seed=epoch))
+    fitted = [state for state in a2.gp_states.values() if state.fitted]
+    assert fitted and len(a2.history) == 4 * T
+    assert any(row["gp_seconds"] > 0 and row["predicted"] is not None for row in a2.history)
