@@ -143,6 +143,8 @@ def resolve_config(argv):
             raise TrainError(f"--{name.replace('_', '-')} must be > 0, got {config[name]}")
     if config["surrogate"] == "asy" and config["h"] < 0.5:
         raise TrainError(f"--h must be >= 0.5 for the asy surrogate, got {config['h']}")
+    if config["dataset"] != "digits" and config["data"] is None and not args.resume:
+        raise TrainError(f"--dataset {config['dataset']} needs --data DIR, the folder that holds it (docs/data.md)")
     if config["data"] is not None and not Path(config["data"]).exists():
         raise TrainError(f"--data {config['data']}: no such folder")
     if args.resume:

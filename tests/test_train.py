@@ -69,6 +69,8 @@ def test_resume_equals_uninterrupted(tmp_path):
     (["--lr", "-1"], "--lr must be > 0"),
     (["--surrogate", "asy", "--h", "0.2"], "--h must be >= 0.5"),
     (["--data", "/nonexistent/data"], "--data /nonexistent/data: no such folder"),
+    (["--dataset", "cifar10"], "--dataset cifar10 needs --data DIR"),
+    (["--preset", "paper-cifar100"], "--dataset cifar100 needs --data DIR"),
     (["--T", "two"], "argument --T: invalid int value"),
 ])
 def test_bad_input_is_one_line(args, message, tmp_path, capsys):
@@ -77,6 +79,13 @@ def test_bad_input_is_one_line(args, message, tmp_path, capsys):
     lines = captured.err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("a2sg-train: error:") and message in lines[0]
     assert not (tmp_path / "x").exists()
+
+
+def test_dataset_files_missing_is_one_line(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    code, captured = run(["--dataset", "cifar10", "--data", tmp_path / "empty", "--out", tmp_path / "x"], capsys)
+    assert code == 2 and len(captured.err.strip().splitlines()) == 1
+    assert "cifar-10-batches-py" in captured.err and not (tmp_path / "x").exists()
 
 
 def test_existing_run_is_refused_and_checkpoint_errors(tmp_path, capsys):
