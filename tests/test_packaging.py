@@ -30,8 +30,8 @@ def test_wheel_layout_and_install(tmp_path):
                     "-w", str(tmp_path), str(src)], check=True, capture_output=True)
     (wheel,) = tmp_path.glob("a2sg_triton-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    for module in ("lif", "surrogate", "__init__"):
-        assert f"a2sg_triton/kernels/{module}.py" in names
+    for module in ("kernels/lif", "kernels/stats", "kernels/surrogate", "models/__init__", "analysis/__init__"):
+        assert f"a2sg_triton/{module}.py" in names
     assert not any(name.startswith("kernels/") for name in names)
 
     # install the wheel alone into a venv that sees this interpreter's torch/triton, then import it
@@ -39,6 +39,9 @@ def test_wheel_layout_and_install(tmp_path):
     subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
     python = venv / "bin" / "python"
     subprocess.run([python, "-m", "pip", "install", "--no-deps", "-q", str(wheel)], check=True, capture_output=True)
+    entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
+    for script in ("a2sg-train", "a2sg-analyze", "a2sg-ablate"):
+        assert script in entry_points
     probe = "import a2sg_triton, a2sg_triton.kernels.lif as k; print(k.__file__)"
     out = subprocess.run([python, "-I", "-c", probe], check=True, capture_output=True, text=True, cwd=tmp_path)
     assert str(venv) in out.stdout and out.stdout.strip().endswith("a2sg_triton/kernels/lif.py")
