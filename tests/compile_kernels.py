@@ -1,0 +1,63 @@
+"""Compiles every kernel variant for real GPUs (sm_80, sm_90) on this machine, no GPU needed.
+
+Run by tests/test_kernel_compile.py in a process of its own, since the test session imports the
+kernels under the interpreter (TRITON_INTERPRET=1), which only the real compiler checks fully.
+"""
+
+import itertools
+import sys
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from a2sg_triton.kernels.lif import lif_bwd_kernel, lif_fwd_kernel
+from a2sg_triton.kernels.stats import candidate_stats_kernel
+from a2sg_triton.lif import BLOCK
+from a2sg_triton.stats import BLOCK_K, BLOCK_N
+from a2sg_triton.surrogate import SURROGATES
+
+CAPABILITIES = (90, 80)
+FLAGS = list(itertools.product([False, True], repeat=2))
+
+
+def variants():
+    """(kernel, signature, constexprs) for every flag combination the launchers can ask for."""
+    for dtype in ("fp32", "fp16", "bf16"):
+        signature = {"x_ptr": f"*{dtype}", "v0_ptr": f"*{dtype}", "spikes_ptr": f"*{dtype}", "d_ptr": "*fp32",
+                     "v_last_ptr": "*fp32", "N": "i32", "T": "i32", "decay": "fp32", "input_scale": "fp32",
+                     "v_th": "fp32", "v_reset": "fp32"}
+        for has_v0, hard, store in itertools.product([False, True], repeat=3):
+            yield lif_fwd_kernel, signature, {"HAS_V0": has_v0, "HARD_RESET": hard, "STORE_V_LAST": store,
+                                              "BLOCK": BLOCK}
+    bwd_signature = {"grad_spikes_ptr": "*bf16", "d_ptr": "*bf16", "beta_ptr": "*fp32", "grad_v_last_ptr": "*fp32",
+                     "grad_x_ptr": "*bf16", "grad_v0_ptr": "*fp32", "N": "i32", "T": "i32",
+                     "last_step_offset": "i64", "decay": "fp32", "input_scale": "fp32", "v_th": "fp32",
+                     "v_reset": "fp32", "h": "fp32"}
+    stats_signature = {"u_ptr": "*fp32", "grad_s_ptr": "*bf16", "carry_ptr": "*fp32", "ref_ptr": "*fp32",
+                       "betas_ptr": "*fp32", "partial_ptr": "*fp32", "ref_sq_partial_ptr": "*fp32", "N": "i32",
+                       "K": "i32", "blocks_per_chunk": "i32", "th_offset": "fp32", "v_th": "fp32",
+                       "v_reset": "fp32", "h": "fp32"}
+    for surrogate, (hard, detach), present in itertools.product(range(len(SURROGATES)), FLAGS, [False, True]):
+        yield lif_bwd_kernel, bwd_signature, {"SURROGATE": surrogate, "HARD_RESET": hard, "DETACH_RESET": detach,
+                                              "HAS_GRAD_V_LAST": present, "STORE_GRAD_V0": present, "BLOCK": BLOCK}
+        yield candidate_stats_kernel, stats_signature, {
+            "SURROGATE": surrogate, "HARD_RESET": hard, "DETACH_RESET": detach, "HAS_CARRY": present,
+            "HAS_REF": present, "BLOCK_N": BLOCK_N, "BLOCK_K": BLOCK_K}
+
+
+def main():
+    count = 0
+    for capability in CAPABILITIES:
+        for fn, signature, constexprs in variants():
+            source = ASTSource(fn=fn, signature={**signature, **dict.fromkeys(constexprs, "constexpr")},
+                               constexprs=constexprs)
+            kernel = triton.compile(source, target=GPUTarget("cuda", capability, 32), options={"num_warps": 4})
+            if not kernel.asm.get("cubin"):
+                sys.exit(f"{fn.__name__} {constexprs} sm_{capability}: no cubin")
+            count += 1
+    print(f"compiled {count} kernel variants")
+
+
+if __name__ == "__main__":
+    main()
