@@ -38,6 +38,14 @@ class LIF(torch.nn.Module):
         self.search_key = -1
         self.search_armed = False
 
+    def _apply(self, fn, recurse=True):
+        """Moves beta with the module but keeps it fp32: model.half() would otherwise round the
+        searched widths (0.37 -> 0.3691 in bf16)."""
+        beta = self.beta
+        super()._apply(fn, recurse)
+        self.beta = beta.to(self.beta.device)
+        return self
+
     def forward(self, x):
         if not isinstance(x, torch.Tensor) or x.dim() < 1 or x.shape[0] != self.T:
             shape = list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__

@@ -264,7 +264,8 @@ def run_epoch(model, loader, config, device, optimizer=None, mixer=None, autocas
     model.train(training)
     total_loss = correct = count = 0.0
     limit = config["limit_batches"] or len(loader)
-    bar = tqdm(loader, total=min(limit, len(loader)), leave=False, disable=not progress, desc="train")
+    # disable=None: tqdm turns itself off when stderr is not a terminal (CI logs, pipes)
+    bar = tqdm(loader, total=min(limit, len(loader)), leave=False, disable=None if progress else True, desc="train")
     with torch.set_grad_enabled(training):
         for i, (x, y) in enumerate(bar):
             if i >= limit:
@@ -317,7 +318,10 @@ def train(config, flags, options):
     try:
         if rank == 0:
             prepare_out_dir(out, options.resume, options.force)
-        return _train(config, options, state, device, rank, world, train_set, test_set, info)
+        code = _train(config, options, state, device, rank, world, train_set, test_set, info)
+        if world > 1:  # tearing gloo down while rank 0 still writes its plots aborts the others
+            dist.barrier()
+        return code
     finally:
         if world > 1 and dist.is_initialized():
             dist.destroy_process_group()

@@ -28,6 +28,7 @@ def _rank_main(rank, init_file, out_dir):
         x = batch(n=12).chunk(WORLD, dim=1)[rank]
         loss_of(ddp, x).backward()
         torch.save({"betas": betas(model), "history": a2.history}, os.path.join(out_dir, f"rank{rank}.pt"))
+        dist.barrier()  # no rank tears gloo down while another still talks
     finally:
         dist.destroy_process_group()
 

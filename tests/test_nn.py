@@ -21,6 +21,15 @@ def test_paper_neuron_and_beta_buffer():
     assert other.decay == 0.9 and other.input_scale == 1.0
 
 
+def test_beta_stays_fp32_when_the_model_changes_dtype():
+    lif = LIF(T=2, beta_init=0.37)
+    for convert in (lambda m: m.half(), lambda m: m.to(torch.bfloat16), lambda m: m.double()):
+        assert convert(lif) is lif
+        assert lif.beta.dtype == torch.float32 and torch.equal(lif.beta, torch.full((2,), 0.37))
+    lif.to("meta")  # devices still follow the module
+    assert lif.beta.device.type == "meta"
+
+
 def test_state_dict_round_trip():
     lif = LIF(T=3, surrogate="tri")
     lif.beta.copy_(torch.tensor([0.2, 0.35, 0.9]))
