@@ -57,7 +57,7 @@ PRESETS = {
 }
 DEFAULTS = dict(PRESETS["digits"], strategy="bo", tau=2.0, v_th=1.0, h=0.5, beta_init=0.5, n_obs=100,
                 n_eval=150, radius=0.05, every=1, seed=0, backend="auto", device="auto", amp="auto",
-                workers=0, data=None, download=False, limit_batches=None, tensorboard=False)
+                workers=0, data=None, download=False, limit_batches=None, tensorboard=False, compile=False)
 
 
 @dataclass
@@ -114,6 +114,7 @@ def build_parser():
     arg("--workers", type=int, help="data loader worker processes")
     arg("--limit-batches", type=int, help="at most this many batches per epoch and evaluation (smoke runs)")
     arg("--tensorboard", action="store_true", default=None, help="also log to OUT/tensorboard")
+    arg("--compile", action="store_true", default=None, help="torch.compile the model (the search still runs)")
     arg("--out", metavar="DIR", help="run folder (default: runs/<dataset>-<model>-<surrogate>-<adapt>-<time>)")
     arg("--resume", metavar="DIR", help="continue the run in DIR from its checkpoint")
     arg("--force", action="store_true", help="reuse an --out folder that holds another run")
@@ -336,6 +337,8 @@ def _train(config, options, state, device, rank, world, train_set, test_set, inf
     optimizer = torch.optim.AdamW(model.parameters(), lr=config["lr"], weight_decay=config["weight_decay"])
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: lr_factor(epoch, config))
     wrapped = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    if config["compile"]:
+        wrapped = torch.compile(wrapped)
     controller = A2SG(wrapped, adapt=config["adapt"], strategy=config["strategy"], n_obs=config["n_obs"],
                       n_eval=config["n_eval"], radius=config["radius"], every=config["every"], seed=config["seed"])
     data_generator = torch.Generator().manual_seed(config["seed"])
@@ -370,7 +373,8 @@ def _train(config, options, state, device, rank, world, train_set, test_set, inf
         scheduler.step()
         epoch_seconds = time.perf_counter() - start
         counter = SpikeCounter(model)
-        test_sums = run_epoch(wrapped, test_loader, config, device, autocast=autocast)
+        # the plain module: the spike-counting hooks read tensors, which a compiled graph would break on
+        test_sums = run_epoch(model, test_loader, config, device, autocast=autocast)
         counter.remove()
         names = list(counter.layers)
         totals = all_reduce_sum([*train_sums, *test_sums, *(counter.spikes[n] for n in names)], device, world)

@@ -58,6 +58,18 @@ def test_resume_equals_uninterrupted(tmp_path):
     assert untimed[0] == untimed[1]
 
 
+def test_compiled_training_matches_eager(tmp_path):
+    """--compile: same metrics and betas as the eager run (the search runs through the opaque op)."""
+    torch._dynamo.reset()
+    rows = {}
+    for name, extra in (("eager", []), ("compiled", ["--compile"])):
+        assert run([*TINY, "--epochs", "1", "--out", tmp_path / name, *extra])[0] == 0
+        rows[name] = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+    assert rows["compiled"][0]["beta"] == rows["eager"][0]["beta"]
+    assert rows["compiled"][0]["train_loss"] == pytest.approx(rows["eager"][0]["train_loss"], rel=1e-4)
+    assert rows["compiled"][0]["test_acc"] == rows["eager"][0]["test_acc"]
+
+
 @pytest.mark.parametrize("args, message", [
     (["--model", "alexnet"], "--model: invalid choice"),
     (["--dataset", "mnist"], "--dataset: invalid choice"),
