@@ -35,7 +35,7 @@ from .models import MODELS, build_model, model_input
 from .nn import LIF
 from .search import STRATEGIES
 from .surrogate import SURROGATES
-from .utils import atomic_write, save_figure
+from .utils import atomic_write, new_figure, save_figure
 
 CHECKPOINT_FORMAT = "a2sg-train/1"
 # Settings a resumed run must share with its checkpoint: anything that changes the model or the data.
@@ -421,12 +421,9 @@ def save_epoch(out, config, epoch, model, optimizer, scheduler, controller, data
 
 def plot_run(out, history):
     """beta.png: every layer's beta per timestep over the epochs; accuracy.png: the accuracy curves."""
-    from matplotlib.figure import Figure  # not pyplot: no global state, renders with Agg
-
     epochs = [row["epoch"] + 1 for row in history]
     layers = list(history[0]["beta"])
-    fig = Figure(figsize=(3 * len(layers), 3))
-    axes = fig.subplots(1, len(layers), squeeze=False, sharey=True)
+    fig, axes = new_figure(columns=len(layers), panel_size=(3, 3), sharey=True)
     for ax, name in zip(axes[0], layers):
         for t in range(len(history[0]["beta"][name])):
             ax.plot(epochs, [row["beta"][name][t] for row in history], label=f"t={t}")
@@ -435,8 +432,8 @@ def plot_run(out, history):
     axes[0][0].set_ylabel("β")
     axes[0][-1].legend(fontsize="small")
     save_figure(fig, out / "beta.png")
-    fig = Figure(figsize=(5, 3.5))
-    ax = fig.subplots()
+    fig, axes = new_figure(panel_size=(5, 3.5))
+    ax = axes[0][0]
     ax.plot(epochs, [row["train_acc"] for row in history], label="train")
     ax.plot(epochs, [row["test_acc"] for row in history], label="test")
     ax.set_xlabel("epoch")

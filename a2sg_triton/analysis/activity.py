@@ -19,7 +19,7 @@ from torch import nn
 
 from ..models import model_input
 from ..nn import LIF
-from ..utils import save_figure
+from ..utils import new_figure, save_figure
 
 __all__ = ["E_AC_PJ", "E_MAC_PJ", "energy", "membrane_potentials", "membrane_statistics", "model_input",
            "plot_firing_rates", "plot_membrane_statistics", "plot_spike_deletion", "plot_spike_distribution",
@@ -461,7 +461,6 @@ def _theorem2(beta, v_th, mu, sigma):
 
 
 def _figure(panels, sharey=True):
-    from matplotlib.figure import Figure  # not pyplot: no global state, renders with Agg
-
-    fig = Figure(figsize=(3.2 * panels, 3.2))
-    return fig, fig.subplots(1, panels, sharey=sharey, squeeze=False)[0]
+    """One row of square panels."""
+    fig, axes = new_figure(columns=panels, panel_size=(3.2, 3.2), sharey=sharey)
+    return fig, axes[0]

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from ..nn import LIF
 from ..stats import _local_grad, candidate_stats
 from ..surrogate import surrogate_grad
-from ..utils import save_figure
+from ..utils import new_figure, save_figure
 from ..models import model_input
 from .activity import _synaptic, membrane_potentials
 
@@ -288,14 +288,6 @@ def search_history_metrics(history):
 # -- 5. Figures --------------------------------------------------------------------------------
 
 
-def _figure(rows=1, columns=1, size=(4.5, 3.5)):
-    """A pyplot-free figure (no global state; PNG renders with Agg) and its [rows, columns] axes."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(size[0] * columns, size[1] * rows))
-    return fig, fig.subplots(rows, columns, squeeze=False)
-
-
 def _labelled(results, single_key):
     """{label: result}; a single result (recognised by ``single_key``) becomes {"": result}."""
     return {"": results} if single_key in results else results
@@ -307,7 +299,7 @@ def plot_fisher_eigenvalues(results, path):
     runs = _labelled(results, "layers")
     names = list(next(iter(runs.values()))["layers"])
     width = 0.8 / len(runs)
-    fig, axes = _figure(size=(max(4.0, 0.8 * len(names) * len(runs)), 3.5))
+    fig, axes = new_figure(panel_size=(max(4.0, 0.8 * len(names) * len(runs)), 3.5))
     ax = axes[0][0]
     for k, (label, result) in enumerate(runs.items()):
         values = [result["layers"][name]["lambda_max"] for name in names]
@@ -324,7 +316,7 @@ def plot_loss_landscape_1d(results, path):
     """Loss against alpha, one curve per label (Fig. 1). ``results``: one ``loss_landscape_1d``
     result or {label: result}."""
     runs = _labelled(results, "alphas")
-    fig, axes = _figure()
+    fig, axes = new_figure()
     ax = axes[0][0]
     for label, result in runs.items():
         ax.plot(result["alphas"], result["loss"], label=label or None)
@@ -337,7 +329,7 @@ def plot_loss_landscape_1d(results, path):
 
 def plot_loss_landscape_2d(result, path, levels=20):
     """Contours of the loss over the plane of one ``loss_landscape_2d`` result."""
-    fig, axes = _figure(size=(4.5, 4.0))
+    fig, axes = new_figure(panel_size=(4.5, 4.0))
     ax = axes[0][0]
     # loss[i][j] is at (alphas[i], betas[j]); contour wants Z[y][x], so transpose.
     loss = [list(column) for column in zip(*result["loss"])]
@@ -353,7 +345,7 @@ def plot_metric_vs_beta(results, path):
     ``results``: one ``metric_vs_beta`` result or {label: result}."""
     runs = _labelled(results, "betas")
     metrics = ["sgv"] + (["tgc"] if any(result["tgc"] is not None for result in runs.values()) else [])
-    fig, axes = _figure(columns=len(metrics))
+    fig, axes = new_figure(columns=len(metrics))
     for ax, metric in zip(axes[0], metrics):
         for label, result in runs.items():
             if result[metric] is not None:
@@ -369,7 +361,7 @@ def plot_metric_vs_beta(results, path):
 def plot_search_history(metrics, path):
     """One row per layer: the metric at the chosen beta (left) and the chosen beta (right) over the
     epochs, one curve per timestep. ``metrics``: a ``search_history_metrics`` result."""
-    fig, axes = _figure(rows=len(metrics), columns=2)
+    fig, axes = new_figure(rows=len(metrics), columns=2)
     for (layer, per_t), (ax_metric, ax_beta) in zip(metrics.items(), axes):
         for t, per_metric in sorted(per_t.items()):
             for metric, entry in per_metric.items():
