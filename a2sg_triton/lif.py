@@ -21,6 +21,7 @@ from .utils import (
     check_reset,
     check_save_dtype,
     check_tensor,
+    math_dtype,
     resolve_backend,
     HAS_TRITON,
 )
@@ -51,12 +52,8 @@ def _check_lif_args(x, beta, surrogate, decay, input_scale, v_th, reset, v_reset
         check_tensor("v0", v0, device=x.device)
         if v0.shape != x.shape[1:]:
             raise ValueError(f"v0 must have shape {list(x.shape[1:])} (x.shape[1:]), got {list(v0.shape)}")
-    beta = check_beta(beta, x.shape[0], x.device, _math_dtype(x.dtype))
+    beta = check_beta(beta, x.shape[0], x.device, math_dtype(x.dtype))
     return beta, hard_reset
-
-
-def _math_dtype(dtype):
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 # ---------------------------------------------------------------------------------------------
@@ -78,14 +75,13 @@ class HeavisideSurrogate(torch.autograd.Function):
 
 
 def lif_multistep_ref(x, beta, surrogate="box", *, decay=0.5, input_scale=0.5, v_th=1.0, reset="soft",
-                      v_reset=0.0, detach_reset=False, h=0.5, v0=None, return_v=False, backend="auto",
-                      save_dtype=None):
-    """Readable reference of ``lif_multistep`` (``backend`` and ``save_dtype`` are accepted and ignored).
-
-    Computes in x's dtype (use float64 to compare against the kernels).
+                      v_reset=0.0, detach_reset=False, h=0.5, v0=None, return_v=False):
+    """Readable reference of ``lif_multistep``: the same arguments but the op's execution options
+    (``backend``, ``save_dtype``). Computes in x's dtype, v_T included (use float64 to compare
+    against the kernels).
     """
     beta, hard_reset = _check_lif_args(x, beta, surrogate, decay, input_scale, v_th, reset, v_reset,
-                                       detach_reset, h, v0, return_v, save_dtype)
+                                       detach_reset, h, v0, return_v, None)
     beta = beta.to(x.dtype)
     v = torch.zeros_like(x[0]) if v0 is None else v0.to(x.dtype)
     spikes = []
@@ -143,18 +139,49 @@ def lif_bwd(grad_spikes, d, beta, grad_v_last, surrogate_id, decay, input_scale,
 # ---------------------------------------------------------------------------------------------
 
 
+def lif_step(v, x_t, decay, input_scale, v_th, hard_reset, v_reset):
+    """One LIF timestep (DESIGN.md 3.1): v = v[t-1], x_t = x[t] -> (d = u[t] - v_th, v[t] after the reset).
+
+    The spike is d >= 0. The one torch copy of the recurrence (the kernels' is
+    ``kernels.neuron.lif_step``).
+    """
+    u = decay * v + input_scale * x_t
+    d = u - v_th
+    spike = d >= 0
+    v = torch.where(spike, v_reset, u) if hard_reset else torch.where(spike, u - v_th, u)
+    return d, v
+
+
+def lif_local_grad(d, grad_s, carry, f, v_th, hard_reset, v_reset, detach_reset):
+    """delta = dL/du of one LIF step (DESIGN.md 3.3) from d = u - v_th, grad_s = dL/ds, carry = dL/dv
+    (None: no later step) and f = f(u; beta); the operands broadcast. The one torch copy of the
+    formula (the kernels' is ``kernels.neuron.local_grad``)."""
+    delta = grad_s * f
+    if carry is None:
+        return delta
+    if hard_reset:
+        no_spike = (d < 0).to(d.dtype)
+        dv_du = no_spike if detach_reset else no_spike + ((v_reset - v_th) - d) * f
+    else:
+        dv_du = 1.0 if detach_reset else 1.0 - v_th * f
+    return delta + carry * dv_du
+
+
+def lif_bwd_step(d_t, grad_s_t, carry, beta_t, surrogate, v_th, hard_reset, v_reset, detach_reset, h):
+    """delta[t] with width beta_t (a float or a tensor that broadcasts): f, then the local gradient."""
+    f = surrogate_grad(d_t, beta_t, surrogate, v_th=0.0, h=h)
+    return lif_local_grad(d_t, grad_s_t, carry, f, v_th, hard_reset, v_reset, detach_reset)
+
+
 def lif_fwd_torch(x, v0, decay, input_scale, v_th, hard_reset, v_reset, return_v, save_dtype):
     T, N = x.shape
-    math_dtype = _math_dtype(x.dtype)
-    v = torch.zeros(N, dtype=math_dtype, device=x.device) if v0 is None else v0.to(math_dtype)
+    dtype = math_dtype(x.dtype)
+    v = torch.zeros(N, dtype=dtype, device=x.device) if v0 is None else v0.to(dtype)
     spikes = torch.empty_like(x)
     d = torch.empty((T, N), dtype=save_dtype, device=x.device)
     for t in range(T):
-        u = decay * v + input_scale * x[t].to(math_dtype)
-        d_t = u - v_th
-        spike = d_t >= 0
-        v = torch.where(spike, v_reset, u) if hard_reset else torch.where(spike, u - v_th, u)
-        spikes[t] = spike
+        d_t, v = lif_step(v, x[t].to(dtype), decay, input_scale, v_th, hard_reset, v_reset)
+        spikes[t] = d_t >= 0
         d[t] = d_t
     return spikes, d, (v if return_v else v.new_empty(0))
 
@@ -162,18 +189,12 @@ def lif_fwd_torch(x, v0, decay, input_scale, v_th, hard_reset, v_reset, return_v
 def lif_bwd_torch(grad_spikes, d, beta, grad_v_last, surrogate_id, decay, input_scale, v_th, hard_reset,
                   v_reset, detach_reset, h, need_grad_v0):
     T, N = grad_spikes.shape
-    math_dtype = _math_dtype(grad_spikes.dtype)
-    carry = torch.zeros(N, dtype=math_dtype, device=d.device) if grad_v_last is None else grad_v_last.to(math_dtype)
+    dtype = math_dtype(grad_spikes.dtype)
+    carry = torch.zeros(N, dtype=dtype, device=d.device) if grad_v_last is None else grad_v_last.to(dtype)
     grad_x = torch.empty_like(grad_spikes)
     for t in reversed(range(T)):
-        d_t = d[t].to(math_dtype)
-        f = surrogate_grad(d_t, beta[t].to(math_dtype), SURROGATES[surrogate_id], v_th=0.0, h=h)
-        if hard_reset:
-            no_spike = (d_t < 0).to(math_dtype)
-            dv_du = no_spike if detach_reset else no_spike + ((v_reset - v_th) - d_t) * f
-        else:
-            dv_du = 1.0 if detach_reset else 1.0 - v_th * f
-        delta = grad_spikes[t].to(math_dtype) * f + carry * dv_du
+        delta = lif_bwd_step(d[t].to(dtype), grad_spikes[t].to(dtype), carry, beta[t].to(dtype),
+                             SURROGATES[surrogate_id], v_th, hard_reset, v_reset, detach_reset, h)
         grad_x[t] = input_scale * delta
         carry = decay * delta
     return grad_x, (carry if need_grad_v0 else carry.new_empty(0))
@@ -202,7 +223,7 @@ def lif_fwd_op(x: torch.Tensor, beta: torch.Tensor, v0: Optional[torch.Tensor], 
 def _(x, beta, v0, surrogate_id, decay, input_scale, v_th, hard_reset, v_reset, detach_reset, h, return_v,
       save_dtype, backend, search_key):
     T, N = x.shape
-    v_last = x.new_empty((N if return_v else 0,), dtype=_math_dtype(x.dtype))
+    v_last = x.new_empty((N if return_v else 0,), dtype=math_dtype(x.dtype))
     return torch.empty_like(x), x.new_empty((T, N), dtype=save_dtype), v_last
 
 
@@ -218,10 +239,10 @@ def lif_bwd_op(grad_spikes: torch.Tensor, d: torch.Tensor, beta: torch.Tensor, g
 
 
 @lif_bwd_op.register_fake
-def _lif_bwd_fake(grad_spikes, d, beta, grad_v_last, surrogate_id, decay, input_scale, v_th, hard_reset, v_reset,
+def lif_bwd_fake(grad_spikes, d, beta, grad_v_last, surrogate_id, decay, input_scale, v_th, hard_reset, v_reset,
                   detach_reset, h, need_grad_v0, backend):
     T, N = grad_spikes.shape
-    grad_v0 = grad_spikes.new_empty((N if need_grad_v0 else 0,), dtype=_math_dtype(grad_spikes.dtype))
+    grad_v0 = grad_spikes.new_empty((N if need_grad_v0 else 0,), dtype=math_dtype(grad_spikes.dtype))
     return torch.empty_like(grad_spikes), grad_v0
 
 
@@ -260,8 +281,11 @@ def lif_multistep(x, beta, surrogate="box", *, decay=0.5, input_scale=0.5, v_th=
                   _search_key=-1):
     """Multistep LIF over x [T, *]; returns spikes (x.dtype), or (spikes, v_T) with ``return_v``.
 
+    v_T is the fp32 state the kernels carry (float64 for float64 x), whatever x's dtype, so a stream
+    of chunks (each call's v_T the next call's ``v0``) is not rounded to fp16/bf16 between chunks.
     beta: float or tensor [T], the surrogate width per timestep (used by backward only; it is never
-    read on the host, so changing its values neither syncs nor recompiles). save_dtype: dtype of the
+    read on the host, so changing its values neither syncs nor recompiles). It is not learnable: a
+    beta that requires grad is refused. save_dtype: dtype of the
     one tensor saved for backward, u - v_th (None = fp32; torch.bfloat16 halves it).
     ``_search_key`` is the A²SG controller's: it arms a beta search in this call's backward.
     """
@@ -273,9 +297,26 @@ def lif_multistep(x, beta, surrogate="box", *, decay=0.5, input_scale=0.5, v_th=
     spikes, _, v_last = lif_fwd_op(
         x.reshape(T, N).contiguous(), beta, None if v0 is None else v0.reshape(N).contiguous(),
         SURROGATES.index(surrogate), float(decay), float(input_scale), float(v_th), hard_reset, float(v_reset),
-        detach_reset, float(h), return_v, save_dtype or _math_dtype(x.dtype), backend, _search_key,
+        detach_reset, float(h), return_v, save_dtype or math_dtype(x.dtype), backend, _search_key,
     )
     spikes = spikes.view(x.shape)
     if return_v:
-        return spikes, v_last.view(x.shape[1:]).to(x.dtype)
+        return spikes, v_last.view(x.shape[1:])
     return spikes
+
+
+def lif_membrane(x, *, decay=0.5, input_scale=0.5, v_th=1.0, reset="soft", v_reset=0.0, v0=None, backend="auto"):
+    """d = u - v_th [T, *] for input currents x [T, *], computed by ``lif_multistep``'s own forward
+    (same backend and kernel, no autograd): its spikes are exactly ``d >= 0``. fp32 (float64 for
+    float64 x). For analysis: the membrane a layer really had, not a re-derivation of it.
+    """
+    _, hard_reset = _check_lif_args(x, 1.0, "box", decay, input_scale, v_th, reset, v_reset, False, 0.5, v0, False,
+                                    None)
+    backend = resolve_backend(backend, x)
+    T, N = x.shape[0], math.prod(x.shape[1:])
+    fwd = lif_fwd if backend == "triton" else lif_fwd_torch
+    with torch.no_grad():
+        _, d, _ = fwd(x.detach().reshape(T, N).contiguous(), None if v0 is None else v0.detach().reshape(N).contiguous(),
+                      float(decay), float(input_scale), float(v_th), hard_reset, float(v_reset), False,
+                      math_dtype(x.dtype))
+    return d.view(x.shape)

@@ -27,6 +27,11 @@ def is_compiling() -> bool:
     return torch.compiler.is_compiling()
 
 
+def math_dtype(dtype):
+    """The dtype the ops compute in: float64 for float64 input, else float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 def check_tensor(name, value, *, device=None, allow_float64=True):
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
@@ -68,6 +73,9 @@ def check_beta(beta, T, device, dtype):
     """
     if isinstance(beta, torch.Tensor):
         check_tensor("beta", beta, device=device)
+        if beta.requires_grad:
+            raise ValueError("beta must not require grad: the surrogate width is not learnable here (A2SG "
+                             "searches it); pass beta.detach()")
         if beta.dim() > 1 or (beta.dim() == 1 and beta.shape[0] != T):
             raise ValueError(f"beta must be a float or a tensor of shape [T] = [{T}], got shape {list(beta.shape)}")
         if beta.device.type == "cpu" and not is_compiling():
@@ -102,6 +110,17 @@ def resolve_backend(backend, x):
         if x.dtype not in TRITON_DTYPES:
             raise TypeError(f"backend='triton' takes x in float32, float16 or bfloat16, got {x.dtype}")
     return backend
+
+
+def unwrap_model(model):
+    """The plain module under DistributedDataParallel and torch.compile wrappers (any nesting)."""
+    while True:
+        if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+            model = model.module
+        elif isinstance(model, torch._dynamo.eval_frame.OptimizedModule):
+            model = model._orig_mod
+        else:
+            return model
 
 
 def atomic_write(path, write, binary=True):
