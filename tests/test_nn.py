@@ -189,3 +189,30 @@ def test_membrane_is_the_forward_of_the_layer():
     x = 2 * torch.randn(3, 40, generator=torch.Generator().manual_seed(3))
     d = lif.membrane(x)
     assert d.shape == x.shape and torch.equal(lif(x).bool(), d >= 0) and lif(x).sum() > 0
+
+
+def test_beta_is_saved_without_a_copy_and_guarded_by_autograd():
+    lif = LIF(3, "asy")
+    saved = []
+    x = (2 * torch.randn(3, 50)).requires_grad_()
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        lif(x)
+    assert any(t.data_ptr() == lif.beta.data_ptr() for t in saved)  # the buffer itself, no copy per call
+    spikes = lif(x)  # without hooks, which would bypass autograd's version check
+    lif.beta.mul_(2)  # changed between forward and backward: refused, never silently mixed
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        spikes.sum().backward()
+
+
+def test_compiled_model_does_not_recompile_when_beta_changes():
+    from torch._dynamo.testing import CompileCounter
+
+    torch._dynamo.reset()
+    counter = CompileCounter()
+    model = torch.nn.Sequential(torch.nn.Linear(6, 8), LIF(3, "tri", backend="torch"))
+    compiled = torch.compile(model, backend=counter, fullgraph=True)
+    x = torch.randn(3, 4, 6)
+    for beta in (0.5, 0.3, 0.9):
+        model[1].beta.fill_(beta)
+        compiled(x).sum().backward()
+    assert counter.frame_count == 1
