@@ -1,6 +1,8 @@
 import triton
 import triton.language as tl
 
+from .surrogate import surrogate_grad
+
 
 @triton.jit
 def lif_step(v, x, decay, input_scale, v_th, v_reset, HARD_RESET: tl.constexpr):
@@ -37,3 +39,25 @@ def local_grad(d, grad_s, carry, f, v_th, v_reset, HARD_RESET: tl.constexpr, DET
             else:
                 delta += carry * (1.0 - v_th * f)
     return delta
+
+
+@triton.jit
+def lif_bwd_steps(grad_spikes_ptrs, d_ptrs, grad_x_ptrs, beta_ptr, carry, mask, N, T, decay, input_scale, v_th,
+                  v_reset, h, SURROGATE: tl.constexpr, HARD_RESET: tl.constexpr, DETACH_RESET: tl.constexpr):
+    """The LIF backward of one block of neurons (DESIGN.md 3.3), t = T-1 ... 0.
+
+    The pointers address step T-1 of [T, N] tensors (d = u - v_th from the forward); carry is
+    dL/dv[T-1]. Writes grad_x = input_scale * delta and returns the carry dL/dv[-1].
+    """
+    for i in range(T):
+        beta = tl.load(beta_ptr + (T - 1 - i))
+        d = tl.load(d_ptrs, mask=mask, other=0.0).to(tl.float32)
+        grad_s = tl.load(grad_spikes_ptrs, mask=mask, other=0.0).to(tl.float32)
+        f = surrogate_grad(d, beta, h, SURROGATE)
+        delta = local_grad(d, grad_s, carry, f, v_th, v_reset, HARD_RESET, DETACH_RESET, True)
+        tl.store(grad_x_ptrs, (input_scale * delta).to(grad_x_ptrs.dtype.element_ty), mask=mask)
+        carry = decay * delta
+        grad_spikes_ptrs -= N
+        d_ptrs -= N
+        grad_x_ptrs -= N
+    return carry

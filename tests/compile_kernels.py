@@ -13,11 +13,12 @@ from triton.compiler import ASTSource
 
 from a2sg_triton.kernels.lif import lif_bwd_kernel, lif_fwd_kernel
 from a2sg_triton.kernels.stats import candidate_stats_kernel
-from a2sg_triton.lif import BLOCK
+from a2sg_triton.lif import BLOCK_SIZES
 from a2sg_triton.stats import BLOCK_K, BLOCK_N
 from a2sg_triton.surrogate import SURROGATES
 
 CAPABILITIES = (90, 80)
+BLOCK = BLOCK_SIZES[0][0]
 FLAGS = list(itertools.product([False, True], repeat=2))
 
 
