@@ -11,6 +11,8 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
+from a2sg_triton.bitpack import BLOCK_BYTES
+from a2sg_triton.kernels.bitpack import pack_bits_kernel, unpack_bits_kernel
 from a2sg_triton.kernels.lif import lif_bwd_kernel, lif_fwd_kernel
 from a2sg_triton.kernels.stats import candidate_stats_kernel
 from a2sg_triton.lif import BLOCK_SIZES
@@ -39,6 +41,9 @@ def variants():
                        "betas_ptr": "*fp32", "partial_ptr": "*fp32", "ref_sq_partial_ptr": "*fp32", "N": "i32",
                        "K": "i32", "blocks_per_chunk": "i32", "th_offset": "fp32", "v_th": "fp32",
                        "v_reset": "fp32", "h": "fp32"}
+    for dtype in ("fp32", "fp16", "bf16"):
+        yield pack_bits_kernel, {"x_ptr": f"*{dtype}", "packed_ptr": "*u8", "M": "i32"}, {"BLOCK": BLOCK_BYTES}
+        yield unpack_bits_kernel, {"packed_ptr": "*u8", "x_ptr": f"*{dtype}", "M": "i32"}, {"BLOCK": BLOCK_BYTES}
     for surrogate, (hard, detach), present in itertools.product(range(len(SURROGATES)), FLAGS, [False, True]):
         yield lif_bwd_kernel, bwd_signature, {"SURROGATE": surrogate, "HARD_RESET": hard, "DETACH_RESET": detach,
                                               "HAS_GRAD_V_LAST": present, "STORE_GRAD_V0": present, "BLOCK": BLOCK}
