@@ -310,14 +310,19 @@ def _lif_backward(ctx, grad_spikes, grad_d, grad_v_last):
     args = (grad_spikes.contiguous(), d, beta,
             grad_v_last.contiguous() if ctx.return_v and grad_v_last is not None else None,
             *ctx.params, need_grad_v0, ctx.backend)
-    if ctx.search_key >= 0:  # registered by a2sg_triton.controller, looked up late to avoid an import cycle
-        grad_x, grad_v0 = torch.ops.a2sg_triton.lif_bwd_search(*args, ctx.search_key)
-    elif ctx.eager:
-        grad_x, grad_v0 = LIF_BWD[ctx.backend](*args[:-1])
-    else:
-        grad_x, grad_v0 = lif_bwd_op(*args)
+    grad_x, grad_v0 = lif_bwd_dispatch(args, ctx.search_key, ctx.eager)
     grad_v0 = grad_v0.to(ctx.v0_dtype) if need_grad_v0 else None
     return grad_x, None, grad_v0, *([None] * 12)
+
+
+def lif_bwd_dispatch(args, search_key, eager):
+    """The LIF backward on ``lif_bwd_op``'s arguments: the armed A²SG search (``search_key`` >= 0),
+    else the backend called directly (``eager``) or through the op (what torch.compile traces)."""
+    if search_key >= 0:  # registered by a2sg_triton.controller, looked up late to avoid an import cycle
+        return torch.ops.a2sg_triton.lif_bwd_search(*args, search_key)
+    if eager:
+        return LIF_BWD[args[-1]](*args[:-1])
+    return lif_bwd_op(*args)
 
 
 lif_fwd_op.register_autograd(_lif_backward, setup_context=_lif_setup_context)

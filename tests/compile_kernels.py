@@ -15,7 +15,9 @@ from a2sg_triton.bitpack import BLOCK_BYTES
 from a2sg_triton.kernels.bitpack import pack_bits_kernel, unpack_bits_kernel
 from a2sg_triton.kernels.lif import lif_bwd_kernel, lif_fwd_kernel
 from a2sg_triton.kernels.stats import candidate_stats_kernel
+from a2sg_triton.kernels.tdbn_lif import tdbn_fwd_kernel, tdbn_lif_bwd_kernel
 from a2sg_triton.lif import BLOCK_SIZES
+from a2sg_triton.tdbn_lif import NORM_BLOCK
 from a2sg_triton.stats import BLOCK_K, BLOCK_N
 from a2sg_triton.surrogate import SURROGATES
 
@@ -44,7 +46,16 @@ def variants():
     for dtype in ("fp32", "fp16", "bf16"):
         yield pack_bits_kernel, {"x_ptr": f"*{dtype}", "packed_ptr": "*u8", "M": "i32"}, {"BLOCK": BLOCK_BYTES}
         yield unpack_bits_kernel, {"packed_ptr": "*u8", "x_ptr": f"*{dtype}", "M": "i32"}, {"BLOCK": BLOCK_BYTES}
+        norm_signature = {"y_ptr": f"*{dtype}", "mean_ptr": "*fp32", "scale_ptr": "*fp32", "bias_ptr": "*fp32",
+                          "z_ptr": f"*{dtype}", "M": "i32", "C": "i32", "channel_div": "i32"}
+        yield tdbn_fwd_kernel, norm_signature, {"BLOCK": NORM_BLOCK}
+    recompute_signature = {"y_ptr": "*bf16", "mean_ptr": "*fp32", "scale_ptr": "*fp32", "bias_ptr": "*fp32",
+                           "grad_spikes_ptr": "*bf16", "beta_ptr": "*fp32", "d_ptr": "*fp32", "grad_x_ptr": "*bf16",
+                           "N": "i32", "T": "i32", "C": "i32", "channel_div": "i32", "last_step_offset": "i64",
+                           "decay": "fp32", "input_scale": "fp32", "v_th": "fp32", "v_reset": "fp32", "h": "fp32"}
     for surrogate, (hard, detach), present in itertools.product(range(len(SURROGATES)), FLAGS, [False, True]):
+        yield tdbn_lif_bwd_kernel, recompute_signature, {
+            "SURROGATE": surrogate, "HARD_RESET": hard, "DETACH_RESET": detach, "BACKWARD": present, "BLOCK": BLOCK}
         yield lif_bwd_kernel, bwd_signature, {"SURROGATE": surrogate, "HARD_RESET": hard, "DETACH_RESET": detach,
                                               "HAS_GRAD_V_LAST": present, "STORE_GRAD_V0": present, "BLOCK": BLOCK}
         yield candidate_stats_kernel, stats_signature, {

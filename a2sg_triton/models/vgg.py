@@ -15,7 +15,7 @@ class VGG(SpikingClassifier):
     """``cfg`` as above, then flatten and one linear classifier; ``input_size`` (square) sizes it."""
 
     def __init__(self, cfg, num_classes, in_channels, input_size, neuron):
-        super().__init__(neuron.T)
+        super().__init__(neuron.T, backend=neuron.backend)
         layers, channels, size = [], in_channels, input_size
         for v in cfg:
             if v == "A":
