@@ -16,9 +16,13 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT
 
 # The kernel tests on the real GPU (they use CUDA tensors when CUDA is present) and the gpu-marked ones.
 timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_lif.py tests/test_surrogate.py \
-    tests/test_candidate_stats.py tests/test_nn.py tests/test_errors.py tests/test_controller.py 2>&1 | tee "$OUT/gpu-tests.log"
+    tests/test_candidate_stats.py tests/test_nn.py tests/test_errors.py tests/test_controller.py tests/test_bitpack.py \
+    tests/test_memory.py 2>&1 | tee "$OUT/gpu-tests.log"
 # Every provider at T = 4 (the targets' shape), then ours and SpikingJelly's over the whole grid;
 # the compile provider recompiles per shape, so it runs at the target shape only.
 timeout 120 python3 bench/bench_lif.py --T 4 --N 24 --dtype fp32 --out "$OUT/lif.jsonl" 2>&1 | tee "$OUT/bench_lif.log"
 timeout 180 python3 bench/bench_lif.py --providers triton spikingjelly torch --out "$OUT/lif.jsonl" 2>&1 | tee -a "$OUT/bench_lif.log"
 timeout 150 python3 bench/bench_search.py --out "$OUT/search.jsonl" 2>&1 | tee "$OUT/bench_search.log"
+# Saved bytes (CPU part) and peak memory / step time against SpikingJelly with and without memopt.
+timeout 180 python3 bench/bench_memory.py --models vgg16 vggsnn --out "$OUT/memory-cpu.jsonl" \
+    --gpu-out "$OUT/memory-cuda.jsonl" 2>&1 | tee "$OUT/bench_memory.log"
