@@ -157,18 +157,22 @@ RECOMPUTE_CASES = ([(surrogate, "soft", False, False) for surrogate in SURROGATE
                    + [("asy", reset, detach, True) for reset in ("soft", "hard") for detach in (False, True)])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, pytest.param(torch.bfloat16, marks=pytest.mark.gpu)],
+                         ids=["fp32", "bf16"])
 @pytest.mark.parametrize("surrogate, reset, detach_reset, channels_last", RECOMPUTE_CASES)
-def test_fused_recompute_is_bit_identical(surrogate, reset, detach_reset, channels_last, nan_outputs):
+def test_fused_recompute_is_bit_identical(surrogate, reset, detach_reset, channels_last, dtype, nan_outputs):
     """tdbn_lif_bwd's d equals the forward's (normalisation kernel, then the LIF forward kernel) bit
-    for bit, and its fused backward equals the LIF backward kernel run on that d, bit for bit."""
+    for bit, and its fused backward equals the LIF backward kernel run on that d, bit for bit (on a
+    GPU: compiled kernels, and bf16 conv outputs too)."""
     y, mean, scale, bias = _recompute_inputs(channels_last)
+    y = y.to(dtype)
     x = tdbn_output_triton(y, mean, scale, bias).unflatten(0, (T, 2))
     order = lif_module.dense_order(x)
     x_flat = lif_module.to_flat(x, order)
     neuron = (0.75, 0.6, 0.9, reset == "hard", -0.1)
     _, d_fwd, _ = LIF_FWD["triton"](x_flat, None, *neuron, False, torch.float32)
     g = torch.Generator().manual_seed(2)
-    grad_spikes = torch.randn(x_flat.shape, generator=g).to(KERNEL_DEVICE)
+    grad_spikes = torch.randn(x_flat.shape, generator=g).to(KERNEL_DEVICE, dtype)
     beta = torch.tensor([0.3, 0.6, 0.45], device=KERNEL_DEVICE)
     surrogate_id = SURROGATES.index(surrogate)
     params = (surrogate_id, 0.75, 0.6, 0.9, reset == "hard", -0.1, detach_reset, 0.7)
