@@ -1,7 +1,9 @@
 """Benchmark of the multistep LIF op: forward, backward and forward+backward, per provider.
 
 Providers:
-  triton        a2sg_triton.lif_multistep(backend="triton")                         (CUDA only)
+  triton        a2sg_triton.lif_multistep(backend="triton")                         (CUDA only; on
+                the CPU only under TRITON_INTERPRET=1, the Triton interpreter, rows marked
+                interpreted: a check that the path runs, not a speed)
   torch         a2sg_triton.lif_multistep(backend="torch"), eager analytic backward
   compile       torch.compile (inductor) of the eager reference loop a2sg_triton.reference.lif_multistep
   spikingjelly  SpikingJelly LIFNode(tau=2, decay_input=True, v_reset=None, step_mode="m"),
@@ -19,7 +21,9 @@ peak_mem_bytes (CUDA only) is the peak allocated during one fwd+bwd, inputs x an
 
 Timing: CUDA uses triton.testing.do_bench (medians of CUDA-event times, L2 flushed between calls);
 CPU uses time.perf_counter over a loop after warm-up. Each row is appended as one JSON object to
---out (JSONL). Without CUDA only the CPU providers run, at small sizes.
+--out (JSONL) with the machine, versions, git sha (from git, else $A2SG_GIT_SHA for a copy of the
+tree without .git) and the folder a2sg_triton was imported from. Without CUDA only the CPU providers
+run, at small sizes.
 
     python bench/bench_lif.py                  # full grid of the current device
     python bench/bench_lif.py --quick          # one small shape
@@ -31,6 +35,7 @@ import datetime
 import functools
 import importlib.metadata
 import json
+import os
 import platform
 import socket
 import subprocess
@@ -42,6 +47,7 @@ import torch
 
 import a2sg_triton
 from a2sg_triton import reference
+from a2sg_triton.utils import triton_interpreting
 
 try:
     import triton
@@ -92,10 +98,12 @@ class ProviderUnavailable(Exception):
 
 def provider_skip_reason(provider, device):
     """Why ``provider`` cannot run on ``device`` (cheap checks only), or None."""
-    if provider in CUDA_ONLY_PROVIDERS and device.type != "cuda":
-        return f"{provider} needs CUDA, which is not available"
     if provider == "triton" and triton is None:
         return "triton is not installed"
+    if provider == "triton" and device.type == "cpu" and triton_interpreting():
+        return None  # the Triton interpreter runs the kernels on CPU tensors (slowly)
+    if provider in CUDA_ONLY_PROVIDERS and device.type != "cuda":
+        return f"{provider} needs CUDA, which is not available"
     if provider == "spikingjelly" and package_version("spikingjelly") is None:
         return "spikingjelly is not installed"
     return None
@@ -108,7 +116,8 @@ def make_lif(provider, device, dtype):
         raise ProviderUnavailable(reason)
     if provider in ("triton", "torch"):
         lif = functools.partial(a2sg_triton.lif_multistep, beta=BETA, surrogate=SURROGATE, backend=provider)
-        return lif, f"a2sg_triton.lif_multistep(backend={provider!r})"
+        interpreted = " under the Triton interpreter" if provider == "triton" and device.type == "cpu" else ""
+        return lif, f"a2sg_triton.lif_multistep(backend={provider!r}){interpreted}"
     if provider == "compile":
         # A fresh dynamo cache per shape: the grid has more shapes than dynamo's recompile limit,
         # past which it would silently fall back to eager.
@@ -264,9 +273,11 @@ def run_metadata(device):
         "torch": torch.__version__,
         "triton": triton.__version__ if triton is not None else None,
         "spikingjelly": package_version("spikingjelly"),
-        "git_sha": git_output("rev-parse", "HEAD") or "unknown",
+        "git_sha": git_output("rev-parse", "HEAD") or os.environ.get("A2SG_GIT_SHA") or "unknown",
         "git_dirty": None if status is None else bool(status),
         "hostname": socket.gethostname(),
+        "triton_interpret": triton_interpreting(),
+        "package_dir": str(Path(a2sg_triton.__file__).resolve().parent),
     }
 
 
@@ -345,8 +356,9 @@ def resolve_grid(args, device):
         else:
             runnable.append(provider)
     if device.type != "cuda":
+        interpreted = " (triton under the Triton interpreter)" if "triton" in runnable else ""
         print("CUDA is not available: skipping the GPU rows (triton, spikingjelly; by default bf16 and N >= 2^20); "
-              f"running {' '.join(runnable)} on the CPU at T = {' '.join(map(str, Ts))}, "
+              f"running {' '.join(runnable)} on the CPU{interpreted} at T = {' '.join(map(str, Ts))}, "
               f"N = {' '.join(f'2^{n}' for n in log2_Ns)}, {' '.join(dtypes)}")
     return shapes, runnable
 
