@@ -2,6 +2,8 @@
 
 Run by tests/test_kernel_compile.py in a process of its own, since the test session imports the
 kernels under the interpreter (TRITON_INTERPRET=1), which only the real compiler checks fully.
+bench/ptx_report.py compiles the same variants() through compile_variant() and reports their
+registers, spills and loop instructions.
 """
 
 import itertools
@@ -19,6 +21,7 @@ from a2sg_triton.surrogate import SURROGATES
 
 CAPABILITIES = (90, 80)
 FLAGS = list(itertools.product([False, True], repeat=2))
+NUM_WARPS = 4  # what the launchers use (a2sg_triton.lif.NUM_WARPS; candidate_stats: Triton's default)
 
 
 def variants():
@@ -46,13 +49,18 @@ def variants():
             "HAS_REF": present, "BLOCK_N": BLOCK_N, "BLOCK_K": BLOCK_K}
 
 
+def compile_variant(fn, signature, constexprs, capability):
+    """-> the CompiledKernel (asm["ptx"], asm["cubin"], ...) of one variant for sm_<capability>."""
+    source = ASTSource(fn=fn, signature={**signature, **dict.fromkeys(constexprs, "constexpr")},
+                       constexprs=constexprs)
+    return triton.compile(source, target=GPUTarget("cuda", capability, 32), options={"num_warps": NUM_WARPS})
+
+
 def main():
     count = 0
     for capability in CAPABILITIES:
         for fn, signature, constexprs in variants():
-            source = ASTSource(fn=fn, signature={**signature, **dict.fromkeys(constexprs, "constexpr")},
-                               constexprs=constexprs)
-            kernel = triton.compile(source, target=GPUTarget("cuda", capability, 32), options={"num_warps": 4})
+            kernel = compile_variant(fn, signature, constexprs, capability)
             if not kernel.asm.get("cubin"):
                 sys.exit(f"{fn.__name__} {constexprs} sm_{capability}: no cubin")
             count += 1
