@@ -362,6 +362,10 @@ def summary(rows):
                              f"{r['loop_shfl']} shfl.sync and {r['loop_bar']} barriers per iteration; "
                              f"{r['registers']} registers, spills {r['spill_store_bytes']}/{r['spill_load_bytes']} B "
                              f"(store/load)")
+    spilling = [r for r in rows if r["spill_store_bytes"] or r["spill_load_bytes"] or r["sass_local_ops"]]
+    lines.append("variants that spill: " + (", ".join(
+        f"{r['kernel']} {r['variant']} {r['arch']} ({r['spill_store_bytes']}/{r['spill_load_bytes']} B, "
+        f"{r.get('loop_sass_local_ops', 0)} local ops in the loop)" for r in spilling) or "none"))
     return lines
 
 
