@@ -19,21 +19,23 @@ from typing import Optional
 
 import torch
 
-from .stats import _local_grad, candidate_stats_torch, candidate_stats_triton
-from .lif import _lif_bwd_fake, _math_dtype
-from .nn import LIF
+from .stats import candidate_stats_torch, candidate_stats_triton
+from .lif import lif_bwd_fake, lif_bwd_step
+from .nn import LIF, SEARCH_SITES, register_search_site, search_site_owner
 from .search import GPState, SearchConfig, search_beta
-from .surrogate import SURROGATES, surrogate_grad
-from .utils import atomic_write
+from .surrogate import SURROGATES
+from .utils import atomic_write, math_dtype, unwrap_model
 
 ADAPT_MODES = ("none", "spatial", "temporal", "spatiotemporal")
 HISTORY_FIELDS = ("epoch", "layer", "t", "metric", "beta", "previous_beta", "best_beta", "best_value",
                   "metric_at_beta", "predicted", "fell_back", "gp_seconds", "seconds")
 
-# search key -> (weak reference to the controller, layer name); keys are stable per layer, so a
-# compiled graph that bakes one in stays valid across epochs.
-_SEARCH_SITES = {}
 _next_key = itertools.count()
+
+
+def _forget_sites(keys):
+    for key in keys:
+        SEARCH_SITES.pop(key, None)
 
 
 class A2SG:
@@ -44,6 +46,12 @@ class A2SG:
     "spatial" = SGV at every t, "temporal" = TGC for t < T-1, "spatiotemporal" = both).
     Under torch.distributed the candidate sums are all-reduced over ``process_group`` first, so
     every rank chooses the same betas.
+
+    ``model`` may be wrapped by DistributedDataParallel or torch.compile: layer names (in the
+    history and ``state_dict``) are those of the plain model, so a checkpoint resumes under any
+    wrapper. ``nn.DataParallel`` is refused (its replicas would each search a slice of the batch):
+    use DistributedDataParallel. A layer belongs to the controller created for it last; an older
+    controller of the same layer refuses to arm it.
     """
 
     def __init__(self, model, adapt="spatiotemporal", strategy="bo", n_obs=100, n_eval=150, radius=0.05,
@@ -55,6 +63,10 @@ class A2SG:
         for name, value, minimum in (("every", every, 1), ("seed", seed, 0)):
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+        if isinstance(model, torch.nn.DataParallel):
+            raise TypeError("A2SG does not support nn.DataParallel (each replica would search its own slice "
+                            "of the batch); use torch.nn.parallel.DistributedDataParallel")
+        model = unwrap_model(model)
         gp_fit = {} if gp_fit is None else {"gp_fit": gp_fit}  # None: SearchConfig's measured default
         self.config = SearchConfig(strategy=strategy, n_obs=n_obs, n_eval=n_eval, radius=radius,
                                    beta_range=beta_range, **gp_fit)
@@ -62,10 +74,12 @@ class A2SG:
         self.layers = {name: m for name, m in model.named_modules() if isinstance(m, LIF)}
         if not self.layers:
             raise ValueError("model has no a2sg_triton.nn.LIF layer to adapt")
-        for name, layer in self.layers.items():
-            if layer.search_key < 0:
-                layer.search_key = next(_next_key)
-            _SEARCH_SITES[layer.search_key] = (weakref.ref(self), name)
+        # Fresh keys for this controller's own layers: a key never outlives its controller, and a
+        # compiled graph that bakes one in stays valid across epochs.
+        keys = [next(_next_key) for _ in self.layers]
+        for key, (name, layer) in zip(keys, self.layers.items()):
+            register_search_site(key, self, name, layer)
+        weakref.finalize(self, _forget_sites, keys)
         self.generator = torch.Generator().manual_seed(seed)
         self.gp_states = {(name, t): GPState() for name, layer in self.layers.items() for t in range(layer.T)}
         self.history = []
@@ -75,10 +89,18 @@ class A2SG:
         """Arms the search for the next backward of every layer when ``epoch % every == 0``."""
         if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
             raise ValueError(f"epoch must be an int >= 0, got {epoch!r}")
+        self._check_ownership()
         self.epoch = epoch
         armed = self.adapt != "none" and epoch % self.every == 0
         for layer in self.layers.values():
             layer.search_armed = armed
+
+    def _check_ownership(self):
+        for name, layer in self.layers.items():
+            owner = search_site_owner(layer.search_key)
+            if owner is None or owner[0] is not self or owner[2] is not layer:
+                raise RuntimeError(f"layer {name!r} is now adapted by another A2SG controller (one created "
+                                   "for this model later); use that controller")
 
     def metric_at(self, t, T):
         """'sgv', 'tgc' or None (keep beta_t) for timestep t of T under this controller's mode."""
@@ -98,12 +120,12 @@ class A2SG:
         """Alg. A1 for one layer: per t (top-down in time) search beta_t, then delta[t] with it."""
         layer = self.layers[name]
         T = grad_spikes.shape[0]
-        math_dtype = _math_dtype(grad_spikes.dtype)
+        dtype = math_dtype(grad_spikes.dtype)
         stats_fn = candidate_stats_triton if backend == "triton" else candidate_stats_torch
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
         surrogate = SURROGATES[surrogate_id]
         new_beta = beta.detach().to("cpu", torch.float64).tolist()
-        carry = None if grad_v_last is None else grad_v_last.to(math_dtype)
+        carry = None if grad_v_last is None else grad_v_last.to(dtype)
         ref = None
         grad_x = torch.empty_like(grad_spikes)
 
@@ -131,9 +153,8 @@ class A2SG:
                     "seconds": time.perf_counter() - start,
                 })
                 new_beta[t] = result.beta
-            d_t = d_t.to(math_dtype)
-            f = surrogate_grad(d_t, new_beta[t], surrogate, v_th=0.0, h=h)
-            delta = _local_grad(d_t, grad_s_t.to(math_dtype), carry, f, v_th, hard_reset, v_reset, detach_reset)
+            delta = lif_bwd_step(d_t.to(dtype), grad_s_t.to(dtype), carry, new_beta[t], surrogate, v_th, hard_reset,
+                                 v_reset, detach_reset, h)
             grad_x[t] = input_scale * delta
             carry, ref = decay * delta, delta
 
@@ -158,6 +179,7 @@ class A2SG:
         """Restores betas, RNG, GP states and history; refuses a state from another model or mode."""
         if not isinstance(state, dict) or "betas" not in state:
             raise ValueError("not an A2SG state_dict")
+        state = _plain_names(state)
         if set(state["betas"]) != set(self.layers):
             raise ValueError(f"state_dict holds layers {sorted(state['betas'])}, the model has {sorted(self.layers)}")
         for name, beta in state["betas"].items():
@@ -197,13 +219,30 @@ class A2SG:
         atomic_write(path, lambda f: f.write(text), binary=False)
 
 
+def _plain_name(name):
+    """A layer name without DDP ("module.") or torch.compile ("_orig_mod.") prefixes."""
+    for prefix in ("module.", "_orig_mod."):
+        if name.startswith(prefix):
+            return _plain_name(name[len(prefix):])
+    return name
+
+
+def _plain_names(state):
+    """An A2SG state_dict with plain layer names: controllers built on a wrapper once saved those."""
+    state = dict(state)
+    for key in ("betas", "armed"):
+        state[key] = {_plain_name(name): value for name, value in state[key].items()}
+    state["gp_states"] = {_plain_name(name): value for name, value in state["gp_states"].items()}
+    state["history"] = [dict(row, layer=_plain_name(row["layer"])) for row in state["history"]]
+    return state
+
+
 def _controller_for(search_key):
-    site = _SEARCH_SITES.get(search_key)
-    controller = site[0]() if site is not None else None
-    if controller is None:
+    owner = search_site_owner(search_key)
+    if owner is None:
         raise RuntimeError(f"no live A2SG controller for search key {search_key}: keep the controller alive "
                            "while the model trains")
-    return controller, site[1]
+    return owner[0], owner[1]
 
 
 @torch.library.custom_op("a2sg_triton::lif_bwd_search", mutates_args=())
@@ -219,4 +258,4 @@ def lif_bwd_search_op(grad_spikes: torch.Tensor, d: torch.Tensor, beta: torch.Te
 
 @lif_bwd_search_op.register_fake
 def _(*args):
-    return _lif_bwd_fake(*args[:-1])  # the plain backward's shapes; search_key changes none
+    return lif_bwd_fake(*args[:-1])  # the plain backward's shapes; search_key changes none

@@ -1,10 +1,32 @@
 """nn.Module wrappers of the ops."""
 
+import weakref
+
 import torch
 
-from .lif import lif_multistep
+from .lif import lif_membrane, lif_multistep
 from .surrogate import check_surrogate
-from .utils import BACKENDS, check_beta, check_flag, check_real, check_reset
+from .utils import BACKENDS, check_beta, check_flag, check_real, check_reset, check_save_dtype
+
+# A2SG search sites: key -> (weak reference to the controller, layer name, weak reference to the
+# layer). a2sg_triton.A2SG registers its layers here; a layer passes its key to the op only while
+# armed, and only if the site is its own.
+SEARCH_SITES = {}
+
+
+def search_site_owner(search_key):
+    """(controller, layer name, layer) registered under ``search_key``, or None if any is gone."""
+    site = SEARCH_SITES.get(search_key)
+    if site is None:
+        return None
+    controller, layer = site[0](), site[2]()
+    return None if controller is None or layer is None else (controller, site[1], layer)
+
+
+def register_search_site(key, controller, name, layer):
+    SEARCH_SITES.pop(layer.search_key, None)  # the layer's previous controller loses it
+    SEARCH_SITES[key] = (weakref.ref(controller), name, weakref.ref(layer))
+    layer.search_key, layer.search_armed = key, False
 
 
 class LIF(torch.nn.Module):
@@ -13,10 +35,19 @@ class LIF(torch.nn.Module):
     The paper's neuron (Eq. A1): decay = input_scale = 1/tau, so tau=2 gives 0.5 and 0.5; pass
     ``decay``/``input_scale`` for other conventions. The width beta is a buffer of shape [T]
     (saved in ``state_dict``) that the A²SG controller rewrites.
+
+    ``save_dtype``: what backward keeps of the forward (u - v_th), None = fp32 or torch.bfloat16
+    (half the memory, every spike still recomputed exactly). ``return_v``: forward returns
+    (spikes, v_T), v_T in fp32 (float64 for float64 input). ``stateful``: streaming mode, the
+    final membrane of one call is the initial membrane of the next (with its autograd graph, so a
+    loss over several chunks backpropagates through all of them; ``detach_state()`` cuts it for
+    truncated BPTT) until ``reset_state()``. Copies and pickles of the layer carry neither the
+    state nor an A²SG search registration.
     """
 
     def __init__(self, T, surrogate="box", tau=2.0, v_th=1.0, beta_init=0.5, h=0.5, reset="soft",
-                 detach_reset=False, backend="auto", *, decay=None, input_scale=None, v_reset=0.0):
+                 detach_reset=False, backend="auto", *, decay=None, input_scale=None, v_reset=0.0,
+                 save_dtype=None, return_v=False, stateful=False):
         super().__init__()
         if isinstance(T, bool) or not isinstance(T, int) or T < 1:
             raise ValueError(f"T must be an int >= 1, got {T!r}")
@@ -33,10 +64,29 @@ class LIF(torch.nn.Module):
         self.decay = 1.0 / tau if decay is None else check_real("decay", decay)
         self.input_scale = 1.0 / tau if input_scale is None else check_real("input_scale", input_scale)
         self.reset, self.detach_reset, self.backend = reset, detach_reset, backend
+        check_save_dtype(save_dtype)
+        self.save_dtype = save_dtype
+        self.return_v, self.stateful = check_flag("return_v", return_v), check_flag("stateful", stateful)
         self.register_buffer("beta", check_beta(beta_init, T, torch.device("cpu"), torch.float32))
         # Set by a2sg_triton.A2SG: the layer's search site, and whether the next backward searches.
         self.search_key = -1
         self.search_armed = False
+        self.state = None  # v_T of the last call in stateful mode
+
+    def __getstate__(self):
+        """Copies (deepcopy, pickle, torch.save) are new layers: no search site, no streaming state."""
+        state = super().__getstate__()
+        state.update(search_key=-1, search_armed=False, state=None)
+        return state
+
+    def reset_state(self):
+        """Starts the next call from v = 0 (stateful mode)."""
+        self.state = None
+
+    def detach_state(self):
+        """Keeps the carried membrane but cuts its autograd history (truncated BPTT)."""
+        if self.state is not None:
+            self.state = self.state.detach()
 
     def _apply(self, fn, recurse=True):
         """Moves beta with the module but keeps it fp32: model.half() would otherwise round the
@@ -50,16 +100,46 @@ class LIF(torch.nn.Module):
         if not isinstance(x, torch.Tensor) or x.dim() < 1 or x.shape[0] != self.T:
             shape = list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise ValueError(f"LIF expects input [T={self.T}, B, ...], got {shape}")
+        replica = getattr(self, "_is_replica", False)
+        if replica and (self.stateful or self.search_armed):
+            raise RuntimeError("nn.LIF cannot search beta or carry a stateful membrane inside nn.DataParallel "
+                               "(replicas are discarded after each call); use DistributedDataParallel")
         search_key = -1
         if self.search_armed and torch.is_grad_enabled():
+            owner = search_site_owner(self.search_key)
+            if owner is None or owner[2] is not self:
+                raise RuntimeError("this LIF layer is armed for an A2SG search it is not registered for (its "
+                                   "controller is gone, or the flag was set by hand); create A2SG(model)")
             self.search_armed = False  # this forward's backward consumes the armed search
             search_key = self.search_key
-        return lif_multistep(
+        v0 = None
+        if self.stateful and self.state is not None:
+            v0 = self.state
+            if v0.shape != x.shape[1:] or v0.device != x.device:
+                raise ValueError(f"LIF state has shape {list(v0.shape)} on {v0.device}, the input needs "
+                                 f"{list(x.shape[1:])} on {x.device}; call reset_state() between sequences")
+        out = lif_multistep(
             x, self.beta, self.surrogate, decay=self.decay, input_scale=self.input_scale, v_th=self.v_th,
-            reset=self.reset, v_reset=self.v_reset, detach_reset=self.detach_reset, h=self.h,
-            backend=self.backend, _search_key=search_key,
+            reset=self.reset, v_reset=self.v_reset, detach_reset=self.detach_reset, h=self.h, v0=v0,
+            return_v=self.return_v or self.stateful, backend=self.backend, save_dtype=self.save_dtype,
+            _search_key=search_key,
         )
+        if not (self.return_v or self.stateful):
+            return out
+        if self.stateful:
+            self.state = out[1]
+        return out if self.return_v else out[0]
+
+    def membrane(self, x):
+        """u - v_th [T, ...] of this layer for input currents x [T, ...], from its own forward (same
+        backend and kernel, v0 = 0): its spikes are exactly ``membrane(x) >= 0``. float64 input runs
+        the eager backend in float64 (the kernels compute in fp32)."""
+        backend = "torch" if isinstance(x, torch.Tensor) and x.dtype == torch.float64 else self.backend
+        return lif_membrane(x, decay=self.decay, input_scale=self.input_scale, v_th=self.v_th, reset=self.reset,
+                            v_reset=self.v_reset, backend=backend)
 
     def extra_repr(self):
         return (f"T={self.T}, surrogate={self.surrogate!r}, tau={self.tau}, v_th={self.v_th}, "
-                f"reset={self.reset!r}, detach_reset={self.detach_reset}, backend={self.backend!r}")
+                f"reset={self.reset!r}, detach_reset={self.detach_reset}, backend={self.backend!r}"
+                + (f", save_dtype={self.save_dtype}" if self.save_dtype is not None else "")
+                + (", return_v=True" if self.return_v else "") + (", stateful=True" if self.stateful else ""))

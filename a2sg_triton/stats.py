@@ -17,7 +17,7 @@ from typing import Optional
 
 import torch
 
-from .lif import HeavisideSurrogate
+from .lif import HeavisideSurrogate, lif_local_grad
 from .surrogate import SURROGATES, check_surrogate, surrogate_grad
 from .utils import (
     HAS_TRITON,
@@ -26,6 +26,7 @@ from .utils import (
     check_reset,
     check_tensor,
     is_compiling,
+    math_dtype,
     resolve_backend,
 )
 
@@ -105,19 +106,6 @@ def _check_args(u, grad_s, betas, surrogate, carry, ref, v_th, h, reset, v_reset
     return betas.detach().to(torch.float64), hard_reset
 
 
-def _local_grad(d, grad_s, carry, f, v_th, hard_reset, v_reset, detach_reset):
-    """delta = dL/du of one LIF step (DESIGN.md 3.3) from d = u - v_th and f = f(u; beta)."""
-    delta = grad_s * f
-    if carry is None:
-        return delta
-    if hard_reset:
-        no_spike = (d < 0).to(d.dtype)
-        dv_du = no_spike if detach_reset else no_spike + ((v_reset - v_th) - d) * f
-    else:
-        dv_du = 1.0 if detach_reset else 1.0 - v_th * f
-    return delta + carry * dv_du
-
-
 def _stats_from_deltas(betas, deltas, ref):
     """deltas [K, N] (any float dtype) -> CandidateStats with float64 sums."""
     deltas = deltas.double()
@@ -174,15 +162,15 @@ def candidate_stats_triton(u, grad_s, carry, ref, betas, surrogate_id, th_offset
 def candidate_stats_torch(u, grad_s, carry, ref, betas, surrogate_id, th_offset, v_th, hard_reset, v_reset,
                           detach_reset, h):
     """The same as the kernel in eager PyTorch: fp32 deltas (float64 for float64 input), float64 sums."""
-    math_dtype = torch.float64 if u.dtype == torch.float64 else torch.float32
-    d = (u.to(math_dtype) - th_offset)[None, :]
-    grad_s = grad_s.to(math_dtype)[None, :]
-    carry = None if carry is None else carry.to(math_dtype)[None, :]
+    dtype = math_dtype(u.dtype)
+    d = (u.to(dtype) - th_offset)[None, :]
+    grad_s = grad_s.to(dtype)[None, :]
+    carry = None if carry is None else carry.to(dtype)[None, :]
     parts = []
-    for chunk in betas.to(device=u.device, dtype=math_dtype).split(TORCH_CANDIDATES_PER_PASS):
+    for chunk in betas.to(device=u.device, dtype=dtype).split(TORCH_CANDIDATES_PER_PASS):
         f = surrogate_grad(d, chunk[:, None], SURROGATES[surrogate_id], v_th=0.0, h=h)
-        parts.append(_stats_from_deltas(chunk, _local_grad(d, grad_s, carry, f, v_th, hard_reset, v_reset,
-                                                           detach_reset), ref))
+        parts.append(_stats_from_deltas(chunk, lif_local_grad(d, grad_s, carry, f, v_th, hard_reset, v_reset,
+                                                              detach_reset), ref))
     return CandidateStats(
         betas=betas, sum=torch.cat([p.sum for p in parts]), sumsq=torch.cat([p.sumsq for p in parts]),
         sumabs=torch.cat([p.sumabs for p in parts]),

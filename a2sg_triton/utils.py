@@ -2,7 +2,9 @@
 
 import math
 import os
+import shutil
 import tempfile
+import types
 
 import torch
 
@@ -13,10 +15,40 @@ try:
 except ImportError:  # e.g. macOS: only the torch backend is available
     HAS_TRITON = False
 
-BACKENDS = ("auto", "triton", "torch")
+BACKENDS = ("auto", "triton", "torch", "inductor")
 RESETS = ("soft", "hard")
 TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 SAVE_DTYPES = (torch.float32, torch.bfloat16)
+
+
+def _cpu_auto_backend():
+    """What backend="auto" runs on CPU tensors: "inductor" (fused C++ loops compiled by
+    torch.compile) where a C++ compiler exists, else "torch". A2SG_CPU_BACKEND=torch|inductor
+    overrides it (the test suite sets torch: compiling every variant it tries would take too long)."""
+    choice = os.environ.get("A2SG_CPU_BACKEND")
+    if choice in ("torch", "inductor"):
+        return choice
+    if choice:
+        raise ValueError(f"A2SG_CPU_BACKEND must be 'torch' or 'inductor', got {choice!r}")
+    compiler = os.environ.get("CXX") or next(filter(shutil.which, ("g++", "c++", "clang++")), None)
+    return "inductor" if compiler else "torch"
+
+
+CPU_AUTO_BACKEND = _cpu_auto_backend()
+_COMPILED = {}
+
+
+def compiled_variant(fn, *key):
+    """``torch.compile(fn)`` for one variant (``key``: everything but the tensors' sizes), compiled
+    once. Each variant gets a code object of its own, so dynamo's per-code recompile limit never
+    counts one variant against another; a variant recompiles only once more, when a second size
+    makes the neuron count dynamic."""
+    compiled = _COMPILED.get((fn, key))
+    if compiled is None:
+        code = fn.__code__.replace(co_name=f"{fn.__name__}_variant{len(_COMPILED)}")
+        clone = types.FunctionType(code, fn.__globals__, code.co_name, fn.__defaults__, fn.__closure__)
+        compiled = _COMPILED[(fn, key)] = torch.compile(clone, fullgraph=True)
+    return compiled
 
 
 def triton_interpreting() -> bool:
@@ -25,6 +57,11 @@ def triton_interpreting() -> bool:
 
 def is_compiling() -> bool:
     return torch.compiler.is_compiling()
+
+
+def math_dtype(dtype):
+    """The dtype the ops compute in: float64 for float64 input, else float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def check_tensor(name, value, *, device=None, allow_float64=True):
@@ -61,20 +98,27 @@ def check_reset(reset):
 
 
 def check_beta(beta, T, device, dtype):
-    """beta as a float or a tensor of shape [T] (or 0-d) -> contiguous [T] tensor of ``dtype``.
+    """beta as a float or a tensor of shape [T] (or 0-d) -> [T] tensor of ``dtype``.
 
-    Values of a tensor beta are checked when it lives on the CPU; on a GPU that check would force a
-    device-to-host sync on every call, so there only its shape, dtype and device are checked.
+    A tensor that is already right (contiguous [T] of ``dtype``) is used as it is, not copied:
+    backward keeps it, and autograd's version counter refuses a backward after it was changed in
+    place. Values of a tensor beta are checked when it lives on the CPU; on a GPU that check would
+    force a device-to-host sync on every call, so there only its shape, dtype and device are checked.
     """
     if isinstance(beta, torch.Tensor):
         check_tensor("beta", beta, device=device)
+        if beta.requires_grad:
+            raise ValueError("beta must not require grad: the surrogate width is not learnable here (A2SG "
+                             "searches it); pass beta.detach()")
         if beta.dim() > 1 or (beta.dim() == 1 and beta.shape[0] != T):
             raise ValueError(f"beta must be a float or a tensor of shape [T] = [{T}], got shape {list(beta.shape)}")
         if beta.device.type == "cpu" and not is_compiling():
-            if not bool(torch.isfinite(beta).all()) or bool((beta <= 0).any()):
+            low, high = torch.aminmax(beta)
+            if not (bool(low > 0) and bool(high < math.inf)):  # NaN fails both
                 raise ValueError(f"beta must be finite and > 0, got {beta.tolist()}")
-        # a copy: backward keeps this tensor, and the A²SG controller rewrites a layer's beta in place
-        return beta.detach().to(dtype, copy=True).expand(T).contiguous()
+        if beta.dtype == dtype and beta.dim() == 1 and beta.is_contiguous():
+            return beta
+        return beta.to(dtype).expand(T).contiguous()
     value = check_real("beta", beta)
     if value <= 0:
         raise ValueError(f"beta must be > 0, got {value}")
@@ -87,11 +131,13 @@ def check_save_dtype(save_dtype):
 
 
 def resolve_backend(backend, x):
-    """'auto' -> 'triton' for CUDA tensors of a kernel dtype, else 'torch'."""
+    """'auto' -> 'triton' for CUDA tensors of a kernel dtype, CPU_AUTO_BACKEND for CPU tensors, else 'torch'."""
     if not isinstance(backend, str) or backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto":
-        return "triton" if HAS_TRITON and x.is_cuda and x.dtype in TRITON_DTYPES else "torch"
+        if x.is_cuda:
+            return "triton" if HAS_TRITON and x.dtype in TRITON_DTYPES else "torch"
+        return CPU_AUTO_BACKEND if x.device.type == "cpu" else "torch"
     if backend == "triton":
         if not HAS_TRITON:
             raise ValueError("backend='triton' needs the triton package; use backend='torch'")
@@ -102,6 +148,17 @@ def resolve_backend(backend, x):
         if x.dtype not in TRITON_DTYPES:
             raise TypeError(f"backend='triton' takes x in float32, float16 or bfloat16, got {x.dtype}")
     return backend
+
+
+def unwrap_model(model):
+    """The plain module under DistributedDataParallel and torch.compile wrappers (any nesting)."""
+    while True:
+        if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+            model = model.module
+        elif isinstance(model, torch._dynamo.eval_frame.OptimizedModule):
+            model = model._orig_mod
+        else:
+            return model
 
 
 def atomic_write(path, write, binary=True):

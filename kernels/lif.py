@@ -1,6 +1,7 @@
 import triton
 import triton.language as tl
 
+from .neuron import lif_step, local_grad
 from .surrogate import surrogate_grad
 
 
@@ -34,14 +35,8 @@ def lif_fwd_kernel(
     d_ptrs = d_ptr + offs
     for _ in range(T):
         x = tl.load(x_ptrs, mask=mask, other=0.0).to(tl.float32)
-        u = decay * v + input_scale * x
-        d = u - v_th
-        spike = d >= 0.0
-        if HARD_RESET:
-            v = tl.where(spike, v_reset, u)
-        else:
-            v = tl.where(spike, u - v_th, u)
-        tl.store(spikes_ptrs, spike.to(spikes_ptr.dtype.element_ty), mask=mask)
+        d, v = lif_step(v, x, decay, input_scale, v_th, v_reset, HARD_RESET)
+        tl.store(spikes_ptrs, (d >= 0.0).to(spikes_ptr.dtype.element_ty), mask=mask)
         # Saving u - v_th (not u) keeps the sign exact in bf16, so backward recomputes every spike.
         tl.store(d_ptrs, d.to(d_ptr.dtype.element_ty), mask=mask)
         # Pointer increments stay 64-bit, so T * N may exceed 2^31.
@@ -91,18 +86,7 @@ def lif_bwd_kernel(
         d = tl.load(d_ptrs, mask=mask, other=0.0).to(tl.float32)
         grad_s = tl.load(grad_spikes_ptrs, mask=mask, other=0.0).to(tl.float32)
         f = surrogate_grad(d, beta, h, SURROGATE)
-        if HARD_RESET:
-            no_spike = tl.where(d >= 0.0, 0.0, 1.0)
-            if DETACH_RESET:
-                dv_du = no_spike
-            else:
-                dv_du = no_spike + ((v_reset - v_th) - d) * f
-        else:
-            if DETACH_RESET:
-                dv_du = 1.0
-            else:
-                dv_du = 1.0 - v_th * f
-        delta = grad_s * f + carry * dv_du
+        delta = local_grad(d, grad_s, carry, f, v_th, v_reset, HARD_RESET, DETACH_RESET, True)
         tl.store(grad_x_ptrs, (input_scale * delta).to(grad_x_ptr.dtype.element_ty), mask=mask)
         carry = decay * delta
         grad_spikes_ptrs -= N

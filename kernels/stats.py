@@ -1,6 +1,7 @@
 import triton
 import triton.language as tl
 
+from .neuron import local_grad
 from .surrogate import surrogate_grad
 
 
@@ -50,20 +51,11 @@ def candidate_stats_kernel(
         # padding lanes load grad_s = carry = 0, so their delta is 0 for every surrogate
         grad_s = tl.load(grad_s_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         f = surrogate_grad(d[None, :], beta, h, SURROGATE)  # [BLOCK_K, BLOCK_N]
-        delta = grad_s[None, :] * f
         if HAS_CARRY:
             carry = tl.load(carry_ptr + offs, mask=mask, other=0.0).to(tl.float32)[None, :]
-            if HARD_RESET:
-                no_spike = tl.where(d >= 0.0, 0.0, 1.0)[None, :]
-                if DETACH_RESET:
-                    delta += carry * no_spike
-                else:
-                    delta += carry * (no_spike + ((v_reset - v_th) - d[None, :]) * f)
-            else:
-                if DETACH_RESET:
-                    delta += carry
-                else:
-                    delta += carry * (1.0 - v_th * f)
+        else:
+            carry = 0.0
+        delta = local_grad(d[None, :], grad_s[None, :], carry, f, v_th, v_reset, HARD_RESET, DETACH_RESET, HAS_CARRY)
         acc_sum += tl.sum(delta, axis=1)
         acc_sumsq += tl.sum(delta * delta, axis=1)
         acc_sumabs += tl.sum(tl.abs(delta), axis=1)

@@ -7,6 +7,9 @@ import torch
 # triton.jit wraps the kernels, i.e. before a2sg_triton is imported.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+# backend="auto" on CPU tensors runs the eager backend here: compiling each of the hundreds of variants
+# the suite tries with inductor would take too long. The inductor backend has tests of its own.
+os.environ.setdefault("A2SG_CPU_BACKEND", "torch")
 
 
 def pytest_collection_modifyitems(config, items):

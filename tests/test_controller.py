@@ -241,3 +241,85 @@ def test_gp_fits_run_inside_the_backward(gp_fit):
     fitted = [state for state in a2.gp_states.values() if state.fitted]
     assert fitted and len(a2.history) == 4 * T
     assert any(row["gp_seconds"] > 0 and row["predicted"] is not None for row in a2.history)
+
+
+# -- identity: a controller searches its own layers only -----------------------------------------
+
+
+def test_a_copied_model_never_searches_for_its_original():
+    m1 = two_layer_model()
+    a2_1 = A2SG(m1, **SEARCH)
+    m2 = copy.deepcopy(m1)
+    a2_2 = A2SG(m2, **SEARCH)
+    a2_1.begin_epoch(0)
+    step(m1, batch())
+    assert all(not torch.equal(b, torch.full((T,), 0.5)) for b in betas(m1))  # m1 searched ...
+    assert all(torch.equal(b, torch.full((T,), 0.5)) for b in betas(m2))  # ... for itself only
+    assert len(a2_1.history) == 2 * T and a2_2.history == []
+    a2_2.begin_epoch(0)  # both alive: each searches its own model
+    step(m2, batch())
+    assert len(a2_2.history) == 2 * T and len(a2_1.history) == 2 * T
+
+
+def test_an_armed_model_copied_or_reloaded_is_a_new_unarmed_model(tmp_path):
+    model = two_layer_model()
+    a2 = A2SG(model, **SEARCH)
+    a2.begin_epoch(0)
+    path = tmp_path / "model.pt"
+    torch.save(model, path)
+    for clone in (copy.deepcopy(model), torch.load(path, weights_only=False)):
+        layers = [m for m in clone.modules() if isinstance(m, LIF)]
+        assert all(layer.search_key == -1 and not layer.search_armed for layer in layers)
+        before = betas(clone)
+        step(clone, batch())  # trains without searching, for anyone
+        assert all(torch.equal(a, b) for a, b in zip(before, betas(clone))) and a2.history == []
+        A2SG(clone, **SEARCH)  # and can get a controller of its own
+    step(model, batch())  # the original is still armed, for its own controller
+    assert len(a2.history) == 2 * T
+
+
+def test_a_newer_controller_takes_the_layers_over():
+    model = two_layer_model()
+    old, new = A2SG(model, **SEARCH), A2SG(model, **SEARCH)
+    with pytest.raises(RuntimeError, match="adapted by another A2SG controller"):
+        old.begin_epoch(0)
+    new.begin_epoch(0)
+    step(model, batch())
+    assert len(new.history) == 2 * T and old.history == []
+
+
+def test_an_unregistered_armed_layer_refuses_to_search():
+    layer = LIF(T, "asy")
+    layer.search_armed = True  # by hand, without a controller
+    with pytest.raises(RuntimeError, match="not registered"):
+        layer(torch.randn(T, 3))
+    model = two_layer_model()
+    a2 = A2SG(model, **SEARCH)
+    a2.begin_epoch(0)
+    del a2  # the controller is gone: its layers' sites with it
+    with pytest.raises(RuntimeError, match="not registered"):
+        model(batch())
+
+
+def test_data_parallel_is_refused_with_a_pointer_to_ddp():
+    model = two_layer_model()
+    with pytest.raises(TypeError, match="DistributedDataParallel"):
+        A2SG(torch.nn.DataParallel(model), **SEARCH)
+    a2 = A2SG(model, **SEARCH)
+    a2.begin_epoch(0)
+    replica = model[1]._replicate_for_data_parallel()  # what DataParallel runs on each GPU
+    with pytest.raises(RuntimeError, match="DataParallel"):
+        replica(torch.randn(T, 2, 48))
+
+
+def test_layer_names_are_the_plain_models_under_wrappers():
+    model = two_layer_model()
+    compiled = torch.compile(model)
+    a2 = A2SG(compiled, **SEARCH)
+    assert list(a2.layers) == ["1", "3"]
+    state = a2.state_dict()
+    # a state saved by a controller built on a wrapper (older checkpoints) loads into a plain one
+    prefixed = dict(state, betas={f"module._orig_mod.{k}": v for k, v in state["betas"].items()},
+                    armed={f"module.{k}": v for k, v in state["armed"].items()},
+                    gp_states={f"_orig_mod.{k}": v for k, v in state["gp_states"].items()})
+    A2SG(two_layer_model(), **SEARCH).load_state_dict(prefixed)

@@ -24,6 +24,7 @@ CASES = [
     ((X, torch.full((4, 1), 0.5)), {}, ValueError, r"beta must be a float or a tensor of shape \[T\]"),
     ((X, torch.ones(4, dtype=torch.int64)), {}, TypeError, "beta must be a floating"),
     ((X, "0.5"), {}, TypeError, "beta must be a real number"),
+    ((X, torch.full((4,), 0.5, requires_grad=True)), {}, ValueError, "beta must not require grad"),
     ((X, True), {}, TypeError, "beta must be a real number"),
     ((X, 0.5, "gauss"), {}, ValueError, "surrogate must be one of"),
     ((X, 0.5), {"reset": "zero"}, ValueError, "reset must be one of"),
@@ -51,9 +52,15 @@ def test_bad_input_raises_before_any_kernel(args, kwargs, exc, match, monkeypatc
     monkeypatch.setattr(a2sg_triton.lif, "lif_fwd_torch", no_kernel)
     with pytest.raises(exc, match=match):
         a2sg_triton.lif_multistep(*args, **kwargs)
-    if kwargs.get("backend") is None:  # the reference takes the same arguments and checks them alike
+    if not {"backend", "save_dtype"} & kwargs.keys():  # the reference takes the math's arguments alike
         with pytest.raises(exc, match=match):
             lif_ref(*args, **kwargs)
+
+
+@pytest.mark.parametrize("option", [dict(backend="torch"), dict(save_dtype=torch.bfloat16)])
+def test_reference_takes_no_execution_options(option):
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        lif_ref(X, 0.5, **option)
 
 
 def test_triton_backend_needs_a_kernel_device(monkeypatch):

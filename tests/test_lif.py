@@ -5,6 +5,7 @@ import torch
 
 import a2sg_triton
 from a2sg_triton import SURROGATES
+from a2sg_triton.lif import lif_step
 from helpers import KERNEL_DEVICE, compare_to_reference
 
 # Odd neuron shape: 5 * 509 = 2545 neurons -> three 1024-wide blocks, the last one partial.
@@ -171,7 +172,64 @@ def test_gradcheck_torch_backend(surrogate, reset, detach_reset):
 def _assert_outside_window(x, v0, margin, reset, detach_reset, v_reset):
     v = v0.clone()
     for t in range(x.shape[0]):
-        u = 0.5 * v + 0.5 * x[t]
-        assert ((u - 1.0).abs() >= margin).all(), "a membrane lies inside the window; gradcheck would be void"
-        s = u >= 1.0
-        v = torch.where(s, v_reset, u) if reset == "hard" else torch.where(s, u - 1.0, u)
+        d, v = lif_step(v, x[t], 0.5, 0.5, 1.0, reset == "hard", v_reset)
+        assert (d.abs() >= margin).all(), "a membrane lies inside the window; gradcheck would be void"
+
+
+# -- the inductor backend (the eager functions compiled once per variant) --------------------------
+# Compiling costs seconds per variant, so a few variants cover the paths the compiled wrapper adds:
+# both directions, with and without state, fp32 / fp16 / float64, a second size (dynamic N).
+
+
+@pytest.mark.parametrize("surrogate, reset, detach_reset, dtype, with_state", [
+    ("atan", "soft", False, torch.float32, True),
+    ("asy", "hard", True, torch.float16, False),
+    ("tri", "hard", False, torch.float64, True),
+])
+def test_inductor_matches_reference(surrogate, reset, detach_reset, dtype, with_state):
+    for shape in (NEURON_SHAPE, (3, 97)):  # a second size: the variant becomes dynamic in N once
+        compare_to_reference(make_input(4, device="cpu", shape=shape), beta_for("per_step", 4, "cpu"), surrogate,
+                             v0=make_v0(device="cpu", shape=shape) if with_state else None, with_v=with_state,
+                             dtype=dtype, backend="inductor", reset=reset, detach_reset=detach_reset)
+
+
+def test_auto_on_cpu_is_inductor_where_a_compiler_exists(monkeypatch):
+    from a2sg_triton import utils
+
+    monkeypatch.delenv("A2SG_CPU_BACKEND")
+    monkeypatch.setattr(utils.shutil, "which", lambda name: "/usr/bin/" + name)
+    assert utils._cpu_auto_backend() == "inductor"
+    monkeypatch.setattr(utils.shutil, "which", lambda name: None)
+    monkeypatch.delenv("CXX", raising=False)
+    assert utils._cpu_auto_backend() == "torch"
+    monkeypatch.setenv("A2SG_CPU_BACKEND", "fast")
+    with pytest.raises(ValueError, match="A2SG_CPU_BACKEND"):
+        utils._cpu_auto_backend()
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_channels_last_is_read_in_place_and_kept(backend, monkeypatch):
+    """A [T, B, C, H, W] input whose T slices are channels_last: no copy of x, spikes and grad_x in
+    the same layout, the values of the contiguous computation."""
+    device = KERNEL_DEVICE if backend == "triton" else "cpu"
+    x = make_input(3, shape=(2, 5, 7, 3), device=device)
+    x_cl = x.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)  # channels_last per T slice
+    assert x_cl.stride(2) == 1 and not x_cl.is_contiguous()
+    w = torch.randn(x.shape, generator=torch.Generator().manual_seed(3)).to(device)
+    v0 = make_v0(shape=(2, 5, 7, 3), device=device)
+    outputs = []
+    for inp in (x, x_cl):
+        inp = inp.clone().requires_grad_() if inp.is_contiguous() else inp.detach().requires_grad_()
+        spikes, v = a2sg_triton.lif_multistep(inp, 0.5, "tri", v0=v0, return_v=True, backend=backend)
+        (spikes * w).sum().backward()
+        outputs.append((inp, spikes, v))
+    (x_c, s_c, v_c), (x_l, s_l, v_l) = outputs
+    assert s_l.stride() == x_cl.stride() and x_l.grad.stride() == x_cl.stride()
+    assert torch.equal(s_l, s_c) and torch.equal(v_l, v_c) and s_c.sum() > 0
+    torch.testing.assert_close(x_l.grad, x_c.grad, rtol=0, atol=0)
+    copies = []
+    real_contiguous = torch.Tensor.contiguous
+    monkeypatch.setattr(torch.Tensor, "contiguous", lambda t, *a, **k: copies.append(not t.is_contiguous())
+                        or real_contiguous(t, *a, **k))
+    a2sg_triton.lif_multistep(x_cl, 0.5, "tri", backend=backend)
+    assert not any(copies), "x was copied"

@@ -123,3 +123,96 @@ def test_opcheck(backend):
     d = torch.randn(3, 37, device=device)
     torch.library.opcheck(lif_bwd_op, (torch.randn(3, 37, device=device), d, beta, torch.randn(37, device=device),
                                        1, 0.5, 0.5, 1.0, False, 0.0, False, 0.5, True, backend))
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_stateful_stream_equals_one_long_sequence(backend):
+    """Two chunks through a stateful layer = one call over both, forward and every gradient."""
+    device = KERNEL_DEVICE if backend == "triton" else "cpu"
+    beta = torch.tensor([0.3, 0.5, 0.7], device=device)
+    x = (2 * torch.randn(6, 4, 7, generator=torch.Generator().manual_seed(0))).to(device)
+    w = torch.randn(6, 4, 7, generator=torch.Generator().manual_seed(1)).to(device)
+    x_long, x_stream = x.clone().requires_grad_(), x.clone().requires_grad_()
+    long = a2sg_triton.lif_multistep(x_long, beta.repeat(2), "tri", backend=backend)
+    (long * w).sum().backward()
+    lif = LIF(3, "tri", backend=backend, stateful=True).to(device)
+    lif.beta.copy_(beta)
+    stream = torch.cat([lif(x_stream[:3]), lif(x_stream[3:])])
+    (stream * w).sum().backward()
+    assert long.sum() > 0 and torch.equal(stream, long)
+    torch.testing.assert_close(x_stream.grad, x_long.grad, rtol=1e-6, atol=1e-6)
+    assert lif.state.dtype == torch.float32 and lif.state.shape == (4, 7)
+    lif.reset_state()
+    assert torch.equal(lif(x[:3]), long[:3])  # from v = 0 again
+
+
+def test_stateful_state_handling():
+    lif = LIF(2, stateful=True, return_v=True)
+    x = torch.randn(2, 3, requires_grad=True)
+    spikes, v = lif(x)
+    assert v is lif.state and v.requires_grad
+    lif.detach_state()
+    assert not lif.state.requires_grad and torch.equal(lif.state, v.detach())
+    with pytest.raises(ValueError, match="reset_state"):
+        lif(torch.randn(2, 5))
+    clone = __import__("copy").deepcopy(lif)  # a copy starts fresh
+    assert clone.state is None and lif.state is not None
+    assert "stateful=True" in repr(lif) and "return_v=True" in repr(lif)
+
+
+def test_module_save_dtype_and_return_v():
+    x = (2 * torch.randn(4, 3, 9, generator=torch.Generator().manual_seed(2))).requires_grad_()
+    x16 = x.detach().clone().requires_grad_()
+    full, half = LIF(4, "asy", return_v=True), LIF(4, "asy", return_v=True, save_dtype=torch.bfloat16)
+    (s, v), (s16, v16) = full(x), half(x16)
+    assert torch.equal(s, s16) and torch.equal(v, v16) and v.dtype == torch.float32
+    (s.sum() + v.sum()).backward()
+    (s16.sum() + v16.sum()).backward()
+    assert x.grad.abs().sum() > 0
+    torch.testing.assert_close(x16.grad, x.grad, rtol=2 ** -7, atol=2 ** -7)  # bf16-rounded d in the surrogate
+    with pytest.raises(ValueError, match="save_dtype"):
+        LIF(4, save_dtype=torch.float16)
+    with pytest.raises(TypeError, match="stateful must be a bool"):
+        LIF(4, stateful=1)
+
+
+def test_v_T_is_fp32_for_half_input():
+    x = torch.randn(3, 5).half()
+    _, v = a2sg_triton.lif_multistep(x, 0.5, return_v=True, backend="torch")
+    assert v.dtype == torch.float32
+    _, v64 = a2sg_triton.lif_multistep(x.double(), 0.5, return_v=True)
+    torch.testing.assert_close(v.double(), v64, rtol=1e-6, atol=1e-6)
+
+
+def test_membrane_is_the_forward_of_the_layer():
+    lif = LIF(3, reset="hard", v_reset=-0.2)
+    x = 2 * torch.randn(3, 40, generator=torch.Generator().manual_seed(3))
+    d = lif.membrane(x)
+    assert d.shape == x.shape and torch.equal(lif(x).bool(), d >= 0) and lif(x).sum() > 0
+
+
+def test_beta_is_saved_without_a_copy_and_guarded_by_autograd():
+    lif = LIF(3, "asy")
+    saved = []
+    x = (2 * torch.randn(3, 50)).requires_grad_()
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        lif(x)
+    assert any(t.data_ptr() == lif.beta.data_ptr() for t in saved)  # the buffer itself, no copy per call
+    spikes = lif(x)  # without hooks, which would bypass autograd's version check
+    lif.beta.mul_(2)  # changed between forward and backward: refused, never silently mixed
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        spikes.sum().backward()
+
+
+def test_compiled_model_does_not_recompile_when_beta_changes():
+    from torch._dynamo.testing import CompileCounter
+
+    torch._dynamo.reset()
+    counter = CompileCounter()
+    model = torch.nn.Sequential(torch.nn.Linear(6, 8), LIF(3, "tri", backend="torch"))
+    compiled = torch.compile(model, backend=counter, fullgraph=True)
+    x = torch.randn(3, 4, 6)
+    for beta in (0.5, 0.3, 0.9):
+        model[1].beta.fill_(beta)
+        compiled(x).sum().backward()
+    assert counter.frame_count == 1

@@ -23,7 +23,7 @@ from ..utils import new_figure, save_figure
 
 __all__ = ["E_AC_PJ", "E_MAC_PJ", "energy", "membrane_potentials", "membrane_statistics", "model_input",
            "plot_firing_rates", "plot_membrane_statistics", "plot_spike_deletion", "plot_spike_distribution",
-           "plot_tsne", "plot_weight_histograms", "spike_deletion", "spike_statistics", "tsne_features",
+           "plot_tsne", "plot_weight_histograms", "spike_deletion", "spike_statistics", "synaptic_layers", "tsne_features",
            "weight_statistics"]
 
 # Energy per operation at 45 nm (Horowitz 2014), the values SNN papers use: a multiply-accumulate
@@ -35,24 +35,11 @@ SYNAPTIC = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 
 def membrane_potentials(lif, x):
-    """The membrane potential u [T, ...] of ``lif`` for its input currents x [T, ...] (docs/math.md):
-
-    u[t] = decay·v[t-1] + input_scale·x[t] with v[-1] = 0, s[t] = (u[t] - v_th >= 0), then the
-    layer's soft (v = u - v_th·s) or hard (v = v_reset where s, else u) reset. Computed in float32
-    (float64 for float64 input), as the layer does, so ``u[t] >= v_th`` are exactly its spikes.
+    """The membrane potential u [T, ...] (float64) of ``lif`` for its input currents x [T, ...] with
+    v[-1] = 0: u - v_th from the layer's own forward (``LIF.membrane``, whose ``>= 0`` are exactly
+    its spikes) plus v_th, so within one float64 rounding of the u the layer computed.
     """
-    x = x.to(torch.promote_types(x.dtype, torch.float32))
-    v = torch.zeros_like(x[0])
-    potentials = []
-    for t in range(x.shape[0]):
-        u = lif.decay * v + lif.input_scale * x[t]
-        spike = u - lif.v_th >= 0
-        if lif.reset == "hard":
-            v = torch.where(spike, lif.v_reset, u)
-        else:
-            v = torch.where(spike, u - lif.v_th, u)
-        potentials.append(u)
-    return torch.stack(potentials)
+    return lif.membrane(x).double() + lif.v_th
 
 
 def spike_statistics(model, loader, T, device, max_batches=None):
@@ -71,7 +58,7 @@ def spike_statistics(model, loader, T, device, max_batches=None):
     counts = {name: torch.zeros(T + 1, dtype=torch.float64) for name in lifs}
     per_t = {name: torch.zeros(T, dtype=torch.float64) for name in lifs}
     neurons = dict.fromkeys(lifs, 0)
-    input_sums = {name: [0.0, 0] for name in _synaptic(model)}
+    input_sums = {name: [0.0, 0] for name in synaptic_layers(model)}
 
     def lif_hook(name):
         def hook(module, inputs, spikes):
@@ -88,7 +75,7 @@ def spike_statistics(model, loader, T, device, max_batches=None):
         return hook
 
     hooks = [(m.register_forward_hook, lif_hook(name)) for name, m in lifs.items()]
-    hooks += [(m.register_forward_pre_hook, input_hook(name)) for name, m in _synaptic(model).items()]
+    hooks += [(m.register_forward_pre_hook, input_hook(name)) for name, m in synaptic_layers(model).items()]
     samples = 0
     with _inference(model), _hooked(hooks):
         for x, _ in _batches(loader, T, device, max_batches):
@@ -130,7 +117,7 @@ def energy(model, spike_stats, input_shape):
     [T, C, H, W]).
     """
     T = spike_stats["T"]
-    synaptic = _synaptic(model)
+    synaptic = synaptic_layers(model)
     macs = {}  # total over the T steps of one sample; insertion order is execution order
 
     def hook(name):
@@ -215,7 +202,7 @@ def weight_statistics(model, bins=50):
     """Per Conv/Linear layer (by module name), its weight's (not bias) mean, std (population), min,
     max, count and histogram (``bins`` equal-width bins: ``edges`` [bins+1], ``counts`` [bins]), Fig. 7."""
     stats = {}
-    for name, module in _synaptic(model).items():
+    for name, module in synaptic_layers(model).items():
         w = module.weight.detach().cpu().double().numpy().ravel()
         counts, edges = np.histogram(w, bins=bins)
         stats[name] = {"mean": float(w.mean()), "std": float(w.std()), "min": float(w.min()),
@@ -410,7 +397,8 @@ def _lifs(model):
     return {name: m for name, m in model.named_modules() if isinstance(m, LIF)}
 
 
-def _synaptic(model):
+def synaptic_layers(model):
+    """{module name: module} of the layers with weights whose operations are counted (SYNAPTIC)."""
     return {name: m for name, m in model.named_modules() if isinstance(m, SYNAPTIC)}
 
 

@@ -20,12 +20,12 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
+from ..lif import lif_bwd_step
 from ..nn import LIF
-from ..stats import _local_grad, candidate_stats
-from ..surrogate import surrogate_grad
+from ..stats import candidate_stats
 from ..utils import new_figure, save_figure
 from ..models import model_input
-from .activity import _synaptic, membrane_potentials
+from .activity import synaptic_layers
 
 # method="auto": the exact Gram route keeps a float64 copy of a layer's [n, P] gradients; above this
 # many elements it uses float32 power iteration instead.
@@ -58,7 +58,7 @@ def _preserved(model, train=None):
 
 def _weights(model):
     """(module name, weight) of every Conv/Linear whose weight is trained."""
-    return [(name, module.weight) for name, module in _synaptic(model).items() if module.weight.requires_grad]
+    return [(name, module.weight) for name, module in synaptic_layers(model).items() if module.weight.requires_grad]
 
 
 def _take_batches(loader, max_batches):
@@ -253,15 +253,14 @@ def metric_vs_beta(model, x, y, layer_name, t, betas, T=None):
             handle.remove()
         loss = F.cross_entropy(logits, y)
         grad_s = torch.autograd.grad(loss, captured["output"])[0].detach().double()
-        u = membrane_potentials(lif, captured["input"].double())
+        d = lif.membrane(captured["input"].double())  # u - v_th by the layer's forward, in float64
         hard_reset = lif.reset == "hard"
         carry = ref = None
         for step in range(lif.T - 1, t, -1):
-            d = u[step] - lif.v_th
-            f = surrogate_grad(d, float(lif.beta[step]), lif.surrogate, v_th=0.0, h=lif.h)
-            ref = _local_grad(d, grad_s[step], carry, f, lif.v_th, hard_reset, lif.v_reset, lif.detach_reset)
+            ref = lif_bwd_step(d[step], grad_s[step], carry, float(lif.beta[step]), lif.surrogate, lif.v_th,
+                               hard_reset, lif.v_reset, lif.detach_reset, lif.h)
             carry = lif.decay * ref
-        stats = candidate_stats(u[t], grad_s[t], betas, lif.surrogate, carry=carry, ref=ref, v_th=lif.v_th,
+        stats = candidate_stats(d[t] + lif.v_th, grad_s[t], betas, lif.surrogate, carry=carry, ref=ref, v_th=lif.v_th,
                                 h=lif.h, reset=lif.reset, v_reset=lif.v_reset, detach_reset=lif.detach_reset)
         current_beta = float(lif.beta[t])
     return {"layer": layer_name, "t": t, "betas": stats.betas.tolist(), "sgv": stats.sgv().tolist(),

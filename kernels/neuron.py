@@ -1,0 +1,39 @@
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def lif_step(v, x, decay, input_scale, v_th, v_reset, HARD_RESET: tl.constexpr):
+    """One LIF timestep (DESIGN.md 3.1) in fp32: -> (d = u - v_th, v after the reset)."""
+    u = decay * v + input_scale * x
+    d = u - v_th
+    spike = d >= 0.0
+    if HARD_RESET:
+        v = tl.where(spike, v_reset, u)
+    else:
+        v = tl.where(spike, u - v_th, u)
+    return d, v
+
+
+@triton.jit
+def local_grad(d, grad_s, carry, f, v_th, v_reset, HARD_RESET: tl.constexpr, DETACH_RESET: tl.constexpr,
+               HAS_CARRY: tl.constexpr):
+    """delta = dL/du of one LIF step (DESIGN.md 3.3) from d = u - v_th, dL/ds, dL/dv and f = f(u; beta).
+
+    The operands broadcast: the candidate statistics pass d, grad_s, carry as [1, N] rows against f
+    of shape [K, N]. Without a carry (HAS_CARRY false) only the spike path contributes.
+    """
+    delta = grad_s * f
+    if HAS_CARRY:
+        if HARD_RESET:
+            no_spike = tl.where(d >= 0.0, 0.0, 1.0)
+            if DETACH_RESET:
+                delta += carry * no_spike
+            else:
+                delta += carry * (no_spike + ((v_reset - v_th) - d) * f)
+        else:
+            if DETACH_RESET:
+                delta += carry
+            else:
+                delta += carry * (1.0 - v_th * f)
+    return delta
