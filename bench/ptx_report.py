@@ -6,8 +6,8 @@
 
 No GPU is needed: every variant of tests/compile_kernels.py's variants() (the list CI compiles; a
 new kernel or flag goes there) is compiled by Triton's real compiler with the CUDA backend and
-tools that ship in the triton wheel, with the launchers' num_warps, into a fresh, temporary Triton
-cache (so ptxas runs for every variant and its log can be read). The rows go to
+tools that ship in the triton wheel, with the num_warps its launcher uses (per block size), into a
+fresh, temporary Triton cache (so ptxas runs for every variant and its log can be read). Rows go to
 bench/results/ptx-<UTC date>.jsonl (replaced if it exists: one report per day) with the machine,
 versions and git sha, and a table to stdout, then a summary of the candidate-statistics kernel.
 
@@ -253,13 +253,16 @@ def steady_loop(items, branch, sass=False):
 
 
 def variant_name(signature, constexprs):
-    """Short name: the first pointer argument's dtype, the surrogate, then the set boolean flags."""
+    """Short name: the first pointer argument's dtype, the surrogate, the set boolean flags, and the
+    block size where it is not the LIF launchers' largest (blockN)."""
     parts = [next(v.lstrip("*") for v in signature.values() if v.startswith("*"))]
     for key, value in constexprs.items():
         if key == "SURROGATE":
             parts.append(SURROGATES[value])
         elif value is True:
             parts.append(key.lower())
+        elif key == "BLOCK" and value != compile_kernels.BLOCK:
+            parts.append(f"block{value}")
     return ",".join(parts)
 
 
@@ -292,7 +295,8 @@ def analyse(fn, signature, constexprs, capability):
     row = {
         "kernel": name, "variant": variant_name(signature, constexprs), "arch": f"sm_{capability}",
         "constexprs": constexprs, "signature": signature, "num_warps": kernel.metadata.num_warps,
-        "threads": threads, "ptxas": ptxas_version(capability), "unit": "pair" if candidates else "element", "units_per_iteration": units,
+        "threads": threads, "ptxas": ptxas_version(capability), "unit": "pair" if candidates else "element",
+        "units_per_iteration": units,
         "registers": usage["REG"], "ptxas_registers": ptxas_regs, "spill_store_bytes": spill_stores,
         "spill_load_bytes": spill_loads, "local_bytes": usage["LOCAL"], "stack_bytes": usage["STACK"],
         "shared_bytes": usage["SHARED"], "sass_local_ops": s_total["local_ops"],
@@ -402,7 +406,7 @@ def main(argv=None):
     for key in ("spikingjelly", "triton_interpret", "package_dir"):
         context.pop(key, None)
     print(f"triton {triton.__version__}, git {context['git_sha'][:12]}"
-          f"{' (dirty)' if context['git_dirty'] else ''}; compiling with num_warps={compile_kernels.NUM_WARPS}")
+          f"{' (dirty)' if context['git_dirty'] else ''}; each variant with its launcher's num_warps")
     print("variant: dtype of the first pointer, surrogate, the flags set (unset: soft reset, attached, no "
           "carry/ref/v0); spill: ptxas spill store/load bytes;\nloop: PTX instructions per loop iteration (one "
           "thread); /unit: loop x threads / elements (e) or pairs (p) per iteration; sass/u: the same in SASS;\n"
