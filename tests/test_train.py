@@ -124,13 +124,6 @@ def test_existing_run_is_refused_and_checkpoint_errors(tmp_path, capsys):
     assert run([*TINY, "--epochs", "1", "--out", out, "--force"])[0] == 0  # --force starts afresh
 
 
-def test_module_entry_point_exits_2_without_traceback(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "a2sg_triton.train", "--model", "nope"], capture_output=True,
-                            text=True, cwd=tmp_path)
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert result.stderr.strip().startswith("a2sg-train: error:")
-
-
 @pytest.mark.slow
 def test_torchrun_two_processes(tmp_path):
     out = tmp_path / "ddp"
