@@ -2,7 +2,7 @@
 
 ``save_epoch`` writes OUT/checkpoint.pt, then OUT/metrics.jsonl from the checkpoint's copy of the
 metrics, each atomically, so the two always describe the same epochs. ``load_checkpoint`` reads
-and checks a checkpoint without writing anything.
+and checks a checkpoint without writing anything; ``restore_checkpoint`` loads it into the run.
 """
 
 import json
@@ -33,6 +33,25 @@ def load_checkpoint(out, config, flags):
         if key in flags and flags[key] != saved[key]:
             raise TrainError(f"--resume {out}: the checkpoint is for {key}={saved[key]!r}, not {flags[key]!r}")
     return state
+
+
+def restore_checkpoint(state, out, model, optimizer, scheduler, controller, data_generator):
+    """Loads a checkpoint that ``load_checkpoint`` read into the run's objects and RNGs; returns the
+    metrics so far and the epoch to continue with. The model and the A²SG controller are the
+    unwrapped ones (no DDP ``module.``, no torch.compile ``_orig_mod.`` in their names), so a
+    checkpoint resumes under torchrun, --compile or neither, whichever wrote it."""
+    for part, target in (("model", model), ("optimizer", optimizer), ("scheduler", scheduler),
+                         ("controller", controller)):
+        try:
+            target.load_state_dict(state[part])
+        except (KeyError, ValueError, RuntimeError) as error:  # torch's messages span lines: one line here
+            detail = " ".join(str(error).split())
+            raise TrainError(f"--resume {out}: the checkpoint's {part} state does not fit this run ({detail})")
+    data_generator.set_state(state["rng"]["data"])
+    torch.set_rng_state(state["rng"]["torch"])
+    np.random.set_state(state["rng"]["numpy"])
+    random.setstate(state["rng"]["python"])
+    return state["metrics"], state["epoch"] + 1
 
 
 def prepare_out_dir(out, resume, force):

@@ -94,7 +94,8 @@ def build_parser():
     arg("--workers", type=int, help="data loader worker processes")
     arg("--limit-batches", type=int, help="at most this many batches per epoch and evaluation (smoke runs)")
     arg("--tensorboard", action="store_true", default=None, help="also log to OUT/tensorboard")
-    arg("--compile", action="store_true", default=None, help="torch.compile the model (the search still runs)")
+    arg("--compile", action=argparse.BooleanOptionalAction, default=None,
+        help="torch.compile the model (the search still runs); may change on --resume")
     arg("--out", metavar="DIR", help="run folder (default: runs/<dataset>-<model>-<surrogate>-<adapt>-<time>)")
     arg("--resume", metavar="DIR", help="continue the run in DIR from its checkpoint")
     arg("--force", action="store_true", help="reuse an --out folder that holds another run")

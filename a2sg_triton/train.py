@@ -15,19 +15,17 @@ figures, summary and TensorBoard log in report.py.
 import json
 import math
 import os
-import random
 import sys
 import time
 from contextlib import nullcontext
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Subset
 from tqdm import tqdm
 
-from .checkpoint import load_checkpoint, prepare_out_dir, save_epoch
+from .checkpoint import load_checkpoint, prepare_out_dir, restore_checkpoint, save_epoch
 from .config import TrainError, resolve_config
 from .controller import A2SG
 from .data import DatasetNotFoundError, batch_mixer, build_datasets
@@ -153,7 +151,7 @@ def train(config, flags, options):
     out = options.out
     state = load_checkpoint(out, config, flags) if options.resume else None
     if state is not None:  # the run's own settings; only the epoch count and the machine may change
-        keep = {k: flags[k] for k in ("epochs", "device", "workers", "limit_batches") if k in flags}
+        keep = {k: flags[k] for k in ("epochs", "device", "workers", "limit_batches", "compile") if k in flags}
         config = dict(state["config"], **keep)
     try:
         train_set, test_set, info = build_datasets(config["dataset"], config["data"], T=config["T"],
@@ -185,22 +183,16 @@ def _train(config, options, state, device, rank, world, train_set, test_set, inf
     wrapped = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     if config["compile"]:
         wrapped = torch.compile(wrapped)
-    controller = A2SG(wrapped, adapt=config["adapt"], strategy=config["strategy"], n_obs=config["n_obs"],
+    # on the plain model: its state names the layers as the model does, whichever wrapper trains it
+    controller = A2SG(model, adapt=config["adapt"], strategy=config["strategy"], n_obs=config["n_obs"],
                       n_eval=config["n_eval"], radius=config["radius"], every=config["every"], seed=config["seed"])
     data_generator = torch.Generator().manual_seed(config["seed"])
     use_bf16 = config["amp"] == "bf16" or (config["amp"] == "auto" and device.type == "cuda")
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_bf16 else nullcontext
     history, start_epoch = [], 0
     if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        controller.load_state_dict(state["controller"])
-        data_generator.set_state(state["rng"]["data"])
-        torch.set_rng_state(state["rng"]["torch"])
-        np.random.set_state(state["rng"]["numpy"])
-        random.setstate(state["rng"]["python"])
-        history, start_epoch = state["metrics"], state["epoch"] + 1
+        history, start_epoch = restore_checkpoint(state, out, model, optimizer, scheduler, controller,
+                                                  data_generator)
     train_loader, test_loader, sampler = make_loaders(train_set, test_set, config, rank, world, data_generator)
     mixer = batch_mixer(info, config["augment"])
     writer = tensorboard_writer(out) if config["tensorboard"] and main_process else None
