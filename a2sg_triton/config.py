@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Optional
 
 from .controller import ADAPT_MODES
-from .data import DATASETS
-from .models import MODELS
+from .data import DATASETS, IMAGE_SIZES
+from .models import MODELS, accepts_image_size
 from .search import STRATEGIES
 from .surrogate import SURROGATES
 
@@ -125,6 +125,8 @@ def resolve_config(argv):
             raise TrainError(f"--{name.replace('_', '-')} must be > 0, got {config[name]}")
     if config["surrogate"] == "asy" and config["h"] < 0.5:
         raise TrainError(f"--h must be >= 0.5 for the asy surrogate, got {config['h']}")
+    if not args.resume:  # a resumed run keeps its own model and data, checked when it started
+        check_model_fits_data(config["model"], config["dataset"])
     if config["dataset"] != "digits" and config["data"] is None and not args.resume:
         raise TrainError(f"--dataset {config['dataset']} needs --data DIR, the folder that holds it (docs/data.md)")
     if config["data"] is not None and not Path(config["data"]).exists():
@@ -137,3 +139,14 @@ def resolve_config(argv):
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
         out = Path("runs") / f"{config['dataset']}-{config['model']}-{config['surrogate']}-{config['adapt']}-{stamp}"
     return config, flags, RunOptions(out, args.resume is not None, args.force, args.stop_after)
+
+
+def check_model_fits_data(model, dataset):
+    """Refuses a model that cannot run on the dataset's image size, naming what would work."""
+    size = IMAGE_SIZES[dataset]
+    if accepts_image_size(model, size):
+        return
+    models = [m for m in MODELS if accepts_image_size(m, size)]
+    datasets = [d for d in DATASETS if accepts_image_size(model, IMAGE_SIZES[d])]
+    raise TrainError(f"--model {model} cannot take the {size}x{size} images of --dataset {dataset}: with {dataset} "
+                     f"use --model {' / '.join(models)}; {model} trains on --dataset {' / '.join(datasets)}")
