@@ -125,12 +125,12 @@ def resolve_config(argv):
             raise TrainError(f"--{name.replace('_', '-')} must be > 0, got {config[name]}")
     if config["surrogate"] == "asy" and config["h"] < 0.5:
         raise TrainError(f"--h must be >= 0.5 for the asy surrogate, got {config['h']}")
-    if not args.resume:  # a resumed run keeps its own model and data, checked when it started
-        check_model_fits_data(config["model"], config["dataset"])
     if config["dataset"] != "digits" and config["data"] is None and not args.resume:
         raise TrainError(f"--dataset {config['dataset']} needs --data DIR, the folder that holds it (docs/data.md)")
     if config["data"] is not None and not Path(config["data"]).exists():
         raise TrainError(f"--data {config['data']}: no such folder")
+    if not args.resume:  # a resumed run keeps its own model and data, checked when it started
+        check_model_fits_data(config["model"], config["dataset"])
     if args.resume:
         out = Path(args.resume)
     elif args.out:

@@ -12,8 +12,9 @@ from a2sg_triton.train import main
 from test_data import HAS_TORCHVISION, write_cifar10, write_cifar100, write_imagefolder
 
 T = 1
-TINY = ["--epochs", "1", "--limit-batches", "1", "--batch-size", "2", "--T", str(T), "--n-obs", "4", "--n-eval",
-        "4", "--device", "cpu", "--backend", "torch"]
+# the grid strategy searches every layer (candidate statistics on its real shapes) without BoTorch's cost
+TINY = ["--epochs", "1", "--limit-batches", "1", "--batch-size", "2", "--T", str(T), "--strategy", "grid", "--n-obs",
+        "4", "--n-eval", "4", "--device", "cpu", "--backend", "torch"]
 # docs/training.md's table: the VGG-style models need the image size their classifier is built for.
 REFUSED = [("vgg16", "digits"), ("vgg16", "imagefolder"),
            ("vggsnn", "digits"), ("vggsnn", "cifar10"), ("vggsnn", "cifar100"), ("vggsnn", "imagefolder"),
@@ -79,8 +80,10 @@ def test_pair_refused_in_one_line(model, dataset, data_dirs, tmp_path, capsys):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("model, dataset", FITS)
-def test_pair_trains(model, dataset, data_dirs, tmp_path):
+def test_pair_trains(model, dataset, data_dirs, tmp_path, monkeypatch):
     needs_torchvision(dataset)
+    # the end-of-run figures (half of a run's time here) do not depend on the data; test_train.py draws them
+    monkeypatch.setattr("a2sg_triton.train.plot_run", lambda out, history: None)
     out = tmp_path / "run"
     assert main(["--model", model, *data_args(dataset, data_dirs), *TINY, "--out", str(out)]) == 0
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

@@ -124,7 +124,8 @@ def test_bad_input_is_one_line(args, message, tmp_path, capsys):
 
 def test_dataset_files_missing_is_one_line(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
-    code, captured = run(["--dataset", "cifar10", "--data", tmp_path / "empty", "--out", tmp_path / "x"], capsys)
+    args = ["--model", "vgg16", "--dataset", "cifar10", "--data", tmp_path / "empty", "--out", tmp_path / "x"]
+    code, captured = run(args, capsys)
     assert code == 2 and len(captured.err.strip().splitlines()) == 1
     assert "cifar-10-batches-py" in captured.err and not (tmp_path / "x").exists()
 
