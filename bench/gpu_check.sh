@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The GPU checks (about 10 minutes on an H100): the gpu-marked tests, then the LIF and search
-# benchmarks. Logs and JSONL rows land in $OUT if it is set, else in bench/results/gpu-<time>.
-# Pure-Python packages the machine lacks (spikingjelly, pytest-benchmark, tqdm, matplotlib, ...)
-# may be put as wheels in .whl/ (see CONTRIBUTING.md, "Running on a GPU").
+# One device run (about 10 minutes on an H100): the gpu-marked tests, then the LIF and search
+# benchmarks. Logs and JSONL rows land in $OUT (the device tool's folder) or bench/results/gpu-<time>.
+# Pure-Python packages the GPU image lacks (spikingjelly, pytest-benchmark, tqdm, matplotlib, ...)
+# travel as wheels in .whl/ (see CONTRIBUTING.md, "Running on a GPU").
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-bench/results/gpu-$(date +%Y%m%d-%H%M%S)}
