@@ -16,6 +16,7 @@ from .data import DATASETS, IMAGE_SIZES
 from .models import MODELS, accepts_image_size
 from .search import STRATEGIES
 from .surrogate import SURROGATES
+from .utils import BACKENDS
 
 DESCRIPTION = "a2sg-train: train a spiking network with a chosen surrogate and A²SG adaptation mode."
 
@@ -88,7 +89,7 @@ def build_parser():
     arg("--radius", type=float)
     arg("--every", type=int, help="search every this many epochs")
     arg("--seed", type=int)
-    arg("--backend", choices=("auto", "triton", "torch"))
+    arg("--backend", choices=BACKENDS)
     arg("--device", help="auto, cpu, cuda or cuda:N")
     arg("--amp", choices=("auto", "bf16", "none"), help="bf16 autocast (auto: on CUDA)")
     arg("--workers", type=int, help="data loader worker processes")
