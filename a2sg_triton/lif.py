@@ -1,4 +1,4 @@
-"""Multistep LIF neuron with a per-timestep surrogate width (DESIGN.md 3.1-3.3).
+"""Multistep LIF neuron with a per-timestep surrogate width (docs/math.md).
 
 Side by side: the readable reference (``lif_multistep_ref``), the Triton launchers (``lif_fwd`` /
 ``lif_bwd`` around ``lif_fwd_kernel`` / ``lif_bwd_kernel``), the eager analytic backend
@@ -161,7 +161,7 @@ def lif_bwd(grad_spikes, d, beta, grad_v_last, surrogate_id, decay, input_scale,
 
 
 def lif_step(v, x_t, decay, input_scale, v_th, hard_reset, v_reset):
-    """One LIF timestep (DESIGN.md 3.1): v = v[t-1], x_t = x[t] -> (d = u[t] - v_th, v[t] after the reset).
+    """One LIF timestep (docs/math.md): v = v[t-1], x_t = x[t] -> (d = u[t] - v_th, v[t] after the reset).
 
     The spike is d >= 0. The one torch copy of the recurrence (the kernels' is
     ``kernels.neuron.lif_step``).
@@ -174,7 +174,7 @@ def lif_step(v, x_t, decay, input_scale, v_th, hard_reset, v_reset):
 
 
 def lif_local_grad(d, grad_s, carry, f, v_th, hard_reset, v_reset, detach_reset):
-    """delta = dL/du of one LIF step (DESIGN.md 3.3) from d = u - v_th, grad_s = dL/ds, carry = dL/dv
+    """delta = dL/du of one LIF step (docs/math.md) from d = u - v_th, grad_s = dL/ds, carry = dL/dv
     (None: no later step) and f = f(u; beta); the operands broadcast. The one torch copy of the
     formula (the kernels' is ``kernels.neuron.local_grad``)."""
     delta = grad_s * f
@@ -228,14 +228,15 @@ def lif_bwd_torch(grad_spikes, d, beta, grad_v_last, surrogate_id, decay, input_
 
 def lif_fwd_inductor(x, v0, decay, input_scale, v_th, hard_reset, v_reset, return_v, save_dtype):
     fwd = compiled_variant(lif_fwd_torch, x.shape[0], x.dtype, v0 is None, decay, input_scale, v_th, hard_reset,
-                           v_reset, return_v, save_dtype)
+                           v_reset, return_v, save_dtype, numel=x.numel())
     return fwd(x, v0, decay, input_scale, v_th, hard_reset, v_reset, return_v, save_dtype)
 
 
 def lif_bwd_inductor(grad_spikes, d, beta, grad_v_last, surrogate_id, decay, input_scale, v_th, hard_reset,
                      v_reset, detach_reset, h, need_grad_v0):
     bwd = compiled_variant(lif_bwd_torch, grad_spikes.shape[0], grad_spikes.dtype, d.dtype, grad_v_last is None,
-                           surrogate_id, decay, input_scale, v_th, hard_reset, v_reset, detach_reset, h, need_grad_v0)
+                           surrogate_id, decay, input_scale, v_th, hard_reset, v_reset, detach_reset, h, need_grad_v0,
+                           numel=grad_spikes.numel())
     return bwd(grad_spikes, d, beta, grad_v_last, surrogate_id, decay, input_scale, v_th, hard_reset, v_reset,
                detach_reset, h, need_grad_v0)
 

@@ -1,4 +1,4 @@
-"""The β search of one (layer, timestep): Alg. A2 as read in DESIGN.md 3.6 and docs/math.md.
+"""The β search of one (layer, timestep): Alg. A2 as read in docs/search.md and docs/math.md.
 
 ``search_beta`` draws candidate widths, asks ``evaluate`` for their metric values in one call (the
 fused candidate-statistics kernel), and picks the width: by a GP + LogEI step on a window around
@@ -16,14 +16,22 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
-from botorch.acquisition import LogExpectedImprovement
-from botorch.exceptions import ModelFittingError
-from botorch.fit import fit_gpytorch_mll
-from botorch.models import SingleTaskGP
-from botorch.models.transforms.input import Normalize
-from botorch.models.transforms.outcome import Standardize
-from gpytorch.mlls import ExactMarginalLogLikelihood
-from gpytorch.utils.warnings import NumericalWarning
+
+# torch >= 2.14 deprecates torch.jit.script with a FutureWarning, and linear_operator (which gpytorch
+# and BoTorch import) scripts two functions as it is imported: every command of this package would
+# start its stderr with that warning about code that is not the user's. It is ignored for this
+# import only, by its message, category and the module that issues it.
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning,
+                            module=r"torch\.jit\._script")
+    from botorch.acquisition import LogExpectedImprovement
+    from botorch.exceptions import ModelFittingError
+    from botorch.fit import fit_gpytorch_mll
+    from botorch.models import SingleTaskGP
+    from botorch.models.transforms.input import Normalize
+    from botorch.models.transforms.outcome import Standardize
+    from gpytorch.mlls import ExactMarginalLogLikelihood
+    from gpytorch.utils.warnings import NumericalWarning
 
 from .utils import check_flag, check_real
 
@@ -197,7 +205,7 @@ def _fit_gp(beta, y, config, gp_state):
 
 def search_beta(evaluate, *, maximize: bool, config: SearchConfig, generator: torch.Generator,
                 current: float, gp_state: GPState | None = None) -> SearchResult:
-    """Chooses β for one (layer, timestep); see the module docstring and DESIGN.md 3.6.
+    """Chooses β for one (layer, timestep); see the module docstring and docs/search.md.
 
     ``evaluate(betas)`` maps a float64 CPU tensor [K] of widths to a float64 tensor [K] of metric
     values (non-finite values are ignored). It is called once for "bo" (K = n_obs) and twice for

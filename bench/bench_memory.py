@@ -165,13 +165,15 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, default=8, help="CPU part: samples per forward (default 8)")
     parser.add_argument("--out", type=Path, default=BENCH_DIR / "results" / "memory-cpu.jsonl")
     parser.add_argument("--gpu-out", type=Path, default=BENCH_DIR / "results" / "memory-cuda.jsonl")
+    parser.add_argument("--no-cpu", action="store_true", help="skip the CPU part (saved bytes)")
     args = parser.parse_args(argv)
     cpu = torch.device("cpu")
     context = dict(run_metadata(cpu), cpu_threads=torch.get_num_threads())
-    print(f"{'model':<11} {'saving':<6} {'MiB/sample':>10} {'of which bits':>13} {'x plain':>8} "
-          f"{'+params/batch':>13}")
+    if not args.no_cpu:
+        print(f"{'model':<11} {'saving':<6} {'MiB/sample':>10} {'of which bits':>13} {'x plain':>8} "
+              f"{'+params/batch':>13}")
     with args.out.open("a") as f:
-        for row in cpu_rows(args.models, args.batch):
+        for row in [] if args.no_cpu else cpu_rows(args.models, args.batch):
             f.write(json.dumps({**row, **context}) + "\n")
             print(f"{row['model']:<11} {'on' if row['memory_saving'] else 'off':<6} {row['mib_per_sample']:>10.3f} "
                   f"{row['spike_bits_mib_per_sample']:>13.3f} {row['x_plain']:>8.3f} "

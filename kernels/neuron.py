@@ -6,7 +6,7 @@ from .surrogate import surrogate_grad
 
 @triton.jit
 def lif_step(v, x, decay, input_scale, v_th, v_reset, HARD_RESET: tl.constexpr):
-    """One LIF timestep (DESIGN.md 3.1) in fp32: -> (d = u - v_th, v after the reset)."""
+    """One LIF timestep (docs/math.md) in fp32: -> (d = u - v_th, v after the reset)."""
     u = decay * v + input_scale * x
     d = u - v_th
     spike = d >= 0.0
@@ -20,7 +20,7 @@ def lif_step(v, x, decay, input_scale, v_th, v_reset, HARD_RESET: tl.constexpr):
 @triton.jit
 def local_grad(d, grad_s, carry, f, v_th, v_reset, HARD_RESET: tl.constexpr, DETACH_RESET: tl.constexpr,
                HAS_CARRY: tl.constexpr):
-    """delta = dL/du of one LIF step (DESIGN.md 3.3) from d = u - v_th, dL/ds, dL/dv and f = f(u; beta).
+    """delta = dL/du of one LIF step (docs/math.md) from d = u - v_th, dL/ds, dL/dv and f = f(u; beta).
 
     The operands broadcast: the candidate statistics pass d, grad_s, carry as [1, N] rows against f
     of shape [K, N]. Without a carry (HAS_CARRY false) only the spike path contributes.
