@@ -198,6 +198,8 @@ def tdbn_lif_bwd(y, mean, scale, bias, grad_spikes, beta, channel_div, C, surrog
     T, N = y.shape
     d = torch.empty((T, N), dtype=save_dtype, device=y.device)
     grad_x = torch.empty_like(grad_spikes) if backward else None
+    if not backward:  # the recompute alone reads neither: one variant per reset
+        surrogate_id, detach_reset = 0, False
     if N > 0:
         block, warps = launch_config(N, y.device)
         tdbn_lif_bwd_kernel[(triton.cdiv(N, block),)](

@@ -62,9 +62,13 @@ def variants():
                            "grad_spikes_ptr": "*bf16", "beta_ptr": "*fp32", "d_ptr": "*fp32", "grad_x_ptr": "*bf16",
                            "N": "i32", "T": "i32", "C": "i32", "channel_div": "i32", "last_step_offset": "i64",
                            "decay": "fp32", "input_scale": "fp32", "v_th": "fp32", "v_reset": "fp32", "h": "fp32"}
+    for hard in (False, True):  # the recompute alone: its launcher passes SURROGATE=0, DETACH_RESET=False
+        yield tdbn_lif_bwd_kernel, recompute_signature, {"SURROGATE": 0, "HARD_RESET": hard, "DETACH_RESET": False,
+                                                         "BACKWARD": False, "BLOCK": BLOCK}
     for surrogate, (hard, detach), present in itertools.product(range(len(SURROGATES)), FLAGS, [False, True]):
-        yield tdbn_lif_bwd_kernel, recompute_signature, {
-            "SURROGATE": surrogate, "HARD_RESET": hard, "DETACH_RESET": detach, "BACKWARD": present, "BLOCK": BLOCK}
+        if present:
+            yield tdbn_lif_bwd_kernel, recompute_signature, {"SURROGATE": surrogate, "HARD_RESET": hard,
+                                                             "DETACH_RESET": detach, "BACKWARD": True, "BLOCK": BLOCK}
         yield lif_bwd_kernel, bwd_signature, {"SURROGATE": surrogate, "HARD_RESET": hard, "DETACH_RESET": detach,
                                               "HAS_GRAD_V_LAST": present, "STORE_GRAD_V0": present, "BLOCK": BLOCK}
         yield candidate_stats_kernel, stats_signature, {
