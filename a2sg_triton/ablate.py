@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from . import __version__
-from .train import PRESETS
+from .config import PRESETS
 from .train import main as train_main
 from .utils import atomic_write
 

@@ -33,6 +33,8 @@ _CIFAR_FILES = {
                  b"fine_labels", "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"),
 }
 DVS_SIZE = 48
+# The side of the square images (or event frames) each dataset yields, known before any file is read.
+IMAGE_SIZES = {"digits": 8, "cifar10": 32, "cifar100": 32, "cifar10-dvs": DVS_SIZE, "imagefolder": 224}
 _VISION_HINT = "pip install 'a2sg-triton[vision]'"
 
 
@@ -145,7 +147,7 @@ def _digits(seed):
     mean, std = x_train.mean(), x_train.std()  # the train split's statistics, applied to both
     split = [TensorDataset(torch.from_numpy((xs - mean) / std), torch.from_numpy(ys).long())
              for xs, ys in ((x_train, y_train), (x_test, y_test))]
-    return split[0], split[1], DatasetInfo("digits", 10, 1, 8, False)
+    return split[0], split[1], DatasetInfo("digits", 10, 1, IMAGE_SIZES["digits"], False)
 
 
 def _cifar(name, root, download, augment):
@@ -176,7 +178,7 @@ def _cifar(name, root, download, augment):
     train = ImageArrayDataset(*read(train_files), mean, std,
                               _cifar_augment(mean) if augment else None)
     test = ImageArrayDataset(*read(test_files), mean, std)
-    return train, test, DatasetInfo(name, 10 if name == "cifar10" else 100, 3, 32, False)
+    return train, test, DatasetInfo(name, 10 if name == "cifar10" else 100, 3, IMAGE_SIZES[name], False)
 
 
 def _cifar_augment(mean):
@@ -216,7 +218,7 @@ def _cifar10_dvs(root, T):
     if splits["train"].shape != splits["test"].shape:
         raise ValueError(f"cifar10-dvs: train frames {splits['train'].shape} and test frames "
                          f"{splits['test'].shape} differ")
-    return splits["train"], splits["test"], DatasetInfo("cifar10-dvs", 10, 2, DVS_SIZE, True)
+    return splits["train"], splits["test"], DatasetInfo("cifar10-dvs", 10, 2, IMAGE_SIZES["cifar10-dvs"], True)
 
 
 def _imagefolder(root, augment):
@@ -227,17 +229,18 @@ def _imagefolder(root, augment):
                 f"{root}/val/<class>/*.jpg (the ImageNet layout, see docs/data.md)")
     datasets = _vision_import("torchvision.datasets", "imagefolder")
     transforms = _vision_import("torchvision.transforms", "imagefolder")
+    size = IMAGE_SIZES["imagefolder"]
     normalize = [transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
-    evaluate = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), *normalize])
+    evaluate = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(size), *normalize])
     train_tf = evaluate
     if augment:
-        train_tf = transforms.Compose([transforms.RandomResizedCrop(224),
+        train_tf = transforms.Compose([transforms.RandomResizedCrop(size),
                                        transforms.RandomHorizontalFlip(), *normalize])
     train = datasets.ImageFolder(str(root / "train"), train_tf)
     test = datasets.ImageFolder(str(root / "val"), evaluate)
     if train.classes != test.classes:
         raise ValueError(f"imagefolder: {root}/train and {root}/val hold different classes")
-    return train, test, DatasetInfo("imagefolder", len(train.classes), 3, 224, False)
+    return train, test, DatasetInfo("imagefolder", len(train.classes), 3, size, False)
 
 
 def _vision_import(module, purpose, alternative=""):

@@ -228,14 +228,15 @@ def lif_bwd_torch(grad_spikes, d, beta, grad_v_last, surrogate_id, decay, input_
 
 def lif_fwd_inductor(x, v0, decay, input_scale, v_th, hard_reset, v_reset, return_v, save_dtype):
     fwd = compiled_variant(lif_fwd_torch, x.shape[0], x.dtype, v0 is None, decay, input_scale, v_th, hard_reset,
-                           v_reset, return_v, save_dtype)
+                           v_reset, return_v, save_dtype, numel=x.numel())
     return fwd(x, v0, decay, input_scale, v_th, hard_reset, v_reset, return_v, save_dtype)
 
 
 def lif_bwd_inductor(grad_spikes, d, beta, grad_v_last, surrogate_id, decay, input_scale, v_th, hard_reset,
                      v_reset, detach_reset, h, need_grad_v0):
     bwd = compiled_variant(lif_bwd_torch, grad_spikes.shape[0], grad_spikes.dtype, d.dtype, grad_v_last is None,
-                           surrogate_id, decay, input_scale, v_th, hard_reset, v_reset, detach_reset, h, need_grad_v0)
+                           surrogate_id, decay, input_scale, v_th, hard_reset, v_reset, detach_reset, h, need_grad_v0,
+                           numel=grad_spikes.numel())
     return bwd(grad_spikes, d, beta, grad_v_last, surrogate_id, decay, input_scale, v_th, hard_reset, v_reset,
                detach_reset, h, need_grad_v0)
 

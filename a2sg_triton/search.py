@@ -16,14 +16,22 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
-from botorch.acquisition import LogExpectedImprovement
-from botorch.exceptions import ModelFittingError
-from botorch.fit import fit_gpytorch_mll
-from botorch.models import SingleTaskGP
-from botorch.models.transforms.input import Normalize
-from botorch.models.transforms.outcome import Standardize
-from gpytorch.mlls import ExactMarginalLogLikelihood
-from gpytorch.utils.warnings import NumericalWarning
+
+# torch >= 2.14 deprecates torch.jit.script with a FutureWarning, and linear_operator (which gpytorch
+# and BoTorch import) scripts two functions as it is imported: every command of this package would
+# start its stderr with that warning about code that is not the user's. It is ignored for this
+# import only, by its message, category and the module that issues it.
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning,
+                            module=r"torch\.jit\._script")
+    from botorch.acquisition import LogExpectedImprovement
+    from botorch.exceptions import ModelFittingError
+    from botorch.fit import fit_gpytorch_mll
+    from botorch.models import SingleTaskGP
+    from botorch.models.transforms.input import Normalize
+    from botorch.models.transforms.outcome import Standardize
+    from gpytorch.mlls import ExactMarginalLogLikelihood
+    from gpytorch.utils.warnings import NumericalWarning
 
 from .utils import check_flag, check_real
 

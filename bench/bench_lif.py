@@ -1,11 +1,18 @@
 """Benchmark of the multistep LIF op: forward, backward and forward+backward, per provider.
 
 Providers:
-  triton        a2sg_triton.lif_multistep(backend="triton")                         (CUDA only)
+  triton        a2sg_triton.lif_multistep(backend="triton")                         (CUDA only; on
+                the CPU only under TRITON_INTERPRET=1, the Triton interpreter, rows marked
+                interpreted: a check that the path runs, not a speed)
   torch         a2sg_triton.lif_multistep(backend="torch"), eager analytic backward
+  inductor      a2sg_triton.lif_multistep(backend="inductor"): the eager functions compiled into fused
+                loops (C++ on the CPU) once per variant, what backend="auto" runs on CPU tensors
+  nn            a2sg_triton.nn.LIF(T, "atan") with its default backend="auto": the module a model
+                uses, argument checks and autograd included
   compile       torch.compile (inductor) of the eager reference loop a2sg_triton.reference.lif_multistep
-  spikingjelly  SpikingJelly LIFNode(tau=2, decay_input=True, v_reset=None, step_mode="m"),
-                Triton backend (CuPy as fallback)                                   (CUDA only)
+  spikingjelly  SpikingJelly LIFNode(tau=2, decay_input=True, v_reset=None, step_mode="m",
+                surrogate ATan()): 2.x picks its implementation by device (Triton on CUDA, torch on
+                the CPU); 1.x/0.0.0.0.14 is asked for backend "triton", then "cupy", then "torch"
 All compute the same neuron (decay = input_scale = 1/tau = 0.5, soft reset, v_th = 1) with the
 arctan surrogate; ours at beta = 0.5 is SpikingJelly's ATan(alpha=2).
 
@@ -19,7 +26,9 @@ peak_mem_bytes (CUDA only) is the peak allocated during one fwd+bwd, inputs x an
 
 Timing: CUDA uses triton.testing.do_bench (medians of CUDA-event times, L2 flushed between calls);
 CPU uses time.perf_counter over a loop after warm-up. Each row is appended as one JSON object to
---out (JSONL). Without CUDA only the CPU providers run, at small sizes.
+--out (JSONL) with the machine, versions, git sha (from git, else $A2SG_GIT_SHA for a copy of the
+tree without .git) and the folder a2sg_triton was imported from. Without CUDA only the CPU providers
+run, at small sizes.
 
     python bench/bench_lif.py                  # full grid of the current device
     python bench/bench_lif.py --quick          # one small shape
@@ -31,6 +40,7 @@ import datetime
 import functools
 import importlib.metadata
 import json
+import os
 import platform
 import socket
 import subprocess
@@ -42,6 +52,7 @@ import torch
 
 import a2sg_triton
 from a2sg_triton import reference
+from a2sg_triton.utils import triton_interpreting
 
 try:
     import triton
@@ -52,14 +63,15 @@ except ImportError:  # e.g. macOS: the CPU providers still run
 BENCH_DIR = Path(__file__).resolve().parent
 DEFAULT_OUT = BENCH_DIR / "results" / "lif.jsonl"
 
-PROVIDERS = ("triton", "torch", "compile", "spikingjelly")
-CUDA_ONLY_PROVIDERS = ("triton", "spikingjelly")
+PROVIDERS = ("triton", "torch", "inductor", "nn", "compile", "spikingjelly")
+OURS = ("triton", "inductor", "nn", "torch")  # compared against spikingjelly in the summary
+CUDA_ONLY_PROVIDERS = ("triton",)
 MODES = ("fwd", "bwd", "fwdbwd")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 # Default grids; --T / --N (log2) / --dtype override them.
 CUDA_GRID = {"T": (4, 8, 32), "log2_N": (20, 22, 24), "dtype": ("fp32", "bf16")}
-CPU_GRID = {"T": (4, 8), "log2_N": (12, 14), "dtype": ("fp32",)}
+CPU_GRID = {"T": (4,), "log2_N": (8, 14, 20), "dtype": ("fp32",)}  # 2^8: launch-bound, 2^20: bandwidth
 QUICK_T, QUICK_DTYPE = 4, "fp32"  # --quick: this T and dtype, and the grid's smallest N
 
 SURROGATE, BETA = "atan", 0.5  # equals SpikingJelly's ATan(alpha=2)
@@ -92,23 +104,30 @@ class ProviderUnavailable(Exception):
 
 def provider_skip_reason(provider, device):
     """Why ``provider`` cannot run on ``device`` (cheap checks only), or None."""
-    if provider in CUDA_ONLY_PROVIDERS and device.type != "cuda":
-        return f"{provider} needs CUDA, which is not available"
     if provider == "triton" and triton is None:
         return "triton is not installed"
+    if provider == "triton" and device.type == "cpu" and triton_interpreting():
+        return None  # the Triton interpreter runs the kernels on CPU tensors (slowly)
+    if provider in CUDA_ONLY_PROVIDERS and device.type != "cuda":
+        return f"{provider} needs CUDA, which is not available"
     if provider == "spikingjelly" and package_version("spikingjelly") is None:
         return "spikingjelly is not installed"
     return None
 
 
-def make_lif(provider, device, dtype):
+def make_lif(provider, device, dtype, T):
     """-> (lif, impl): lif maps x [T, N] (requires_grad) to spikes; impl describes it for the record."""
+    probe = torch.empty(0, device=device, dtype=dtype)
     reason = provider_skip_reason(provider, device)
     if reason:
         raise ProviderUnavailable(reason)
-    if provider in ("triton", "torch"):
+    if provider == "nn":
+        module = a2sg_triton.nn.LIF(T, SURROGATE, beta_init=BETA).to(device)
+        return module, f"a2sg_triton.nn.LIF(backend='auto' -> {a2sg_triton.utils.resolve_backend('auto', probe)!r})"
+    if provider in ("triton", "torch", "inductor"):
         lif = functools.partial(a2sg_triton.lif_multistep, beta=BETA, surrogate=SURROGATE, backend=provider)
-        return lif, f"a2sg_triton.lif_multistep(backend={provider!r})"
+        interpreted = " under the Triton interpreter" if provider == "triton" and device.type == "cpu" else ""
+        return lif, f"a2sg_triton.lif_multistep(backend={provider!r}){interpreted}"
     if provider == "compile":
         # A fresh dynamo cache per shape: the grid has more shapes than dynamo's recompile limit,
         # past which it would silently fall back to eager.
@@ -121,27 +140,29 @@ def make_lif(provider, device, dtype):
 
 
 def make_spikingjelly_lif(device, dtype):
-    """SpikingJelly's fused LIF: the first backend / surrogate that runs a small fwd+bwd here."""
+    """SpikingJelly's LIFNode, multi-step: the first configuration that runs a small fwd+bwd here."""
     try:
         from spikingjelly.activation_based import neuron, surrogate
     except Exception as error:  # installed but broken (e.g. an incompatible torch)
         raise ProviderUnavailable(f"cannot import spikingjelly.activation_based: {error}") from error
     errors = []
-    for backend in ("triton", "cupy"):
-        for surrogate_name, extra in (("ATan", {"surrogate_function": surrogate.ATan()}), ("default", {})):
-            impl = f"spikingjelly LIFNode(backend={backend!r}, surrogate={surrogate_name})"
-            try:
-                node = neuron.LIFNode(tau=2.0, decay_input=True, v_reset=None, step_mode="m", backend=backend,
-                                      **extra).to(device)
+    # 2.x chooses by device and has no backend argument; older releases take one.
+    for backend in (None, "triton", "cupy", "torch"):
+        impl = f"spikingjelly {package_version('spikingjelly')} LIFNode(surrogate=ATan()" + (
+            f", backend={backend!r})" if backend else f") on {device.type}")
+        try:
+            node = neuron.LIFNode(tau=2.0, decay_input=True, v_reset=None, step_mode="m",
+                                  surrogate_function=surrogate.ATan(),
+                                  **({"backend": backend} if backend else {})).to(device)
 
-                def lif(x, node=node):
-                    node.reset()  # the node keeps v between calls; every call starts from v = 0 like ours
-                    return node(x)
+            def lif(x, node=node):
+                node.reset()  # the node keeps v between calls; every call starts from v = 0 like ours
+                return node(x)
 
-                warn_if_spikes_differ(lif, impl, device, dtype)
-                return lif, impl
-            except Exception as error:  # any failure means: try the next candidate
-                errors.append(f"{impl}: {type(error).__name__}: {error}")
+            warn_if_spikes_differ(lif, impl, device, dtype)
+            return lif, impl
+        except Exception as error:  # any failure means: try the next candidate
+            errors.append(f"{impl}: {type(error).__name__}: {error}")
     raise ProviderUnavailable("; ".join(errors))
 
 
@@ -264,9 +285,11 @@ def run_metadata(device):
         "torch": torch.__version__,
         "triton": triton.__version__ if triton is not None else None,
         "spikingjelly": package_version("spikingjelly"),
-        "git_sha": git_output("rev-parse", "HEAD") or "unknown",
+        "git_sha": git_output("rev-parse", "HEAD") or os.environ.get("A2SG_GIT_SHA") or "unknown",
         "git_dirty": None if status is None else bool(status),
         "hostname": socket.gethostname(),
+        "triton_interpret": triton_interpreting(),
+        "package_dir": str(Path(a2sg_triton.__file__).resolve().parent),
     }
 
 
@@ -289,7 +312,7 @@ def bench_provider(provider, shape, modes, device, reps, context):
     """Times every mode of one provider at one shape; -> rows (possibly fewer: failures are printed)."""
     T, N, dtype = shape
     try:
-        lif, impl = make_lif(provider, device, DTYPES[dtype])
+        lif, impl = make_lif(provider, device, DTYPES[dtype], T)
         x, grad_spikes = make_inputs(T, N, DTYPES[dtype], device)
         peak = warm_up_and_peak_memory(lif, x, grad_spikes)
     except Exception as error:  # one provider failing must not stop the others
@@ -315,18 +338,18 @@ def bench_provider(provider, shape, modes, device, reps, context):
 
 
 def print_speedups(rows):
-    """Per shape and mode: median time of each other provider / triton's (> 1: triton is faster)."""
+    """Per shape and mode: spikingjelly's median time / each of ours (> 1: ours is faster)."""
     medians = {}
     for row in rows:
         medians.setdefault((row["dtype"], row["T"], row["N"], row["mode"]), {})[row["provider"]] = row["median_ms"]
     lines = []
     for (dtype, T, N, mode), by_provider in medians.items():
-        others = [p for p in ("spikingjelly", "torch", "compile") if p in by_provider]
-        if "triton" in by_provider and others:
-            speedups = ", ".join(f"{by_provider[p] / by_provider['triton']:.2f}x vs {p}" for p in others)
-            lines.append(f"{dtype} T={T} N=2^{N.bit_length() - 1} {mode}: triton {speedups}")
-    print("\nspeedup of triton (other median / triton median):")
-    print("\n".join(lines) if lines else "  none: no triton rows (triton needs CUDA)")
+        ours = [p for p in OURS if p in by_provider]
+        if "spikingjelly" in by_provider and ours:
+            speedups = ", ".join(f"{p} {by_provider['spikingjelly'] / by_provider[p]:.2f}x" for p in ours)
+            lines.append(f"{dtype} T={T} N=2^{N.bit_length() - 1} {mode}: {speedups}")
+    print("\nspeedup over spikingjelly (its median / ours):")
+    print("\n".join(lines) if lines else "  none: no spikingjelly rows")
 
 
 def resolve_grid(args, device):
@@ -345,8 +368,9 @@ def resolve_grid(args, device):
         else:
             runnable.append(provider)
     if device.type != "cuda":
+        interpreted = " (triton under the Triton interpreter)" if "triton" in runnable else ""
         print("CUDA is not available: skipping the GPU rows (triton, spikingjelly; by default bf16 and N >= 2^20); "
-              f"running {' '.join(runnable)} on the CPU at T = {' '.join(map(str, Ts))}, "
+              f"running {' '.join(runnable)} on the CPU{interpreted} at T = {' '.join(map(str, Ts))}, "
               f"N = {' '.join(f'2^{n}' for n in log2_Ns)}, {' '.join(dtypes)}")
     return shapes, runnable
 

@@ -4,7 +4,8 @@ Part ``stats`` (DESIGN.md 3.5): one layer-timestep of N fp32 elements with carry
 given (the heaviest case: u, grad_s, carry and ref, 4 tensors of N fp32, are read), K candidate
 widths of the asy surrogate. Providers:
   fused       a2sg_triton.candidate_stats(..., backend=B): all K candidates in one call; B is
-              "triton" on CUDA and "torch" on the CPU ("auto"; --stats-backend overrides)
+              "triton" on CUDA and "torch" on the CPU ("auto"; --stats-backend overrides; triton
+              on the CPU runs under TRITON_INTERPRET=1, the interpreter: a check, not a speed)
   eager_loop  K separate eager evaluations: a Python loop over the candidates, each one call of
               a2sg_triton.stats.candidate_stats_torch (the eager backend) with a 1-element betas tensor
               (surrogate_grad, the delta formula and the float64 sums in plain torch ops)
@@ -219,6 +220,17 @@ def bench_stats_row(provider, N, K, data, device, reps, backend, plain_ms, conte
     }
 
 
+def cpu_backend_name(backend):
+    """How the fused provider's backend runs on the CPU, for the printed plan."""
+    try:
+        backend = resolve_backend(backend, torch.empty(0))
+    except ValueError as error:
+        return f"{backend} backend (its rows will be skipped: {error})"
+    if backend == "triton":
+        return "triton backend under the Triton interpreter (a check that it runs, not a speed)"
+    return "torch backend"
+
+
 def run_stats(args, device, reps, context, write):
     grid = CUDA_STATS_GRID if device.type == "cuda" else CPU_STATS_GRID
     log2_Ns = args.N or ((min(grid["log2_N"]),) if args.quick else grid["log2_N"])
@@ -226,7 +238,8 @@ def run_stats(args, device, reps, context, write):
     if device.type != "cuda":
         print(f"CUDA is not available: skipping the GPU stats rows (backend triton at N = "
               f"{', '.join(f'2^{n}' for n in CUDA_STATS_GRID['log2_N'])}, K = "
-              f"{', '.join(map(str, CUDA_STATS_GRID['K']))}); running the torch backend on the CPU at N = "
+              f"{', '.join(map(str, CUDA_STATS_GRID['K']))}); running the {cpu_backend_name(args.stats_backend)} "
+              f"on the CPU at N = "
               f"{', '.join(f'2^{n}' for n in log2_Ns)}, K = {', '.join(map(str, Ks))}")
     print(f"\n[stats] surrogate {SURROGATE}, carry and ref given, fp32; x_plain = median / plain_read median")
     print(STATS_HEADER)

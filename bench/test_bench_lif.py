@@ -28,7 +28,7 @@ def cached_lif(provider, shape):
     Keyed by shape as the compiled function specializes on it; one entry only, as building a
     compile provider resets dynamo, which would invalidate older entries.
     """
-    return bench_lif.make_lif(provider, DEVICE, bench_lif.DTYPES[shape[2]])
+    return bench_lif.make_lif(provider, DEVICE, bench_lif.DTYPES[shape[2]], shape[0])
 
 
 @pytest.mark.parametrize("mode", bench_lif.MODES)

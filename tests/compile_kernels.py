@@ -2,6 +2,8 @@
 
 Run by tests/test_kernel_compile.py in a process of its own, since the test session imports the
 kernels under the interpreter (TRITON_INTERPRET=1), which only the real compiler checks fully.
+bench/ptx_report.py compiles the same variants() through compile_variant() and reports their
+registers, spills and loop instructions.
 """
 
 import itertools
@@ -13,12 +15,16 @@ from triton.compiler import ASTSource
 
 from a2sg_triton.kernels.lif import lif_bwd_kernel, lif_fwd_kernel
 from a2sg_triton.kernels.stats import candidate_stats_kernel
-from a2sg_triton.lif import BLOCK
+from a2sg_triton.lif import BLOCK_SIZES
 from a2sg_triton.stats import BLOCK_K, BLOCK_N
 from a2sg_triton.surrogate import SURROGATES
 
 CAPABILITIES = (90, 80)
 FLAGS = list(itertools.product([False, True], repeat=2))
+STATS_NUM_WARPS = 4  # the candidate-statistics launcher leaves num_warps at Triton's default
+# The LIF launchers choose (BLOCK, num_warps) from BLOCK_SIZES by N: every flag combination is compiled
+# at the largest block, and each smaller block with the default flags of every dtype / surrogate.
+BLOCK = BLOCK_SIZES[0][0]
 
 
 def variants():
@@ -30,6 +36,9 @@ def variants():
         for has_v0, hard, store in itertools.product([False, True], repeat=3):
             yield lif_fwd_kernel, signature, {"HAS_V0": has_v0, "HARD_RESET": hard, "STORE_V_LAST": store,
                                               "BLOCK": BLOCK}
+        for block, _ in BLOCK_SIZES[1:]:
+            yield lif_fwd_kernel, signature, {"HAS_V0": False, "HARD_RESET": False, "STORE_V_LAST": False,
+                                              "BLOCK": block}
     bwd_signature = {"grad_spikes_ptr": "*bf16", "d_ptr": "*bf16", "beta_ptr": "*fp32", "grad_v_last_ptr": "*fp32",
                      "grad_x_ptr": "*bf16", "grad_v0_ptr": "*fp32", "N": "i32", "T": "i32",
                      "last_step_offset": "i64", "decay": "fp32", "input_scale": "fp32", "v_th": "fp32",
@@ -47,15 +56,31 @@ def variants():
             yield candidate_stats_kernel, stats_signature, {
                 "SURROGATE": surrogate, "HARD_RESET": hard, "DETACH_RESET": detach, "HAS_CARRY": present,
                 "HAS_REF": present, "STORE_DELTA": store_delta, "BLOCK_N": BLOCK_N, "BLOCK_K": block_k}
+    for surrogate, (block, _) in itertools.product(range(len(SURROGATES)), BLOCK_SIZES[1:]):
+        yield lif_bwd_kernel, bwd_signature, {"SURROGATE": surrogate, "HARD_RESET": False, "DETACH_RESET": False,
+                                              "HAS_GRAD_V_LAST": False, "STORE_GRAD_V0": False, "BLOCK": block}
+
+
+def num_warps(fn, constexprs):
+    """The num_warps the launcher uses with this variant."""
+    if fn is candidate_stats_kernel:
+        return STATS_NUM_WARPS
+    return dict(BLOCK_SIZES)[constexprs["BLOCK"]]
+
+
+def compile_variant(fn, signature, constexprs, capability):
+    """-> the CompiledKernel (asm["ptx"], asm["cubin"], ...) of one variant for sm_<capability>."""
+    source = ASTSource(fn=fn, signature={**signature, **dict.fromkeys(constexprs, "constexpr")},
+                       constexprs=constexprs)
+    return triton.compile(source, target=GPUTarget("cuda", capability, 32),
+                          options={"num_warps": num_warps(fn, constexprs)})
 
 
 def main():
     count = 0
     for capability in CAPABILITIES:
         for fn, signature, constexprs in variants():
-            source = ASTSource(fn=fn, signature={**signature, **dict.fromkeys(constexprs, "constexpr")},
-                               constexprs=constexprs)
-            kernel = triton.compile(source, target=GPUTarget("cuda", capability, 32), options={"num_warps": 4})
+            kernel = compile_variant(fn, signature, constexprs, capability)
             if not kernel.asm.get("cubin"):
                 sys.exit(f"{fn.__name__} {constexprs} sm_{capability}: no cubin")
             count += 1

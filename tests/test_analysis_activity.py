@@ -272,6 +272,18 @@ def test_hooks_removed_and_training_flags_restored(digits):
     assert _no_hooks(model) and [m.training for m in model.modules()] == flags
 
 
+def test_tsne_plot_says_which_colour_is_which_label(monkeypatch):
+    figures = []
+    monkeypatch.setattr(activity, "save_figure", lambda fig, path: figures.append(fig))
+    points = [[0.0, 0.0], [1.0, 1.0], [2.0, 0.0], [3.0, 1.0]]
+    activity.plot_tsne({"layer": "lif", "labels": [0, 1, 2, 1], "timesteps": [{"t": 0, "points": points},
+                                                                              {"t": 1, "points": points}]}, "x.png")
+    legend = figures[0].axes[-1].get_legend()
+    assert legend.get_title().get_text() == "label"
+    assert [text.get_text() for text in legend.get_texts()] == ["$\\mathdefault{0}$", "$\\mathdefault{1}$",
+                                                                "$\\mathdefault{2}$"]
+
+
 def test_plots_write_png(digits, tmp_path):
     model, loader = digits
     stats = activity.spike_statistics(model, loader, T, "cpu", max_batches=1)

@@ -239,6 +239,33 @@ def test_search_history_metrics_from_a_real_search():
 # -- 5. Figures ---------------------------------------------------------------------------------
 
 
+def test_metric_vs_beta_legends_and_colours(monkeypatch):
+    """Both panels name their curves, and a curve keeps its colour across them although TGC has no
+    curve at t = T-1 (analyze.py plots t = 0 and t = T-1 of every layer)."""
+    figures = []
+    monkeypatch.setattr(curvature, "save_figure", lambda fig, path: figures.append(fig))
+    at_t = {"betas": [0.1, 0.5, 0.9], "sgv": [0.3, 0.2, 0.25], "tgc": [0.5, 0.7, 0.6], "current_beta": 0.5}
+    last_t = dict(at_t, tgc=None)
+    curvature.plot_metric_vs_beta({"a t=3": last_t, "a t=0": at_t, "b t=3": last_t, "b t=0": at_t}, "unused.png")
+    sgv, tgc = figures[0].axes
+    colours = [{line.get_label(): line.get_color() for line in ax.get_lines() if not line.get_label().startswith("_")}
+               for ax in (sgv, tgc)]
+    assert list(colours[0]) == ["a t=3", "a t=0", "b t=3", "b t=0"] and list(colours[1]) == ["a t=0", "b t=0"]
+    assert len(set(colours[0].values())) == 4 and all(colours[0][k] == v for k, v in colours[1].items())
+    for ax, colour in zip((sgv, tgc), colours):
+        assert [text.get_text() for text in ax.get_legend().get_texts()] == list(colour)
+
+
+def test_search_history_legend_in_both_panels(monkeypatch):
+    figures = []
+    monkeypatch.setattr(curvature, "save_figure", lambda fig, path: figures.append(fig))
+    history = [{"epoch": e, "layer": "lif", "t": t, "metric": "sgv" if t == 1 else "tgc", "beta": 0.5,
+                "metric_at_beta": 0.2, "best_value": 0.2} for e in range(2) for t in range(2)]
+    curvature.plot_search_history(curvature.search_history_metrics(history), "unused.png")
+    for ax in figures[0].axes:
+        assert [text.get_text() for text in ax.get_legend().get_texts()] == ["t=0 TGC", "t=1 SGV"]
+
+
 def test_plots_write_png_files(tmp_path):
     fisher = {"layers": {"conv1": {"lambda_max": 2.0}, "fc": {"lambda_max": 0.5}}}
     line = {"alphas": [-1.0, 0.0, 1.0], "loss": [3.0, 1.0, 2.5], "accuracy": [0.1, 0.9, 0.2]}

@@ -82,7 +82,7 @@ def _write_pickle(path, data, **labels):
         pickle.dump(batch, f)
 
 
-def _write_cifar10(root, per_batch=4, n_test=3):
+def write_cifar10(root, per_batch=4, n_test=3):
     rng = np.random.default_rng(0)
     folder = root / "cifar-10-batches-py"
     folder.mkdir(parents=True)
@@ -96,7 +96,7 @@ def _write_cifar10(root, per_batch=4, n_test=3):
     return written
 
 
-def _write_cifar100(root, n_train=6, n_test=3):
+def write_cifar100(root, n_train=6, n_test=3):
     rng = np.random.default_rng(1)
     folder = root / "cifar-100-python"
     folder.mkdir(parents=True)
@@ -115,7 +115,7 @@ def _expected_image(row, name):
 
 
 def test_cifar10_reader(tmp_path):
-    written = _write_cifar10(tmp_path)
+    written = write_cifar10(tmp_path)
     train, test, info = build_datasets("cifar10", tmp_path)
     assert info == DatasetInfo("cifar10", 10, 3, 32, False)
     assert (len(train), len(test)) == (20, 3)
@@ -131,7 +131,7 @@ def test_cifar10_reader(tmp_path):
 
 
 def test_cifar100_reader_uses_fine_labels(tmp_path):
-    written = _write_cifar100(tmp_path)
+    written = write_cifar100(tmp_path)
     train, test, info = build_datasets("cifar100", tmp_path)
     assert info == DatasetInfo("cifar100", 100, 3, 32, False)
     assert (len(train), len(test)) == (6, 3)
@@ -151,7 +151,7 @@ def test_cifar_missing_files(tmp_path, name, missing):
 
 
 def test_cifar_one_batch_missing(tmp_path):
-    _write_cifar10(tmp_path)
+    write_cifar10(tmp_path)
     (tmp_path / "cifar-10-batches-py" / "data_batch_4").unlink()
     with pytest.raises(DatasetNotFoundError, match="data_batch_4 not found"):
         build_datasets("cifar10", tmp_path)
@@ -163,7 +163,7 @@ def test_cifar_download_without_torchvision(tmp_path, no_vision):
 
 
 def test_augment_without_vision_libraries(tmp_path, no_vision):
-    _write_cifar10(tmp_path)
+    write_cifar10(tmp_path)
     with pytest.raises(ImportError, match=r"augment=True needs torchvision.*a2sg-triton\[vision\]"):
         build_datasets("cifar10", tmp_path, augment=True)
 
@@ -186,7 +186,7 @@ def test_paper_recipe_calls(tmp_path, monkeypatch):
     }
     for name, module in fakes.items():
         monkeypatch.setitem(sys.modules, name, module)
-    _write_cifar10(tmp_path)
+    write_cifar10(tmp_path)
     train, test, info = build_datasets("cifar10", tmp_path, augment=True)
     assert calls["Compose"] == ((["RandomCrop", "RandomHorizontalFlip", "RandAugment"],), {})
     assert calls["RandomCrop"] == ((32,), {"padding": 4})
@@ -200,7 +200,7 @@ def test_paper_recipe_calls(tmp_path, monkeypatch):
 
 @pytest.mark.skipif(not (HAS_TORCHVISION and HAS_TIMM), reason="needs torchvision and timm")
 def test_cifar_augment(tmp_path):
-    _write_cifar10(tmp_path)
+    write_cifar10(tmp_path)
     train, test, _ = build_datasets("cifar10", tmp_path, augment=True)
     x, y = train[0]
     assert x.shape == (3, 32, 32) and x.dtype == torch.float32
@@ -324,7 +324,7 @@ def test_dvs_missing_or_wrong_frames(tmp_path):
 
 # --- ImageFolder and CutMix --------------------------------------------------------------------
 
-def _write_imagefolder(root):
+def write_imagefolder(root):
     from PIL import Image
     for split in ("train", "val"):
         for cls in ("ants", "bees", "wasps"):
@@ -338,7 +338,7 @@ def test_imagefolder_missing(tmp_path):
 
 
 def test_imagefolder_without_torchvision(tmp_path, no_vision):
-    _write_imagefolder(tmp_path)
+    write_imagefolder(tmp_path)
     with pytest.raises(ImportError, match=r"imagefolder needs torchvision.*a2sg-triton\[vision\]"):
         build_datasets("imagefolder", tmp_path)
 
@@ -346,7 +346,7 @@ def test_imagefolder_without_torchvision(tmp_path, no_vision):
 @pytest.mark.skipif(not HAS_TORCHVISION, reason="needs torchvision")
 @pytest.mark.parametrize("augment", [False, True])
 def test_imagefolder(tmp_path, augment):
-    _write_imagefolder(tmp_path)
+    write_imagefolder(tmp_path)
     train, test, info = build_datasets("imagefolder", tmp_path, augment=augment)
     assert info == DatasetInfo("imagefolder", 3, 3, 224, False)
     assert (len(train), len(test)) == (3, 3)

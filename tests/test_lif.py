@@ -191,6 +191,10 @@ def test_inductor_matches_reference(surrogate, reset, detach_reset, dtype, with_
         compare_to_reference(make_input(4, device="cpu", shape=shape), beta_for("per_step", 4, "cpu"), surrogate,
                              v0=make_v0(device="cpu", shape=shape) if with_state else None, with_v=with_state,
                              dtype=dtype, backend="inductor", reset=reset, detach_reset=detach_reset)
+    from a2sg_triton import lif, utils
+
+    lif_variants = [key for key in utils._COMPILED if key[0] in (lif.lif_fwd_torch, lif.lif_bwd_torch)]
+    assert lif_variants and not any(parallel for _, parallel, *_ in lif_variants)  # small calls: one thread
 
 
 def test_auto_on_cpu_is_inductor_where_a_compiler_exists(monkeypatch):

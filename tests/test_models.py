@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from a2sg_triton.models import MODELS, BasicBlock, TdBatchNorm2d, TimeDistributed, build_model, direct_encode
+from a2sg_triton.models import (MODELS, BasicBlock, TdBatchNorm2d, TimeDistributed, accepts_image_size, build_model,
+                                direct_encode)
 from a2sg_triton.nn import LIF
 from helpers import KERNEL_DEVICE
 
@@ -134,6 +135,21 @@ def test_bad_arguments():
         model(torch.zeros(2, 1, 8, 8))  # static images, not encoded
     with pytest.raises(ValueError, match=r"expects input \[T=2, B, C, H, W\]"):
         model(direct_encode(torch.zeros(2, 1, 8, 8), 3))
+
+
+def test_accepted_image_sizes():
+    """The VGGs take the sizes whose poolings leave their natural map; the ResNets take any size."""
+    accepted = {name: [s for s in range(1, 100) if accepts_image_size(name, s)] for name in MODELS}
+    assert accepted == {"vgg16": list(range(32, 64)), "resnet19": list(range(1, 100)),
+                        "resnet18": list(range(1, 100)), "vggsnn": list(range(48, 64)), "digits_cnn": [8, 9]}
+    model = build_model("digits_cnn", num_classes=10, in_channels=1, T=1, backend="torch")
+    assert model(direct_encode(torch.rand(2, 1, 9, 9), 1)).shape == (2, 10)  # the edge of what it takes
+    with pytest.raises(RuntimeError):
+        model(direct_encode(torch.rand(2, 1, 10, 10), 1))  # 32x5x5 features for a 32x4x4 classifier
+    with pytest.raises(ValueError, match="unknown model 'alexnet'"):
+        accepts_image_size("alexnet", 32)
+    with pytest.raises(ValueError, match="image_size must be an int >= 1"):
+        accepts_image_size("vgg16", 0)
 
 
 def test_digits_cnn_triton_matches_torch():

@@ -1,5 +1,6 @@
 """kernels/ is installed as a2sg_triton.kernels (package-dir mapping), never as a top-level package."""
 
+import os
 import shutil
 import subprocess
 import sys
@@ -7,6 +8,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import torch
 
 import a2sg_triton.kernels.lif
 
@@ -30,18 +32,30 @@ def test_wheel_layout_and_install(tmp_path):
                     "-w", str(tmp_path), str(src)], check=True, capture_output=True)
     (wheel,) = tmp_path.glob("a2sg_triton-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    for module in ("kernels/lif", "kernels/stats", "kernels/surrogate", "models/__init__", "analysis/__init__"):
+    for module in ("kernels/lif", "kernels/stats", "kernels/surrogate", "models/__init__", "analysis/__init__",
+                   "train", "config", "checkpoint", "report"):
         assert f"a2sg_triton/{module}.py" in names
     assert not any(name.startswith("kernels/") for name in names)
 
-    # install the wheel alone into a venv that sees this interpreter's torch/triton, then import it
+    # Install the wheel alone into a fresh venv that imports its dependencies from the environment
+    # running this test, whichever that is (a venv, the base interpreter, PYTHONPATH): a .pth file
+    # lists the running interpreter's import path, less this checkout. (`--system-site-packages`
+    # would see the base interpreter's packages, not those of a venv that runs the test.) The
+    # venv's own site-packages precede the .pth's entries, so the wheel's copy is the one imported.
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     python = venv / "bin" / "python"
+    purelib = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                             check=True, capture_output=True, text=True).stdout.strip()
+    running = [p for p in map(os.path.abspath, sys.path)
+               if os.path.isdir(p) and not Path(p).resolve().is_relative_to(ROOT)]
+    (Path(purelib) / "running-environment.pth").write_text("\n".join(running) + "\n")
     subprocess.run([python, "-m", "pip", "install", "--no-deps", "-q", str(wheel)], check=True, capture_output=True)
     entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
     for script in ("a2sg-train", "a2sg-analyze", "a2sg-ablate"):
         assert script in entry_points
-    probe = "import a2sg_triton, a2sg_triton.kernels.lif as k; print(k.__file__)"
+    probe = "import torch, a2sg_triton.kernels.lif as k; print(k.__file__); print(torch.__file__)"
     out = subprocess.run([python, "-I", "-c", probe], check=True, capture_output=True, text=True, cwd=tmp_path)
-    assert str(venv) in out.stdout and out.stdout.strip().endswith("a2sg_triton/kernels/lif.py")
+    kernels_file, torch_file = out.stdout.split()
+    assert kernels_file.startswith(str(venv)) and kernels_file.endswith("a2sg_triton/kernels/lif.py")
+    assert torch_file == torch.__file__  # the running environment's torch, not another interpreter's

@@ -70,6 +70,35 @@ def test_compiled_training_matches_eager(tmp_path):
     assert rows["compiled"][0]["test_acc"] == rows["eager"][0]["test_acc"]
 
 
+def checkpoint(out):
+    return torch.load(out / "checkpoint.pt", weights_only=False)
+
+
+def assert_unwrapped_names(state, epochs):
+    """The controller's state names the layers as the plain model does (the spike counter's names,
+    which every metrics row uses), and every epoch searched."""
+    names = set(state["metrics"][0]["beta"])
+    assert not any(n.startswith(("module.", "_orig_mod.")) for n in names)
+    assert set(state["controller"]["betas"]) == {row["layer"] for row in state["controller"]["history"]} == names
+    assert [row["epoch"] for row in state["metrics"]] == list(range(epochs))
+    assert {row["epoch"] for row in state["controller"]["history"]} == set(range(epochs))
+
+
+def test_resume_with_and_without_compile(tmp_path):
+    """A plain run's checkpoint resumes under --compile, and that one eagerly (--no-compile)."""
+    torch._dynamo.reset()
+    out = tmp_path / "run"
+    assert run([*TINY, "--epochs", "3", "--stop-after", "1", "--out", out])[0] == 0
+    assert run(["--resume", out, "--compile", "--stop-after", "1"])[0] == 0
+    state = checkpoint(out)
+    assert state["config"]["compile"] is True
+    assert_unwrapped_names(state, 2)
+    assert run(["--resume", out, "--no-compile"])[0] == 0
+    state = checkpoint(out)
+    assert state["config"]["compile"] is False
+    assert_unwrapped_names(state, 3)
+
+
 @pytest.mark.parametrize("args, message", [
     (["--model", "alexnet"], "--model: invalid choice"),
     (["--dataset", "mnist"], "--dataset: invalid choice"),
@@ -95,7 +124,8 @@ def test_bad_input_is_one_line(args, message, tmp_path, capsys):
 
 def test_dataset_files_missing_is_one_line(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
-    code, captured = run(["--dataset", "cifar10", "--data", tmp_path / "empty", "--out", tmp_path / "x"], capsys)
+    args = ["--model", "vgg16", "--dataset", "cifar10", "--data", tmp_path / "empty", "--out", tmp_path / "x"]
+    code, captured = run(args, capsys)
     assert code == 2 and len(captured.err.strip().splitlines()) == 1
     assert "cifar-10-batches-py" in captured.err and not (tmp_path / "x").exists()
 
@@ -116,6 +146,23 @@ def test_existing_run_is_refused_and_checkpoint_errors(tmp_path, capsys):
     assert code == 2 and "no checkpoint.pt" in captured.err
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing overwritten
 
+    state = checkpoint(out)
+    state["model"].pop(next(iter(state["model"])))
+    torch.save(state, out / "checkpoint.pt")
+    code, captured = run(["--resume", out], capsys)
+    assert code == 2 and len(captured.err.strip().splitlines()) == 1
+    assert "the checkpoint's model state does not fit this run" in captured.err and "Missing key" in captured.err
+    (out / "checkpoint.pt").write_bytes(before["checkpoint.pt"])
+    state = checkpoint(out)  # the controller of another model: layers this one does not have
+    for key in ("betas", "armed"):
+        state["controller"][key] = {f"other.{name}": value for name, value in state["controller"][key].items()}
+    torch.save(state, out / "checkpoint.pt")
+    code, captured = run(["--resume", out], capsys)
+    assert code == 2 and len(captured.err.strip().splitlines()) == 1
+    assert "the checkpoint's controller state does not fit this run" in captured.err
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.name != "checkpoint.pt"} == {
+        name: data for name, data in before.items() if name != "checkpoint.pt"}
+
     (out / "checkpoint.pt").write_bytes(before["checkpoint.pt"][: len(before["checkpoint.pt"]) // 2])
     code, captured = run(["--resume", out], capsys)
     assert code == 2 and "checkpoint.pt is unreadable" in captured.err
@@ -124,22 +171,23 @@ def test_existing_run_is_refused_and_checkpoint_errors(tmp_path, capsys):
     assert run([*TINY, "--epochs", "1", "--out", out, "--force"])[0] == 0  # --force starts afresh
 
 
-def test_module_entry_point_exits_2_without_traceback(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "a2sg_triton.train", "--model", "nope"], capture_output=True,
-                            text=True, cwd=tmp_path)
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert result.stderr.strip().startswith("a2sg-train: error:")
-
-
 @pytest.mark.slow
-def test_torchrun_two_processes(tmp_path):
+def test_torchrun_two_processes_and_resume_across_ddp(tmp_path):
+    """Two DDP processes train an epoch; that checkpoint resumes in one plain process, and the plain
+    run's checkpoint resumes under torchrun again."""
     out = tmp_path / "ddp"
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                             "-m", "a2sg_triton.train", *TINY[2:], "--epochs", "1", "--out", str(out)],
-                            capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert len(rows) == 1 and rows[0]["search_seconds"] > 0
-    state = torch.load(out / "checkpoint.pt", weights_only=False)
-    assert state["epoch"] == 0
+
+    def torchrun(*args):
+        result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+                                 "2", "-m", "a2sg_triton.train", *map(str, args)],
+                                capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+
+    torchrun(*TINY[2:], "--epochs", "3", "--stop-after", "1", "--out", out)
+    state = checkpoint(out)
+    assert state["epoch"] == 0 and state["metrics"][0]["search_seconds"] > 0
+    assert_unwrapped_names(state, 1)
+    assert run(["--resume", out, "--stop-after", "1"])[0] == 0
+    torchrun("--resume", out)
+    assert_unwrapped_names(checkpoint(out), 3)

@@ -377,14 +377,16 @@ def plot_spike_deletion(results, path):
 
 
 def plot_tsne(tsne, path):
-    """Fig. 6: the t-SNE points of every timestep, coloured by label."""
+    """Fig. 6: the t-SNE points of every timestep, coloured by label; the last panel's legend says
+    which colour is which label."""
     fig, axes = _figure(len(tsne["timesteps"]))
     for ax, step in zip(axes, tsne["timesteps"]):
         points = np.asarray(step["points"])
-        ax.scatter(points[:, 0], points[:, 1], c=tsne["labels"], cmap="tab10", s=6)
+        scatter = ax.scatter(points[:, 0], points[:, 1], c=tsne["labels"], cmap="tab10", s=6)
         ax.set_title(f"{tsne['layer']}, t = {step['t']}", fontsize="small")
         ax.set_xticks([])
         ax.set_yticks([])
+    axes[-1].legend(*scatter.legend_elements(), title="label", fontsize="x-small", title_fontsize="x-small")
     save_figure(fig, path)
 
 

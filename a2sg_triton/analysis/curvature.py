@@ -341,19 +341,22 @@ def plot_loss_landscape_2d(result, path, levels=20):
 
 def plot_metric_vs_beta(results, path):
     """SGV (and TGC where present) against beta, the current beta dashed, one curve per label (Fig. 3).
-    ``results``: one ``metric_vs_beta`` result or {label: result}."""
+    ``results``: one ``metric_vs_beta`` result or {label: result}. A label has one colour in both
+    panels (TGC has no curve at t = T-1), and each panel's legend names the curves it shows."""
     runs = _labelled(results, "betas")
     metrics = ["sgv"] + (["tgc"] if any(result["tgc"] is not None for result in runs.values()) else [])
+    colours = {label: f"C{i}" for i, label in enumerate(runs)}
     fig, axes = new_figure(columns=len(metrics))
     for ax, metric in zip(axes[0], metrics):
         for label, result in runs.items():
             if result[metric] is not None:
-                line, = ax.plot(result["betas"], result[metric], label=label or None)
-                ax.axvline(result["current_beta"], color=line.get_color(), linestyle="--")
+                ax.plot(result["betas"], result[metric], color=colours[label], label=label or None)
+                ax.axvline(result["current_beta"], color=colours[label], linestyle="--")
+        ax.set_title(f"{metric.upper()} (dashed: the current β)", fontsize="small")
         ax.set_xlabel("β")
         ax.set_ylabel(metric.upper())
-    if len(runs) > 1:
-        axes[0][-1].legend(fontsize="small")
+        if len(runs) > 1:
+            ax.legend(fontsize="small")
     save_figure(fig, path)
 
 
@@ -371,5 +374,5 @@ def plot_search_history(metrics, path):
         ax_beta.set_title(f"{layer}: chosen β")
         for ax in (ax_metric, ax_beta):
             ax.set_xlabel("epoch")
-        ax_beta.legend(fontsize="small")
+            ax.legend(fontsize="small")
     save_figure(fig, path)

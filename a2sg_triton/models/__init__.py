@@ -8,19 +8,34 @@ layer is an ``a2sg_triton.nn.LIF``, so ``a2sg_triton.A2SG(model)`` finds them al
 from .layers import (NeuronConfig, SpikingClassifier, TdBatchNorm2d, TimeDistributed, check_count, conv_bn,
                      conv_bn_lif, direct_encode, model_input)
 from .resnet import BasicBlock, ResNet, resnet18, resnet19
-from .vgg import VGG, digits_cnn, vgg16, vggsnn
+from .vgg import VGG, VGG_SPECS, digits_cnn, vgg16, vgg_accepts, vggsnn
 
 _BUILDERS = {"vgg16": vgg16, "resnet19": resnet19, "resnet18": resnet18, "vggsnn": vggsnn,
              "digits_cnn": digits_cnn}
 MODELS = tuple(_BUILDERS)
 
 
+def _check_name(name):
+    if not isinstance(name, str) or name not in _BUILDERS:
+        raise ValueError(f"unknown model {name!r}; expected one of {MODELS}")
+
+
+def accepts_image_size(name, image_size):
+    """Whether the model ``name`` (one of MODELS) runs on square images of side ``image_size``.
+
+    The ResNets pool globally and take any size. A VGG-style model needs a map for each of its 2×2
+    poolings and the classifier width that its natural input size sets (docs/models.md).
+    """
+    _check_name(name)
+    check_count("image_size", image_size)
+    return name not in VGG_SPECS or vgg_accepts(name, image_size)
+
+
 def build_model(name, *, num_classes, in_channels, T, surrogate="asy", tau=2.0, v_th=1.0, beta_init=0.5, h=0.5,
                 backend="auto"):
     """The model ``name`` (one of MODELS) with every LIF built as
     ``LIF(T, surrogate, tau=tau, v_th=v_th, beta_init=beta_init, h=h, backend=backend)``."""
-    if not isinstance(name, str) or name not in _BUILDERS:
-        raise ValueError(f"unknown model {name!r}; expected one of {MODELS}")
+    _check_name(name)
     for arg, value in (("num_classes", num_classes), ("in_channels", in_channels), ("T", T)):
         check_count(arg, value)
     neuron = NeuronConfig(T, surrogate, tau, v_th, beta_init, h, backend)
@@ -28,6 +43,6 @@ def build_model(name, *, num_classes, in_channels, T, surrogate="asy", tau=2.0, 
     return _BUILDERS[name](num_classes, in_channels, neuron)
 
 
-__all__ = ["MODELS", "BasicBlock", "NeuronConfig", "ResNet", "SpikingClassifier", "TdBatchNorm2d",
+__all__ = ["MODELS", "BasicBlock", "accepts_image_size", "NeuronConfig", "ResNet", "SpikingClassifier", "TdBatchNorm2d",
            "TimeDistributed", "VGG", "build_model", "conv_bn", "conv_bn_lif", "digits_cnn", "direct_encode",
            "model_input", "resnet18", "resnet19", "vgg16", "vggsnn"]

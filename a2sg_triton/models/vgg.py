@@ -9,6 +9,28 @@ from .layers import SpikingClassifier, TimeDistributed, conv_bn_lif
 VGG16_CFG = (64, 64, "A", 128, 128, "A", 256, 256, 256, "A", 512, 512, 512, "A", 512, 512, 512, "A")
 VGGSNN_CFG = (64, 128, "A", 256, 256, "A", 512, 512, "A", 512, 512, "A")
 DIGITS_CFG = (16, "A", 32)
+# name -> (cfg, the side of the square input that the classifier is sized for)
+VGG_SPECS = {"vgg16": (VGG16_CFG, 32), "vggsnn": (VGGSNN_CFG, 48), "digits_cnn": (DIGITS_CFG, 8)}
+
+
+def feature_size(cfg, input_size):
+    """The side of the map that ``cfg`` leaves of a square input, or None when a pooling would get
+    less than 2×2 (avg_pool2d's "Output size is too small")."""
+    size = input_size
+    for v in cfg:
+        if v == "A":
+            if size < 2:
+                return None
+            size //= 2
+    return size
+
+
+def vgg_accepts(name, image_size):
+    """Whether the VGG ``name`` runs on square images of side ``image_size``: every pooling has a map
+    to pool and the classifier gets the width it was built for (vgg16: 32, also 33-63)."""
+    cfg, input_size = VGG_SPECS[name]
+    size = feature_size(cfg, image_size)
+    return size is not None and size == feature_size(cfg, input_size)
 
 
 class VGG(SpikingClassifier):
@@ -16,29 +38,36 @@ class VGG(SpikingClassifier):
 
     def __init__(self, cfg, num_classes, in_channels, input_size, neuron):
         super().__init__(neuron.T)
-        layers, channels, size = [], in_channels, input_size
+        layers, channels = [], in_channels
         for v in cfg:
             if v == "A":
                 layers.append(TimeDistributed(nn.AvgPool2d(2)))
-                size //= 2
             else:
                 layers.append(conv_bn_lif(channels, v, neuron))
                 channels = v
+        size = feature_size(cfg, input_size)
+        if size is None:
+            raise ValueError(f"input_size {input_size} is too small for {cfg}: a 2×2 pooling would get less than 2×2")
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Sequential(nn.Flatten(2), nn.Linear(channels * size * size, num_classes))
 
 
+def _vgg(name, num_classes, in_channels, neuron):
+    cfg, input_size = VGG_SPECS[name]
+    return VGG(cfg, num_classes, in_channels, input_size, neuron)
+
+
 def vgg16(num_classes, in_channels, neuron):
     """The 13-conv VGG16 for 32×32 inputs; five poolings leave 512×1×1 for the classifier."""
-    return VGG(VGG16_CFG, num_classes, in_channels, 32, neuron)
+    return _vgg("vgg16", num_classes, in_channels, neuron)
 
 
 def vggsnn(num_classes, in_channels, neuron):
     """VGGSNN of TET (Deng et al. 2022) for 48×48 CIFAR10-DVS frames: 512×3×3 reach the classifier."""
-    return VGG(VGGSNN_CFG, num_classes, in_channels, 48, neuron)
+    return _vgg("vggsnn", num_classes, in_channels, neuron)
 
 
 def digits_cnn(num_classes, in_channels, neuron):
     """conv-pool-conv for scikit-learn's 8×8 digits, 32×4×4 to the classifier; small enough that a
     training step at T=4, batch 64 takes about 10 ms on 2 CPU cores (docs/models.md)."""
-    return VGG(DIGITS_CFG, num_classes, in_channels, 8, neuron)
+    return _vgg("digits_cnn", num_classes, in_channels, neuron)

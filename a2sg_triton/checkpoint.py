@@ -1,0 +1,77 @@
+"""a2sg-train's run folder: the checkpoint written after every epoch, and reading it back to resume.
+
+``save_epoch`` writes OUT/checkpoint.pt, then OUT/metrics.jsonl from the checkpoint's copy of the
+metrics, each atomically, so the two always describe the same epochs. ``load_checkpoint`` reads
+and checks a checkpoint without writing anything; ``restore_checkpoint`` loads it into the run.
+"""
+
+import json
+import random
+
+import numpy as np
+import torch
+
+from .config import RUN_IDENTITY, TrainError
+from .utils import atomic_write
+
+CHECKPOINT_FORMAT = "a2sg-train/1"
+
+
+def load_checkpoint(out, config, flags):
+    """Reads OUT/checkpoint.pt and checks it belongs to this run; writes nothing."""
+    path = out / "checkpoint.pt"
+    if not path.is_file():
+        raise TrainError(f"--resume {out}: no checkpoint.pt there")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # a truncated or foreign file: pickle, zip and EOF errors alike
+        raise TrainError(f"--resume {out}: checkpoint.pt is unreadable ({type(error).__name__}: {error})")
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise TrainError(f"--resume {out}: checkpoint.pt is not an a2sg-train checkpoint")
+    saved = state["config"]
+    for key in RUN_IDENTITY:
+        if key in flags and flags[key] != saved[key]:
+            raise TrainError(f"--resume {out}: the checkpoint is for {key}={saved[key]!r}, not {flags[key]!r}")
+    return state
+
+
+def restore_checkpoint(state, out, model, optimizer, scheduler, controller, data_generator):
+    """Loads a checkpoint that ``load_checkpoint`` read into the run's objects and RNGs; returns the
+    metrics so far and the epoch to continue with. The model and the A²SG controller are the
+    unwrapped ones (no DDP ``module.``, no torch.compile ``_orig_mod.`` in their names), so a
+    checkpoint resumes under torchrun, --compile or neither, whichever wrote it."""
+    for part, target in (("model", model), ("optimizer", optimizer), ("scheduler", scheduler),
+                         ("controller", controller)):
+        try:
+            target.load_state_dict(state[part])
+        except (KeyError, ValueError, RuntimeError) as error:  # torch's messages span lines: one line here
+            detail = " ".join(str(error).split())
+            raise TrainError(f"--resume {out}: the checkpoint's {part} state does not fit this run ({detail})")
+    data_generator.set_state(state["rng"]["data"])
+    torch.set_rng_state(state["rng"]["torch"])
+    np.random.set_state(state["rng"]["numpy"])
+    random.setstate(state["rng"]["python"])
+    return state["metrics"], state["epoch"] + 1
+
+
+def prepare_out_dir(out, resume, force):
+    if resume:
+        return
+    if out.exists() and any((out / name).exists() for name in ("checkpoint.pt", "config.json", "metrics.jsonl")):
+        if not force:
+            raise TrainError(f"--out {out} holds another run; use --resume {out} to continue it or --force to "
+                             "overwrite it")
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def save_epoch(out, config, epoch, model, optimizer, scheduler, controller, data_generator, history):
+    """Checkpoint first, then the metrics file that mirrors it: both always describe the same epochs."""
+    atomic_write(out / "checkpoint.pt", lambda f: torch.save({
+        "format": CHECKPOINT_FORMAT, "config": config, "epoch": epoch, "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        "controller": controller.state_dict(), "metrics": history,
+        "rng": {"data": data_generator.get_state(), "torch": torch.get_rng_state(),
+                "numpy": np.random.get_state(), "python": random.getstate()},
+    }, f))
+    text = "".join(json.dumps(row) + "\n" for row in history)
+    atomic_write(out / "metrics.jsonl", lambda f: f.write(text), binary=False)

@@ -1,0 +1,153 @@
+"""a2sg-train's settings: the presets, the command line and its checks.
+
+``resolve_config(argv)`` turns a command line into the run's config (a preset, then the explicit
+flags), the flags given explicitly, and the ``RunOptions`` of this invocation. A bad value raises
+``TrainError``, which a2sg-train prints as one line with exit status 2.
+"""
+
+import argparse
+import datetime
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from .controller import ADAPT_MODES
+from .data import DATASETS, IMAGE_SIZES
+from .models import MODELS, accepts_image_size
+from .search import STRATEGIES
+from .surrogate import SURROGATES
+from .utils import BACKENDS
+
+DESCRIPTION = "a2sg-train: train a spiking network with a chosen surrogate and A²SG adaptation mode."
+
+# Settings a resumed run must share with its checkpoint: anything that changes the model or the data.
+RUN_IDENTITY = ("model", "dataset", "T", "surrogate", "tau", "v_th", "h", "adapt")
+
+_PAPER_CIFAR = dict(model="vgg16", T=4, epochs=310, warmup_epochs=20, batch_size=100, augment=True,
+                    surrogate="asy", adapt="spatiotemporal")
+PRESETS = {
+    # The embedded default: trains in about a minute on 2 CPU cores.
+    "digits": dict(model="digits_cnn", dataset="digits", T=4, epochs=12, warmup_epochs=1, batch_size=32,
+                   lr=5e-3, lr_start=1e-4, weight_decay=1e-2, augment=False, surrogate="asy",
+                   adapt="spatiotemporal"),
+    # Paper A.10.
+    "paper-cifar10": dict(_PAPER_CIFAR, dataset="cifar10", lr=6e-3, lr_start=1e-5, weight_decay=2e-2),
+    "paper-cifar100": dict(_PAPER_CIFAR, dataset="cifar100", lr=5e-3, lr_start=1e-4, weight_decay=4e-2),
+    "paper-cifar10-dvs": dict(model="vggsnn", dataset="cifar10-dvs", T=4, epochs=200, warmup_epochs=20,
+                              batch_size=32, lr=6e-3, lr_start=1e-5, weight_decay=2e-2, augment=False,
+                              surrogate="asy", adapt="spatiotemporal"),
+}
+DEFAULTS = dict(PRESETS["digits"], strategy="bo", tau=2.0, v_th=1.0, h=0.5, beta_init=0.5, n_obs=100,
+                n_eval=150, radius=0.05, every=1, seed=0, backend="auto", device="auto", amp="auto",
+                workers=0, data=None, download=False, limit_batches=None, tensorboard=False, compile=False)
+
+
+@dataclass
+class RunOptions:
+    """How this invocation runs, not what it trains: never saved with the run."""
+
+    out: Path
+    resume: bool
+    force: bool
+    stop_after: Optional[int]
+
+
+class TrainError(Exception):
+    """A problem with the user's input: printed as one line, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise TrainError(message)
+
+
+def build_parser():
+    p = _Parser(prog="a2sg-train", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    arg = p.add_argument
+    arg("--preset", choices=sorted(PRESETS), help="base settings (default: digits); flags override them")
+    arg("--model", choices=MODELS)
+    arg("--dataset", choices=DATASETS)
+    arg("--data", metavar="DIR", help="dataset folder (not needed for digits)")
+    arg("--download", action="store_true", default=None, help="download CIFAR when online")
+    arg("--surrogate", choices=SURROGATES)
+    arg("--adapt", choices=ADAPT_MODES)
+    arg("--strategy", choices=STRATEGIES)
+    arg("--T", type=int, help="timesteps")
+    arg("--epochs", type=int)
+    arg("--warmup-epochs", type=int)
+    arg("--batch-size", type=int)
+    arg("--lr", type=float, help="peak learning rate")
+    arg("--lr-start", type=float, help="learning rate at the start of the warm-up")
+    arg("--weight-decay", type=float)
+    arg("--augment", action=argparse.BooleanOptionalAction, default=None, help="CutMix + RandAugment")
+    arg("--tau", type=float)
+    arg("--v-th", type=float)
+    arg("--h", type=float, help="asy surrogate offset (>= 0.5)")
+    arg("--beta-init", type=float)
+    arg("--n-obs", type=int)
+    arg("--n-eval", type=int)
+    arg("--radius", type=float)
+    arg("--every", type=int, help="search every this many epochs")
+    arg("--seed", type=int)
+    arg("--backend", choices=BACKENDS)
+    arg("--device", help="auto, cpu, cuda or cuda:N")
+    arg("--amp", choices=("auto", "bf16", "none"), help="bf16 autocast (auto: on CUDA)")
+    arg("--workers", type=int, help="data loader worker processes")
+    arg("--limit-batches", type=int, help="at most this many batches per epoch and evaluation (smoke runs)")
+    arg("--tensorboard", action="store_true", default=None, help="also log to OUT/tensorboard")
+    arg("--compile", action=argparse.BooleanOptionalAction, default=None,
+        help="torch.compile the model (the search still runs); may change on --resume")
+    arg("--out", metavar="DIR", help="run folder (default: runs/<dataset>-<model>-<surrogate>-<adapt>-<time>)")
+    arg("--resume", metavar="DIR", help="continue the run in DIR from its checkpoint")
+    arg("--force", action="store_true", help="reuse an --out folder that holds another run")
+    arg("--stop-after", type=int, metavar="N", help="stop after N epochs of this invocation (resume later)")
+    return p
+
+
+def resolve_config(argv):
+    """Preset, then explicit flags; checks values. Returns (config, explicit flags, run options)."""
+    args = build_parser().parse_args(argv)
+    config = dict(DEFAULTS, **PRESETS.get(args.preset or "digits", {}))
+    run_options = ("preset", "out", "resume", "force", "stop_after")
+    flags = {k: v for k, v in vars(args).items() if v is not None and k not in run_options}
+    config.update(flags)
+    for name in ("T", "epochs", "batch_size", "n_obs", "every"):
+        if config[name] < 1:
+            raise TrainError(f"--{name.replace('_', '-')} must be >= 1, got {config[name]}")
+    for name in ("warmup_epochs", "workers", "seed"):
+        if config[name] < 0:
+            raise TrainError(f"--{name.replace('_', '-')} must be >= 0, got {config[name]}")
+    for name in ("limit_batches", "stop_after"):
+        value = config.get(name, getattr(args, name))
+        if value is not None and value < 1:
+            raise TrainError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    for name in ("lr", "lr_start", "tau", "beta_init", "radius"):
+        if not config[name] > 0:
+            raise TrainError(f"--{name.replace('_', '-')} must be > 0, got {config[name]}")
+    if config["surrogate"] == "asy" and config["h"] < 0.5:
+        raise TrainError(f"--h must be >= 0.5 for the asy surrogate, got {config['h']}")
+    if config["dataset"] != "digits" and config["data"] is None and not args.resume:
+        raise TrainError(f"--dataset {config['dataset']} needs --data DIR, the folder that holds it (docs/data.md)")
+    if config["data"] is not None and not Path(config["data"]).exists():
+        raise TrainError(f"--data {config['data']}: no such folder")
+    if not args.resume:  # a resumed run keeps its own model and data, checked when it started
+        check_model_fits_data(config["model"], config["dataset"])
+    if args.resume:
+        out = Path(args.resume)
+    elif args.out:
+        out = Path(args.out)
+    else:
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        out = Path("runs") / f"{config['dataset']}-{config['model']}-{config['surrogate']}-{config['adapt']}-{stamp}"
+    return config, flags, RunOptions(out, args.resume is not None, args.force, args.stop_after)
+
+
+def check_model_fits_data(model, dataset):
+    """Refuses a model that cannot run on the dataset's image size, naming what would work."""
+    size = IMAGE_SIZES[dataset]
+    if accepts_image_size(model, size):
+        return
+    models = [m for m in MODELS if accepts_image_size(m, size)]
+    datasets = [d for d in DATASETS if accepts_image_size(model, IMAGE_SIZES[d])]
+    raise TrainError(f"--model {model} cannot take the {size}x{size} images of --dataset {dataset}: with {dataset} "
+                     f"use --model {' / '.join(models)}; {model} trains on --dataset {' / '.join(datasets)}")

@@ -1,0 +1,61 @@
+"""What a2sg-train shows of a run: the figures, the closing summary and the TensorBoard log."""
+
+from .config import TrainError
+from .utils import new_figure, save_figure
+
+
+def plot_run(out, history):
+    """beta.png: every layer's beta per timestep over the epochs; accuracy.png: the accuracy curves."""
+    epochs = [row["epoch"] + 1 for row in history]
+    layers = list(history[0]["beta"])
+    fig, axes = new_figure(columns=len(layers), panel_size=(3, 3), sharey=True)
+    for ax, name in zip(axes[0], layers):
+        for t in range(len(history[0]["beta"][name])):
+            ax.plot(epochs, [row["beta"][name][t] for row in history], label=f"t={t}")
+        ax.set_title(f"LIF {name}")
+        ax.set_xlabel("epoch")
+    axes[0][0].set_ylabel("β")
+    axes[0][-1].legend(fontsize="small")
+    save_figure(fig, out / "beta.png")
+    fig, axes = new_figure(panel_size=(5, 3.5))
+    ax = axes[0][0]
+    ax.plot(epochs, [row["train_acc"] for row in history], label="train")
+    ax.plot(epochs, [row["test_acc"] for row in history], label="test")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("accuracy")
+    ax.legend()
+    save_figure(fig, out / "accuracy.png")
+
+
+def summary(config, out, history):
+    last, best = history[-1], max(history, key=lambda row: row["test_acc"])
+    total = sum(row["epoch_seconds"] for row in history)
+    search = sum(row["search_seconds"] for row in history)
+    return "\n".join([
+        f"{config['model']} on {config['dataset']}, {config['surrogate']} + {config['adapt']}, T={config['T']}",
+        f"test accuracy {last['test_acc']:.4f} (best {best['test_acc']:.4f} at epoch {best['epoch'] + 1})",
+        f"spikes per sample {sum(last['spikes_per_sample'].values()):.1f}, "
+        f"mean firing rate {last['firing_rate_mean']:.4f}",
+        f"training {total:.1f}s, of which search {search:.1f}s ({100 * search / max(total, 1e-9):.1f}%)",
+        f"run folder {out}",
+    ])
+
+
+def tensorboard_writer(out):
+    """A SummaryWriter logging to OUT/tensorboard."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise TrainError("--tensorboard needs the tensorboard package: pip install 'a2sg-triton[tensorboard]'")
+    return SummaryWriter(out / "tensorboard")
+
+
+def log_epoch(writer, row):
+    """One metrics row as TensorBoard scalars; nothing without a writer."""
+    if writer is None:
+        return
+    for key in ("train_loss", "train_acc", "test_loss", "test_acc", "lr", "firing_rate_mean", "search_seconds"):
+        writer.add_scalar(key, row[key], row["epoch"])
+    for name, betas in row["beta"].items():
+        for t, beta in enumerate(betas):
+            writer.add_scalar(f"beta/{name}/t{t}", beta, row["epoch"])
