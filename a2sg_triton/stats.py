@@ -299,7 +299,7 @@ def candidate_stats_inductor(u, grad_s, carry, ref, betas, surrogate_id, th_offs
     """The inductor backend: ``candidate_sums_torch`` compiled once per variant (utils.compiled_variant)
     into a fused loop over all K candidates."""
     sums = compiled_variant(candidate_sums_torch, u.dtype, carry is None, ref is None, surrogate_id, th_offset,
-                            carry_scale, v_th, hard_reset, v_reset, detach_reset, h)
+                            carry_scale, v_th, hard_reset, v_reset, detach_reset, h, numel=u.numel() * betas.numel())
     return _sums_to_stats(betas, u, ref, sums(u, grad_s, carry, ref, betas.to(u.device), surrogate_id, th_offset,
                                               carry_scale, v_th, hard_reset, v_reset, detach_reset, h))
 
