@@ -9,10 +9,10 @@ layer's ``beta`` buffer. The op is opaque to torch.compile, so a compiled model 
 """
 
 import csv
+import inspect
 import io
 import itertools
 import json
-import math
 import os
 import time
 import weakref
@@ -284,7 +284,15 @@ def _controller_for(search_key):
     return owner[0], owner[1]
 
 
-@torch.library.custom_op("a2sg_triton::lif_bwd_search", mutates_args=())
+# The searching op waits on the host (search_beta needs each evaluation's values there), so it must
+# never be captured into a CUDA graph: tagged cudagraph_unsafe, torch.compile's CUDA graphs
+# (mode="reduce-overhead") leave the graph that holds it uncaptured. Torch versions without the tag
+# cannot be told: do not capture an armed iteration yourself there (docs/search.md).
+CUDAGRAPH_UNSAFE = ({"tags": (torch.Tag.cudagraph_unsafe,)} if hasattr(torch.Tag, "cudagraph_unsafe")
+                    and "tags" in inspect.signature(torch.library.custom_op).parameters else {})
+
+
+@torch.library.custom_op("a2sg_triton::lif_bwd_search", mutates_args=(), **CUDAGRAPH_UNSAFE)
 def lif_bwd_search_op(grad_spikes: torch.Tensor, d: torch.Tensor, beta: torch.Tensor,
                       grad_v_last: Optional[torch.Tensor], surrogate_id: int, decay: float, input_scale: float,
                       v_th: float, hard_reset: bool, v_reset: float, detach_reset: bool, h: float,
