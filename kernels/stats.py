@@ -6,6 +6,25 @@ from .surrogate import surrogate_grad
 
 
 @triton.jit
+def _load(ptr, offs, mask, MASKED: tl.constexpr):
+    """ptr[offs] as fp32; masked lanes (MASKED) read 0."""
+    if MASKED:
+        x = tl.load(ptr + offs, mask=mask, other=0.0)
+    else:
+        x = tl.load(ptr + offs)
+    return x.to(tl.float32)
+
+
+@triton.jit
+def _store(ptr, offs, x, mask, MASKED: tl.constexpr):
+    """ptr[offs] = x ([1, BLOCK]) in ptr's dtype; masked lanes (MASKED) are not written."""
+    if MASKED:
+        tl.store(ptr + offs[None, :], x.to(ptr.dtype.element_ty), mask=mask[None, :])
+    else:
+        tl.store(ptr + offs[None, :], x.to(ptr.dtype.element_ty))
+
+
+@triton.jit
 def _candidate_deltas(u_ptr, grad_s_ptr, carry_ptr, offs, mask, beta, th_offset, carry_scale, v_th, v_reset, h,
                       SURROGATE: tl.constexpr, HARD_RESET: tl.constexpr, DETACH_RESET: tl.constexpr,
                       HAS_CARRY: tl.constexpr, MASKED: tl.constexpr):
@@ -13,19 +32,11 @@ def _candidate_deltas(u_ptr, grad_s_ptr, carry_ptr, offs, mask, beta, th_offset,
 
     Masked lanes (MASKED) load grad_s = carry = 0, so their delta is 0 for every surrogate.
     """
-    if MASKED:
-        d = tl.load(u_ptr + offs, mask=mask, other=0.0).to(tl.float32) - th_offset
-        grad_s = tl.load(grad_s_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    else:
-        d = tl.load(u_ptr + offs).to(tl.float32) - th_offset
-        grad_s = tl.load(grad_s_ptr + offs).to(tl.float32)
+    d = _load(u_ptr, offs, mask, MASKED) - th_offset
+    grad_s = _load(grad_s_ptr, offs, mask, MASKED)
     carry = 0.0
     if HAS_CARRY:
-        if MASKED:
-            carry = tl.load(carry_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        else:
-            carry = tl.load(carry_ptr + offs).to(tl.float32)
-        carry = (carry_scale * carry)[None, :]
+        carry = (carry_scale * _load(carry_ptr, offs, mask, MASKED))[None, :]
     f = surrogate_grad(d[None, :], beta, h, SURROGATE)
     return local_grad(d[None, :], grad_s[None, :], carry, f, v_th, v_reset, HARD_RESET, DETACH_RESET, HAS_CARRY)
 
@@ -45,20 +56,12 @@ def _accumulate(u_ptr, grad_s_ptr, carry_ptr, ref_ptr, grad_x_ptr, delta_ptr, of
     acc_s2 += shifted * shifted
     acc_abs += tl.abs(delta)
     if HAS_REF:
-        if MASKED:
-            ref = tl.load(ref_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        else:
-            ref = tl.load(ref_ptr + offs).to(tl.float32)
+        ref = _load(ref_ptr, offs, mask, MASKED)
         acc_dot += delta * ref[None, :]
         acc_ref_sq += ref * ref
     if STORE_DELTA:  # one candidate (BLOCK_K = 1): the chosen width's delta and grad_x = input_scale * delta
-        if MASKED:
-            tl.store(delta_ptr + offs[None, :], delta, mask=mask[None, :])
-            tl.store(grad_x_ptr + offs[None, :], (input_scale * delta).to(grad_x_ptr.dtype.element_ty),
-                     mask=mask[None, :])
-        else:
-            tl.store(delta_ptr + offs[None, :], delta)
-            tl.store(grad_x_ptr + offs[None, :], (input_scale * delta).to(grad_x_ptr.dtype.element_ty))
+        _store(delta_ptr, offs, delta, mask, MASKED)
+        _store(grad_x_ptr, offs, input_scale * delta, mask, MASKED)
     return acc_s1, acc_s2, acc_abs, acc_dot, acc_ref_sq
 
 
