@@ -24,7 +24,7 @@ from .lif import lif_bwd_fake
 from .stats import CANDIDATE_STATS, DELTA_STATS
 from .nn import LIF, SEARCH_SITES, register_search_site, search_site_owner
 from .search import GPState, SearchConfig, search_beta
-from .utils import atomic_write, unwrap_model
+from .utils import atomic_write, math_dtype, unwrap_model
 
 ADAPT_MODES = ("none", "spatial", "temporal", "spatiotemporal")
 HISTORY_FIELDS = ("epoch", "layer", "t", "metric", "beta", "previous_beta", "best_beta", "best_value",
@@ -154,7 +154,9 @@ class A2SG:
         metric_at_beta; the widths stay on the device (a kept beta_t is never read on the host).
         """
         layer = self.layers[name]
-        T = grad_spikes.shape[0]
+        T, N = grad_spikes.shape
+        if N == 0:  # no neuron (an empty batch): no statistics, nothing to search
+            return torch.empty_like(grad_spikes), grad_spikes.new_empty((0,), dtype=math_dtype(grad_spikes.dtype))
         stats_fn, step_fn = CANDIDATE_STATS[backend], DELTA_STATS[backend]
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
         old_beta = beta.detach()

@@ -359,6 +359,15 @@ def test_nothing_finite_keeps_beta_on_the_device():
         assert row["metric_at_beta"] == float("inf")
 
 
+def test_an_empty_batch_searches_nothing():
+    layer = LIF(T, "asy")
+    a2 = A2SG(layer, **SEARCH)
+    a2.begin_epoch(0)
+    x = torch.zeros(T, 0, 7, requires_grad=True)
+    layer(x).sum().backward()
+    assert x.grad.shape == x.shape and a2.history == [] and torch.equal(layer.beta, torch.full((T,), 0.5))
+
+
 def test_searching_op_is_tagged_cudagraph_unsafe():
     if not hasattr(torch.Tag, "cudagraph_unsafe"):
         pytest.skip("this torch has no cudagraph_unsafe tag")
