@@ -9,6 +9,7 @@ layer's ``beta`` buffer. The op is opaque to torch.compile, so a compiled model 
 """
 
 import csv
+import inspect
 import io
 import itertools
 import json
@@ -19,11 +20,10 @@ from typing import Optional
 
 import torch
 
-from .stats import candidate_stats_torch, candidate_stats_triton
-from .lif import lif_bwd_fake, lif_bwd_step
+from .lif import lif_bwd_fake
+from .stats import CANDIDATE_STATS, DELTA_STATS
 from .nn import LIF, SEARCH_SITES, register_search_site, search_site_owner
 from .search import GPState, SearchConfig, search_beta
-from .surrogate import SURROGATES
 from .utils import atomic_write, math_dtype, unwrap_model
 
 ADAPT_MODES = ("none", "spatial", "temporal", "spatiotemporal")
@@ -82,8 +82,37 @@ class A2SG:
         weakref.finalize(self, _forget_sites, keys)
         self.generator = torch.Generator().manual_seed(seed)
         self.gp_states = {(name, t): GPState() for name, layer in self.layers.items() for t in range(layer.T)}
-        self.history = []
+        self._history = []
+        # History rows whose device-side values (the previous beta_t and the metric at the chosen
+        # beta) are not on the host yet: (row, float64 tensor [2]). They come along with the next
+        # search's one device-to-host copy, or when the history is read.
+        self._pending = []
         self.epoch = None
+
+    @property
+    def history(self):
+        """One dict per (search, layer, timestep), fields HISTORY_FIELDS (docs/search.md)."""
+        if self._pending:
+            self._fetch(None)
+        return self._history
+
+    def _fetch(self, values):
+        """values.cpu() with the pending history values on values' device in the same transfer, so
+        that the search's one host sync per (layer, t) serves the history too. values None: every
+        pending value (one transfer per device)."""
+        if values is None:
+            for device in {p[1].device for p in self._pending}:
+                self._fetch(torch.empty(0, dtype=torch.float64, device=device))
+            return None
+        pending = [p for p in self._pending if p[1].device == values.device]
+        self._pending = [p for p in self._pending if p[1].device != values.device]
+        flat = torch.cat([values.to(torch.float64), *(p[1] for p in pending)]).cpu()
+        for i, (row, _) in enumerate(pending):
+            previous, metric = flat[values.numel() + 2 * i:values.numel() + 2 * i + 2].tolist()
+            row["previous_beta"], row["metric_at_beta"] = previous, metric
+            if row["beta"] is None:  # nothing finite was observed: beta_t was kept
+                row["beta"] = row["best_beta"] = previous
+        return flat[:values.numel()]
 
     def begin_epoch(self, epoch):
         """Arms the search for the next backward of every layer when ``epoch % every == 0``."""
@@ -117,50 +146,62 @@ class A2SG:
 
     def search_backward(self, name, grad_spikes, d, beta, grad_v_last, surrogate_id, decay, input_scale, v_th,
                         hard_reset, v_reset, detach_reset, h, need_grad_v0, backend):
-        """Alg. A1 for one layer: per t (top-down in time) search beta_t, then delta[t] with it."""
+        """Alg. A1 for one layer: per t (top-down in time) search beta_t, then delta[t] with it.
+
+        One host sync per searched (layer, t): the candidates' metric values (search_beta needs
+        them on the host). delta[t] for the chosen width comes from one fused pass
+        (``DELTA_STATS``) that also writes grad_x[t] and yields the statistics recorded as
+        metric_at_beta; the widths stay on the device (a kept beta_t is never read on the host).
+        """
         layer = self.layers[name]
-        T = grad_spikes.shape[0]
-        dtype = math_dtype(grad_spikes.dtype)
-        stats_fn = candidate_stats_triton if backend == "triton" else candidate_stats_torch
+        T, N = grad_spikes.shape
+        if N == 0:  # no neuron (an empty batch): no statistics, nothing to search
+            return torch.empty_like(grad_spikes), grad_spikes.new_empty((0,), dtype=math_dtype(grad_spikes.dtype))
+        stats_fn, step_fn = CANDIDATE_STATS[backend], DELTA_STATS[backend]
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-        surrogate = SURROGATES[surrogate_id]
-        new_beta = beta.detach().to("cpu", torch.float64).tolist()
-        carry = None if grad_v_last is None else grad_v_last.to(dtype)
-        ref = None
+        old_beta = beta.detach()
+        new_beta = old_beta.clone()  # chosen widths are written in on the device, no host round trip
         grad_x = torch.empty_like(grad_spikes)
+        carry, carry_scale, ref = grad_v_last, 1.0, None  # the carry is carry_scale * carry = decay * delta[t+1]
 
         for t in reversed(range(T)):
             d_t, grad_s_t = d[t], grad_spikes[t]
             metric = self.metric_at(t, T)
+            tgc = metric == "tgc"
+            row = None
             if metric is not None:
                 start = time.perf_counter()
-                tgc = metric == "tgc"
 
                 def evaluate(betas):
                     stats = stats_fn(d_t, grad_s_t, carry, ref if tgc else None, betas, surrogate_id, 0.0, v_th,
-                                     hard_reset, v_reset, detach_reset, h)
+                                     hard_reset, v_reset, detach_reset, h, carry_scale=carry_scale)
                     if distributed:
                         stats.all_reduce(self.process_group)
-                    return (stats.tgc() if tgc else stats.sgv()).cpu()
+                    return self._fetch(stats.tgc() if tgc else stats.sgv())
 
                 result = search_beta(evaluate, maximize=tgc, config=self.config, generator=self.generator,
-                                     current=new_beta[t], gp_state=self.gp_states[(name, t)])
-                self.history.append({
-                    "epoch": self.epoch, "layer": name, "t": t, "metric": metric, "beta": result.beta,
-                    "previous_beta": new_beta[t], "best_beta": result.best_beta, "best_value": result.best_value,
-                    "metric_at_beta": evaluate(torch.tensor([result.beta], dtype=torch.float64)).item(),
-                    "predicted": result.predicted, "fell_back": result.fell_back, "gp_seconds": result.gp_seconds,
-                    "seconds": time.perf_counter() - start,
-                })
-                new_beta[t] = result.beta
-            delta = lif_bwd_step(d_t.to(dtype), grad_s_t.to(dtype), carry, new_beta[t], surrogate, v_th, hard_reset,
-                                 v_reset, detach_reset, h)
-            grad_x[t] = input_scale * delta
-            carry, ref = decay * delta, delta
+                                     current=None, gp_state=self.gp_states[(name, t)])
+                if result.beta is not None:
+                    new_beta[t] = result.beta
+                row = {"epoch": self.epoch, "layer": name, "t": t, "metric": metric, "beta": result.beta,
+                       "previous_beta": None, "best_beta": result.best_beta, "best_value": result.best_value,
+                       "metric_at_beta": None, "predicted": result.predicted, "fell_back": result.fell_back,
+                       "gp_seconds": result.gp_seconds}
+            delta, stats = step_fn(d_t, grad_s_t, carry, carry_scale, ref if tgc else None, new_beta[t:t + 1],
+                                   surrogate_id, v_th, hard_reset, v_reset, detach_reset, h, input_scale, grad_x[t])
+            if row is not None:
+                if distributed:
+                    stats.all_reduce(self.process_group)
+                row["seconds"] = time.perf_counter() - start
+                self._history.append(row)
+                self._pending.append((row, torch.stack([old_beta[t].to(torch.float64),
+                                                        (stats.tgc() if tgc else stats.sgv())[0]])))
+            carry, carry_scale, ref = delta, decay, delta
 
         with torch.no_grad():
-            layer.beta.copy_(torch.tensor(new_beta, dtype=layer.beta.dtype))
-        return grad_x, carry if need_grad_v0 else carry.new_empty(0)
+            layer.beta.copy_(new_beta)
+        grad_v0 = decay * carry if need_grad_v0 else carry.new_empty(0)
+        return grad_x, grad_v0
 
     # -- checkpoints and export ---------------------------------------------------------------
 
@@ -201,7 +242,7 @@ class A2SG:
         self.generator.set_state(state["rng"])
         for (name, t), gp_state in self.gp_states.items():
             gp_state.load_state_dict(state["gp_states"][f"{name}/{t}"])
-        self.history = [dict(row) for row in state["history"]]
+        self._history, self._pending = [dict(row) for row in state["history"]], []
 
     def export_history(self, path):
         """Writes the history as JSON (``.json``) or CSV (``.csv``), atomically."""
@@ -245,7 +286,15 @@ def _controller_for(search_key):
     return owner[0], owner[1]
 
 
-@torch.library.custom_op("a2sg_triton::lif_bwd_search", mutates_args=())
+# The searching op waits on the host (search_beta needs each evaluation's values there), so it must
+# never be captured into a CUDA graph: tagged cudagraph_unsafe, torch.compile's CUDA graphs
+# (mode="reduce-overhead") leave the graph that holds it uncaptured. Torch versions without the tag
+# cannot be told: do not capture an armed iteration yourself there (docs/search.md).
+CUDAGRAPH_UNSAFE = ({"tags": (torch.Tag.cudagraph_unsafe,)} if hasattr(torch.Tag, "cudagraph_unsafe")
+                    and "tags" in inspect.signature(torch.library.custom_op).parameters else {})
+
+
+@torch.library.custom_op("a2sg_triton::lif_bwd_search", mutates_args=(), **CUDAGRAPH_UNSAFE)
 def lif_bwd_search_op(grad_spikes: torch.Tensor, d: torch.Tensor, beta: torch.Tensor,
                       grad_v_last: Optional[torch.Tensor], surrogate_id: int, decay: float, input_scale: float,
                       v_th: float, hard_reset: bool, v_reset: float, detach_reset: bool, h: float,

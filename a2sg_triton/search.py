@@ -99,8 +99,8 @@ class SearchConfig:
 
 @dataclass
 class SearchResult:
-    beta: float  # the chosen width
-    best_beta: float  # best observed width
+    beta: float | None  # the chosen width (None: nothing finite observed and current=None)
+    best_beta: float | None  # best observed width
     best_value: float  # metric value at best_beta, in the metric's own sense (nan if none finite)
     predicted: float | None  # GP posterior mean at beta (metric's own sense); None without a GP
     fell_back: bool  # the GP's choice was rejected (or nothing usable was observed)
@@ -204,20 +204,21 @@ def _fit_gp(beta, y, config, gp_state):
 
 
 def search_beta(evaluate, *, maximize: bool, config: SearchConfig, generator: torch.Generator,
-                current: float, gp_state: GPState | None = None) -> SearchResult:
+                current: float | None, gp_state: GPState | None = None) -> SearchResult:
     """Chooses β for one (layer, timestep); see the module docstring and docs/search.md.
 
     ``evaluate(betas)`` maps a float64 CPU tensor [K] of widths to a float64 tensor [K] of metric
     values (non-finite values are ignored). It is called once for "bo" (K = n_obs) and twice for
     "grid" (K = n_obs, then n_eval). ``maximize`` says which way the metric is better; ``current``
-    is returned when no value is finite; ``gp_state`` carries hyperparameters for "warm"/"fixed".
+    is returned when no value is finite (None: the caller keeps its width itself, the A²SG controller
+    does so on the device); ``gp_state`` carries hyperparameters for "warm"/"fixed".
     """
     check_flag("maximize", maximize)
     if not isinstance(config, SearchConfig):
         raise TypeError(f"config must be a SearchConfig, got {type(config).__name__}")
     if not isinstance(generator, torch.Generator) or generator.device.type != "cpu":
         raise TypeError("generator must be a CPU torch.Generator")
-    current = check_real("current", current)
+    current = None if current is None else check_real("current", current)
     if gp_state is not None and not isinstance(gp_state, GPState):
         raise TypeError(f"gp_state must be a GPState or None, got {type(gp_state).__name__}")
 

@@ -1,30 +1,40 @@
 """Gradient statistics of one layer at one timestep for K candidate surrogate widths (DESIGN.md 3.5).
 
 For each candidate beta_k, delta_k is the LIF backward's local gradient dL/du[t] computed with
-f(u; beta_k). One pass over u, grad_s, carry and ref yields, for all k, the plain sums
+f(u; beta_k). One pass over u, grad_s, carry and ref yields, for all k, the count n, mean_k,
+M2_k = sum((delta_k - mean_k)^2), sum |delta_k| and sum delta_k * ref, plus sum ref^2; the plain
+sums of DESIGN.md 3.5 follow (``CandidateStats.sum`` = n mean, ``.sumsq`` = M2 + n mean^2).
 
-    sum = sum(delta_k)   sumsq = sum(delta_k^2)   sumabs = sum(|delta_k|)   dot = sum(delta_k * ref)
+Every backend accumulates shifted sums, sum(delta_k - c_k) and sum((delta_k - c_k)^2) with c_k
+delta_k at one element of the block of data it sums (the triton kernel: per chunk; the torch and
+inductor backends: the first element, in float64), and ``_merge_chunks`` turns them into (count,
+mean, M2) and merges the chunks by Chan et al.'s parallel formula in float64. SGV = M2 / n / mean|delta|
+thus never subtracts two large sums (S2/N - (S1/N)^2 in fp32 lost everything once |mean| >> std).
 
-plus ref_sq = sum(ref^2) and n. Side by side: the readable reference (``candidate_stats_ref``,
-autograd through the LIF step, one candidate at a time), the Triton launcher
-(``candidate_stats_triton`` around ``candidate_stats_kernel``), the eager backend
-(``candidate_stats_torch``) and the public ``candidate_stats``.
+Side by side: the readable reference (``candidate_stats_ref``, autograd through the LIF step, one
+candidate at a time), the Triton launcher (``candidate_stats_triton`` around
+``candidate_stats_kernel``), the eager backend (``candidate_stats_torch``), the inductor backend
+(``candidate_stats_inductor``: the eager sums compiled into one fused C++ loop per variant), the
+public ``candidate_stats``, and the armed backward's single step (``delta_stats_triton`` /
+``delta_stats_torch``: delta[t] for the chosen width, written out, with its statistics in the
+same pass).
 """
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
 
-from .lif import HeavisideSurrogate, lif_local_grad
-from .surrogate import SURROGATES, check_surrogate, surrogate_grad
+from .lif import HeavisideSurrogate, lif_bwd_step
+from .surrogate import SURROGATES, check_surrogate
 from .utils import (
     HAS_TRITON,
     check_flag,
     check_real,
     check_reset,
     check_tensor,
+    compiled_variant,
     is_compiling,
     math_dtype,
     resolve_backend,
@@ -35,28 +45,42 @@ if HAS_TRITON:
 
     from .kernels.stats import candidate_stats_kernel
 
-BLOCK_N = 256
-BLOCK_K = 16
-MAX_CHUNKS = 1024  # per-chunk partials: [MAX_CHUNKS, 4, K] fp32 at most
-TORCH_CANDIDATES_PER_PASS = 16  # the eager backend materialises [16, N] deltas at a time
+BLOCK_N = 128  # elements per loop iteration: one per thread of the default 4 warps
+BLOCK_K = 16  # candidates per program, each thread's [BLOCK_K] column of accumulators
+MAX_CHUNKS = 1024  # per-chunk partials: [MAX_CHUNKS, 5, K] fp32 at most
+TORCH_CANDIDATES_PER_PASS = 4  # the eager backend: [4, N] deltas at a time (faster than 1, 8 or 16 at N = 2^16, 1 thread)
 
 
 @dataclass
 class CandidateStats:
-    """Float64 sums over the N elements of one layer-timestep, one entry per candidate beta."""
+    """Float64 statistics over the N elements of one layer-timestep, one entry per candidate beta.
+
+    ``mean`` and ``m2`` (sum of squared deviations from the mean) rather than sum and sum of
+    squares, so that the variance is exact when |mean| >> std; ``sum`` and ``sumsq`` give the plain
+    sums of DESIGN.md 3.5.
+    """
 
     betas: torch.Tensor  # [K]
-    sum: torch.Tensor  # [K]
-    sumsq: torch.Tensor  # [K]
+    n: torch.Tensor  # scalar
+    mean: torch.Tensor  # [K]
+    m2: torch.Tensor  # [K] sum((delta_k - mean_k)^2)
     sumabs: torch.Tensor  # [K]
     dot: Optional[torch.Tensor]  # [K], None without a reference
     ref_sq: Optional[torch.Tensor]  # scalar, None without a reference
-    n: torch.Tensor  # scalar
+
+    @property
+    def sum(self):
+        """[K] sum(delta_k)."""
+        return self.n * self.mean
+
+    @property
+    def sumsq(self):
+        """[K] sum(delta_k^2)."""
+        return self.m2 + self.n * self.mean * self.mean
 
     def sgv(self):
         """[K] Var(delta_k) / mean|delta_k|; +inf where mean|delta_k| = 0."""
-        mean = self.sum / self.n
-        var = (self.sumsq / self.n - mean * mean).clamp_min(0)  # rounding can dip below 0
+        var = self.m2 / self.n
         mean_abs = self.sumabs / self.n
         return torch.where(mean_abs > 0, var / mean_abs, torch.full_like(var, math.inf))
 
@@ -68,20 +92,53 @@ class CandidateStats:
         return torch.where(norms > 0, self.dot / norms, torch.zeros_like(norms))
 
     def all_reduce(self, group=None):
-        """Sums the statistics over the ranks of ``group`` (torch.distributed, SUM), in place."""
+        """Merges the statistics of the ranks of ``group`` (torch.distributed), in place.
+
+        Two SUM all-reduces: first the plain sums (n, n mean, sum |delta|, dot, ref_sq), which give
+        the global mean; then each rank's M2 + n (mean_rank - mean)^2, whose sum is the global M2
+        (Chan et al.'s formula). Every rank ends with the same values, so all choose the same beta.
+        """
         import torch.distributed as dist
 
-        names = [f.name for f in fields(self) if f.name != "betas" and getattr(self, f.name) is not None]
-        flat = torch.cat([getattr(self, name).reshape(-1) for name in names])
+        plain = [self.n.reshape(1), self.n * self.mean, self.sumabs]
+        plain += [] if self.dot is None else [self.dot, self.ref_sq.reshape(1)]
+        flat = torch.cat(plain)
         dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
-        for name, part in zip(names, flat.split([getattr(self, name).numel() for name in names])):
-            setattr(self, name, part.reshape(getattr(self, name).shape))
+        K = self.mean.numel()
+        n, total, sumabs = flat[0], flat[1:1 + K], flat[1 + K:1 + 2 * K]
+        mean = total / n
+        m2 = self.m2 + self.n * (self.mean - mean) ** 2
+        dist.all_reduce(m2, op=dist.ReduceOp.SUM, group=group)
+        self.n, self.mean, self.m2, self.sumabs = n, mean, m2, sumabs
+        if self.dot is not None:
+            self.dot, self.ref_sq = flat[1 + 2 * K:1 + 3 * K], flat[1 + 3 * K]
         return self
+
+
+def _merge_chunks(betas, counts, shift, s1, s2, sumabs, dot, ref_sq):
+    """Shifted sums of C chunks -> CandidateStats, in float64.
+
+    counts [C]; shift, s1 = sum(delta - shift), s2 = sum((delta - shift)^2), sumabs, dot: [C, K]
+    (dot None without a reference); ref_sq: scalar or None. Each chunk gives mean = shift + s1 / n
+    and M2 = s2 - s1^2 / n (no cancellation: the shift is one of the chunk's own values); the
+    chunks merge by Chan et al.'s formula M2 = sum M2_c + sum n_c (mean_c - mean)^2.
+    """
+    counts = counts.to(torch.float64)[:, None]
+    s1 = s1.to(torch.float64)
+    chunk_mean = shift.to(torch.float64) + s1 / counts
+    chunk_m2 = (s2.to(torch.float64) - s1 * s1 / counts).clamp_min(0)  # rounding can dip below 0
+    n = counts.sum()
+    mean = (counts * chunk_mean).sum(0) / n
+    m2 = chunk_m2.sum(0) + (counts * (chunk_mean - mean) ** 2).sum(0)
+    return CandidateStats(betas=betas, n=n, mean=mean, m2=m2, sumabs=sumabs.to(torch.float64).sum(0),
+                          dot=None if dot is None else dot.to(torch.float64).sum(0), ref_sq=ref_sq)
 
 
 def _check_args(u, grad_s, betas, surrogate, carry, ref, v_th, h, reset, v_reset, detach_reset):
     """Validates everything before any kernel runs; returns (betas [K] float64, hard_reset)."""
     check_tensor("u", u)
+    if u.numel() == 0:
+        raise ValueError("u must have at least one element")
     for name, tensor in (("grad_s", grad_s), ("carry", carry), ("ref", ref)):
         if tensor is None and name != "grad_s":
             continue
@@ -107,76 +164,171 @@ def _check_args(u, grad_s, betas, surrogate, carry, ref, v_th, h, reset, v_reset
 
 
 def _stats_from_deltas(betas, deltas, ref):
-    """deltas [K, N] (any float dtype) -> CandidateStats with float64 sums."""
+    """Reference statistics of deltas [K, N] (any float dtype), two-pass in float64."""
     deltas = deltas.double()
     n = torch.full((), float(deltas.shape[1]), dtype=torch.float64, device=deltas.device)  # no host copy
+    mean = deltas.mean(1)
     ref = None if ref is None else ref.double()
     return CandidateStats(
-        betas=betas, sum=deltas.sum(1), sumsq=(deltas * deltas).sum(1), sumabs=deltas.abs().sum(1),
-        dot=None if ref is None else deltas @ ref, ref_sq=None if ref is None else ref.dot(ref), n=n,
+        betas=betas, n=n, mean=mean, m2=((deltas - mean[:, None]) ** 2).sum(1), sumabs=deltas.abs().sum(1),
+        dot=None if ref is None else deltas @ ref, ref_sq=None if ref is None else ref.dot(ref),
     )
 
 
-def candidate_stats_ref(u, grad_s, betas, surrogate="box", *, carry=None, ref=None, v_th=1.0, h=0.5,
-                        reset="soft", v_reset=0.0, detach_reset=False, backend="auto"):
-    """Reference: for each candidate, delta_k by autograd through one LIF step, in float64."""
-    betas, hard_reset = _check_args(u, grad_s, betas, surrogate, carry, ref, v_th, h, reset, v_reset, detach_reset)
-    flat = [None if t is None else t.detach().double().flatten() for t in (u, grad_s, carry, ref)]
-    u, grad_s, carry, ref = flat
+def reference_deltas(u, grad_s, betas, surrogate, carry, v_th, h, hard_reset, v_reset, detach_reset):
+    """[K, N] float64: for each candidate, delta_k = dL/du by autograd through one LIF step."""
+    u, grad_s, carry = (None if t is None else t.detach().double().flatten() for t in (u, grad_s, carry))
     deltas = []
-    for beta in betas.to(u.device):
+    for beta in betas.to(device=u.device, dtype=torch.float64):
         uu = u.clone().requires_grad_()
         s = HeavisideSurrogate.apply(uu, beta, surrogate, v_th, h)
         s_reset = s.detach() if detach_reset else s
         v = (1 - s_reset) * uu + s_reset * v_reset if hard_reset else uu - v_th * s_reset
         loss = (grad_s * s).sum() + (0 if carry is None else (carry * v).sum())
         deltas.append(torch.autograd.grad(loss, uu)[0])
-    return _stats_from_deltas(betas, torch.stack(deltas), ref)
+    return torch.stack(deltas)
+
+
+def candidate_stats_ref(u, grad_s, betas, surrogate="box", *, carry=None, ref=None, v_th=1.0, h=0.5,
+                        reset="soft", v_reset=0.0, detach_reset=False, backend="auto"):
+    """Reference: for each candidate, delta_k by autograd through one LIF step, in float64."""
+    betas, hard_reset = _check_args(u, grad_s, betas, surrogate, carry, ref, v_th, h, reset, v_reset, detach_reset)
+    deltas = reference_deltas(u, grad_s, betas, surrogate, carry, v_th, h, hard_reset, v_reset, detach_reset)
+    return _stats_from_deltas(betas, deltas, None if ref is None else ref.detach().flatten())
+
+
+# ---------------------------------------------------------------------------------------------
+# Triton: candidate_stats_kernel, for K candidates or for the chosen width with delta written out.
+# ---------------------------------------------------------------------------------------------
+
+
+def _stats_kernel(u, grad_s, carry, ref, betas, surrogate_id, th_offset, carry_scale, v_th, hard_reset, v_reset,
+                  detach_reset, h, grad_x=None, delta=None, input_scale=1.0):
+    """Launches candidate_stats_kernel over flat contiguous [N] inputs -> CandidateStats. With
+    grad_x and delta ([N] outputs) it runs the one-candidate variant that also writes them."""
+    N, K = u.numel(), betas.numel()
+    store_delta = delta is not None
+    block_k = 1 if store_delta else BLOCK_K
+    n_blocks = triton.cdiv(N, BLOCK_N)
+    blocks_per_chunk = triton.cdiv(n_blocks, MAX_CHUNKS)
+    n_chunks = triton.cdiv(n_blocks, blocks_per_chunk)
+    partial = torch.empty((n_chunks, 5, K), dtype=torch.float32, device=u.device)
+    ref_sq_partial = torch.empty((n_chunks,), dtype=torch.float32, device=u.device)
+    candidate_stats_kernel[(n_chunks * triton.cdiv(K, block_k),)](
+        u, grad_s, carry if carry is not None else u, ref if ref is not None else u,
+        betas.to(device=u.device, dtype=torch.float32, non_blocking=True), partial, ref_sq_partial,
+        grad_x if store_delta else u, delta if store_delta else u,
+        N, K, blocks_per_chunk, th_offset, carry_scale, v_th, v_reset, h, input_scale,
+        SURROGATE=surrogate_id, HARD_RESET=hard_reset, DETACH_RESET=detach_reset,
+        HAS_CARRY=carry is not None, HAS_REF=ref is not None, STORE_DELTA=store_delta,
+        BLOCK_N=BLOCK_N, BLOCK_K=block_k,
+    )
+    chunk = blocks_per_chunk * BLOCK_N
+    counts = torch.full((n_chunks,), float(chunk), dtype=torch.float64, device=u.device)
+    counts[-1] = float(N - (n_chunks - 1) * chunk)
+    has_ref = ref is not None
+    return _merge_chunks(betas, counts, *partial.unbind(1)[:4], partial[:, 4] if has_ref else None,
+                         ref_sq_partial.double().sum() if has_ref else None)
 
 
 def candidate_stats_triton(u, grad_s, carry, ref, betas, surrogate_id, th_offset, v_th, hard_reset, v_reset,
-                           detach_reset, h):
-    """Flat contiguous [N] inputs -> CandidateStats (fp32 per-chunk partials, float64 final sums)."""
-    N, K = u.numel(), betas.numel()
-    n_blocks = max(triton.cdiv(N, BLOCK_N), 1)
-    blocks_per_chunk = triton.cdiv(n_blocks, MAX_CHUNKS)
-    n_chunks = triton.cdiv(n_blocks, blocks_per_chunk)
-    partial = torch.empty((n_chunks, 4, K), dtype=torch.float32, device=u.device)
-    ref_sq_partial = torch.empty((n_chunks,), dtype=torch.float32, device=u.device)
-    candidate_stats_kernel[(n_chunks * triton.cdiv(K, BLOCK_K),)](
-        u, grad_s, carry if carry is not None else u, ref if ref is not None else u,
-        betas.to(device=u.device, dtype=torch.float32, non_blocking=True), partial, ref_sq_partial,
-        N, K, blocks_per_chunk, th_offset, v_th, v_reset, h,
-        SURROGATE=surrogate_id, HARD_RESET=hard_reset, DETACH_RESET=detach_reset,
-        HAS_CARRY=carry is not None, HAS_REF=ref is not None, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K,
-    )
-    sums = partial.double().sum(0)  # fixed-order reduction over chunks: deterministic
-    has_ref = ref is not None
-    return CandidateStats(
-        betas=betas, sum=sums[0], sumsq=sums[1], sumabs=sums[2], dot=sums[3] if has_ref else None,
-        ref_sq=ref_sq_partial.double().sum() if has_ref else None,
-        n=torch.full((), float(N), dtype=torch.float64, device=u.device),
-    )
+                           detach_reset, h, carry_scale=1.0):
+    """Flat contiguous [N] inputs -> CandidateStats (fp32 per-chunk shifted sums, float64 merge).
+    The carry is carry_scale * carry."""
+    return _stats_kernel(u, grad_s, carry, ref, betas, surrogate_id, th_offset, carry_scale, v_th, hard_reset,
+                         v_reset, detach_reset, h)
+
+
+def delta_stats_triton(d, grad_s, carry, carry_scale, ref, beta, surrogate_id, v_th, hard_reset, v_reset,
+                       detach_reset, h, input_scale, grad_x):
+    """delta[t] of one width in one pass: d = u - v_th, grad_s, carry (times carry_scale), ref: flat
+    [N]; beta: [1] on d's device. Writes input_scale * delta into grad_x ([N], contiguous) and returns
+    (delta [N] fp32, its CandidateStats against ref)."""
+    delta = torch.empty(d.shape, dtype=torch.float32, device=d.device)
+    stats = _stats_kernel(d, grad_s, carry, ref, beta, surrogate_id, 0.0, carry_scale, v_th, hard_reset, v_reset,
+                          detach_reset, h, grad_x=grad_x, delta=delta, input_scale=input_scale)
+    return delta, stats
+
+
+# ---------------------------------------------------------------------------------------------
+# Eager and inductor backends: one function of plain torch ops, run as it is or compiled.
+# ---------------------------------------------------------------------------------------------
+
+
+def _shifted_sums(deltas, shift, ref):
+    """deltas [K, N], shift [K, 1] -> float64 [K]: shift, sum(delta - shift), sum((delta - shift)^2),
+    sum |delta|, sum delta * ref (None without ref), all in float64 (exact differences and products
+    of fp32 values)."""
+    deltas, shift = deltas.double(), shift.double()
+    shifted = deltas - shift
+    dot = None if ref is None else (deltas * ref.double()[None, :]).sum(1)
+    return shift[:, 0], shifted.sum(1), (shifted * shifted).sum(1), deltas.abs().sum(1), dot
+
+
+def candidate_sums_torch(u, grad_s, carry, ref, betas, surrogate_id, th_offset, carry_scale, v_th, hard_reset,
+                         v_reset, detach_reset, h):
+    """The shifted sums of ``_shifted_sums`` for K candidates, shifted by delta_k at element 0, in the
+    math dtype (fp32; float64 for float64 u). Written so that inductor fuses it into one loop over
+    [K, N] that never materialises the deltas (``candidate_stats_inductor``)."""
+    dtype = math_dtype(u.dtype)
+    d = u.to(dtype) - th_offset
+    grad_s = grad_s.to(dtype)
+    carry = None if carry is None else carry_scale * carry.to(dtype)
+    ref = None if ref is None else ref.to(dtype)
+    betas = betas.to(dtype)[:, None]
+
+    def deltas(i):  # delta_k of the elements i (a slice): lif_bwd_step on [1, n] rows against [K, 1] widths
+        return lif_bwd_step(d[None, i], grad_s[None, i], None if carry is None else carry[None, i], betas,
+                            SURROGATES[surrogate_id], v_th, hard_reset, v_reset, detach_reset, h)
+
+    # The shift is computed apart (not as a slice of the [K, N] deltas), so inductor need not store them.
+    return _shifted_sums(deltas(slice(None)), deltas(slice(0, 1)), ref)
 
 
 def candidate_stats_torch(u, grad_s, carry, ref, betas, surrogate_id, th_offset, v_th, hard_reset, v_reset,
-                          detach_reset, h):
-    """The same as the kernel in eager PyTorch: fp32 deltas (float64 for float64 input), float64 sums."""
-    dtype = math_dtype(u.dtype)
-    d = (u.to(dtype) - th_offset)[None, :]
-    grad_s = grad_s.to(dtype)[None, :]
-    carry = None if carry is None else carry.to(dtype)[None, :]
-    parts = []
-    for chunk in betas.to(device=u.device, dtype=dtype).split(TORCH_CANDIDATES_PER_PASS):
-        f = surrogate_grad(d, chunk[:, None], SURROGATES[surrogate_id], v_th=0.0, h=h)
-        parts.append(_stats_from_deltas(chunk, lif_local_grad(d, grad_s, carry, f, v_th, hard_reset, v_reset,
-                                                              detach_reset), ref))
-    return CandidateStats(
-        betas=betas, sum=torch.cat([p.sum for p in parts]), sumsq=torch.cat([p.sumsq for p in parts]),
-        sumabs=torch.cat([p.sumabs for p in parts]),
-        dot=None if ref is None else torch.cat([p.dot for p in parts]),
-        ref_sq=parts[0].ref_sq, n=parts[0].n,
-    )
+                          detach_reset, h, carry_scale=1.0):
+    """The eager backend: ``candidate_sums_torch`` over TORCH_CANDIDATES_PER_PASS candidates at a time."""
+    parts = [candidate_sums_torch(u, grad_s, carry, ref, chunk.to(u.device), surrogate_id, th_offset, carry_scale,
+                                  v_th, hard_reset, v_reset, detach_reset, h)
+             for chunk in betas.split(TORCH_CANDIDATES_PER_PASS)]
+    return _sums_to_stats(betas, u, ref, [None if p[0] is None else torch.cat(p) for p in zip(*parts)])
+
+
+def candidate_stats_inductor(u, grad_s, carry, ref, betas, surrogate_id, th_offset, v_th, hard_reset, v_reset,
+                             detach_reset, h, carry_scale=1.0):
+    """The inductor backend: ``candidate_sums_torch`` compiled once per variant (utils.compiled_variant)
+    into a fused loop over all K candidates."""
+    sums = compiled_variant(candidate_sums_torch, u.dtype, carry is None, ref is None, surrogate_id, th_offset,
+                            carry_scale, v_th, hard_reset, v_reset, detach_reset, h, numel=u.numel() * betas.numel())
+    return _sums_to_stats(betas, u, ref, sums(u, grad_s, carry, ref, betas.to(u.device), surrogate_id, th_offset,
+                                              carry_scale, v_th, hard_reset, v_reset, detach_reset, h))
+
+
+def _sums_to_stats(betas, u, ref, sums):
+    """One chunk's shifted sums (all N elements) -> CandidateStats."""
+    shift, s1, s2, sumabs, dot = sums
+    ref_sq = None if ref is None else ref.double().dot(ref.double())
+    counts = torch.full((1,), float(u.numel()), dtype=torch.float64, device=u.device)
+    return _merge_chunks(betas, counts, shift[None], s1[None], s2[None], sumabs[None],
+                         None if dot is None else dot[None], ref_sq)
+
+
+def delta_stats_torch(d, grad_s, carry, carry_scale, ref, beta, surrogate_id, v_th, hard_reset, v_reset,
+                      detach_reset, h, input_scale, grad_x):
+    """``delta_stats_triton`` in torch ops: lif_bwd_step with the width beta ([1]), then the
+    statistics of that very delta."""
+    dtype = math_dtype(d.dtype)
+    carry = None if carry is None else carry_scale * carry.to(dtype)
+    delta = lif_bwd_step(d.to(dtype), grad_s.to(dtype), carry, beta.to(dtype), SURROGATES[surrogate_id], v_th,
+                         hard_reset, v_reset, detach_reset, h)
+    grad_x.copy_(input_scale * delta)
+    ref = None if ref is None else ref.to(dtype)
+    return delta, _sums_to_stats(beta, d, ref, _shifted_sums(delta[None, :], delta[None, :1], ref))
+
+
+CANDIDATE_STATS = {"triton": candidate_stats_triton, "torch": candidate_stats_torch,
+                   "inductor": candidate_stats_inductor}
+DELTA_STATS = {"triton": delta_stats_triton, "torch": delta_stats_torch, "inductor": delta_stats_torch}
 
 
 def candidate_stats(u, grad_s, betas, surrogate="box", *, carry=None, ref=None, v_th=1.0, h=0.5, reset="soft",
@@ -188,7 +340,6 @@ def candidate_stats(u, grad_s, betas, surrogate="box", *, carry=None, ref=None, 
     """
     betas, hard_reset = _check_args(u, grad_s, betas, surrogate, carry, ref, v_th, h, reset, v_reset, detach_reset)
     backend = resolve_backend(backend, u)
-    run = candidate_stats_triton if backend == "triton" else candidate_stats_torch
     flat = [None if t is None else t.detach().reshape(-1).contiguous() for t in (u, grad_s, carry, ref)]
-    return run(*flat, betas, SURROGATES.index(surrogate), float(v_th), float(v_th), hard_reset, float(v_reset),
-               detach_reset, float(h))
+    return CANDIDATE_STATS[backend](*flat, betas, SURROGATES.index(surrogate), float(v_th), float(v_th), hard_reset,
+                                    float(v_reset), detach_reset, float(h))

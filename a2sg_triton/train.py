@@ -34,6 +34,8 @@ from .nn import LIF
 from .report import log_epoch, plot_run, summary, tensorboard_writer
 from .utils import atomic_write
 
+POSTFIX_EVERY = 50  # iterations between updates of a shown progress bar's loss / accuracy (a host sync each)
+
 
 # ---------------------------------------------------------------------------------------------
 # Distributed set-up (torchrun) and devices.
@@ -94,7 +96,7 @@ class SpikeCounter:
 
     def _hook(self, name):
         def hook(module, inputs, output):
-            self.spikes[name] += float(output.detach().sum())
+            self.spikes[name] += output.detach().sum(dtype=torch.float64)  # on the device; read once per epoch
             self.neurons[name] = output[0, 0].numel()
         return hook
 
@@ -107,7 +109,10 @@ def run_epoch(model, loader, config, device, optimizer=None, mixer=None, autocas
     """One pass over loader; trains when an optimizer is given. Returns summed loss, correct, count."""
     training = optimizer is not None
     model.train(training)
-    total_loss = correct = count = 0.0
+    # summed on the device: reading them every iteration would sync with the host for logging only
+    total_loss = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.float64, device=device)
+    count = 0
     limit = config["limit_batches"] or len(loader)
     # disable=None: tqdm turns itself off when stderr is not a terminal (CI logs, pipes)
     bar = tqdm(loader, total=min(limit, len(loader)), leave=False, disable=None if progress else True, desc="train")
@@ -127,11 +132,13 @@ def run_epoch(model, loader, config, device, optimizer=None, mixer=None, autocas
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-            total_loss += float(loss.detach()) * y.shape[0]
-            correct += float((logits.argmax(1) == y).sum())
+            total_loss += loss.detach() * y.shape[0]
+            correct += (logits.argmax(1) == y).sum()
             count += y.shape[0]
-            bar.set_postfix(loss=f"{total_loss / count:.3f}", acc=f"{correct / count:.3f}", refresh=False)
-    return total_loss, correct, count
+            if not bar.disable and i % POSTFIX_EVERY == 0:  # a shown bar's numbers: one host sync per POSTFIX_EVERY
+                bar.set_postfix(loss=f"{total_loss.item() / count:.3f}", acc=f"{correct.item() / count:.3f}",
+                                refresh=False)
+    return float(total_loss), float(correct), float(count)
 
 
 def make_loaders(train_set, test_set, config, rank, world, data_generator):
@@ -218,7 +225,7 @@ def _train(config, options, state, device, rank, world, train_set, test_set, inf
         test_sums = run_epoch(model, test_loader, config, device, autocast=autocast)
         counter.remove()
         names = list(counter.layers)
-        totals = all_reduce_sum([*train_sums, *test_sums, *(counter.spikes[n] for n in names)], device, world)
+        totals = all_reduce_sum([*train_sums, *test_sums, *(float(counter.spikes[n]) for n in names)], device, world)
         train_loss, train_correct, train_count, test_loss, test_correct, test_count = totals[:6]
         spikes = dict(zip(names, totals[6:]))
         row = {

@@ -4,18 +4,26 @@ Part ``stats`` (DESIGN.md 3.5): one layer-timestep of N fp32 elements with carry
 given (the heaviest case: u, grad_s, carry and ref, 4 tensors of N fp32, are read), K candidate
 widths of the asy surrogate. Providers:
   fused       a2sg_triton.candidate_stats(..., backend=B): all K candidates in one call; B is
-              "triton" on CUDA and "torch" on the CPU ("auto"; --stats-backend overrides; triton
-              on the CPU runs under TRITON_INTERPRET=1, the interpreter: a check, not a speed)
+              "triton" on CUDA and "inductor" on the CPU where a C++ compiler exists ("auto";
+              --stats-backend takes one or more, e.g. auto torch: one fused row per backend;
+              triton on the CPU runs under TRITON_INTERPRET=1, the interpreter: a check, not a speed)
   eager_loop  K separate eager evaluations: a Python loop over the candidates, each one call of
               a2sg_triton.stats.candidate_stats_torch (the eager backend) with a 1-element betas tensor
               (surrogate_grad, the delta formula and the float64 sums in plain torch ops)
+  naive_loop  the obvious float64 code: u, grad_s, carry, ref converted to float64, then a Python
+              loop over the K widths, each delta = lif_bwd_step(...) (surrogate and delta formula)
+              followed by delta.sum(), (delta * delta).sum(), delta.abs().sum(), delta.dot(ref)
   plain_read  one plain read of the same bytes: u, grad_s, carry and ref are the 4 rows of one
               contiguous [4, N] fp32 buffer, and this provider times ``buffer.sum()``, a single
               reduction that reads each of the 4*N*4 bytes once and writes one scalar
-Every row reports median / p20 / p80 ms, x_plain = median / plain_read's median at the same N, and
-the effective read bandwidth GB/s = 4*N*4 bytes / median (and as a fraction of the copy bandwidth
-dst.copy_(src) measured in the same run). The fused row also records how far its SGV / TGC are from
-the eager loop's (a sanity check, not a test). Target on an H100: fused at K = 100 <= 5x plain_read.
+Every row reports median / p20 / p80 ms, x_plain = median / plain_read's median at the same N,
+x_naive = naive_loop's median / this median at the same (N, K) (how many times faster than the
+naive loop), and the effective read bandwidth GB/s = 4*N*4 bytes / median (and as a fraction of the
+copy bandwidth dst.copy_(src) measured in the same run). On the CPU the providers of one (N, K) are
+timed interleaved, one call of each in turn per round, so that a neighbour's load on a shared
+machine slows them alike and the ratios stay comparable. The fused row also records how far its
+SGV / TGC are from the eager loop's (a sanity check, not a test). Targets: on an H100 fused at
+K = 100 <= 5x plain_read; on the CPU fused at K = 100, N = 2^16 >= 5x faster than naive_loop.
 
 Part ``search``: a spiking VGG-11 (conv3x3-BN-LIF blocks with channels 64,128,256,256,512,512,512,512
 and 5 max-pools, then a linear classifier over 10 classes; every spiking layer an
@@ -33,12 +41,14 @@ the median armed iteration of epochs >= 1. Its overhead over the median normal i
 with that iteration's ``a2.history`` rows into
   gp_ms           sum of gp_seconds (GP fit + LogEI acquisition)
   kernel_sync_ms  sum of (seconds - gp_seconds): candidate-statistics calls, their device->host
-                  syncs, the metric at the chosen beta and search_beta's host-side bookkeeping
-  other_ms        the rest: the search backward's eager per-t delta computation in place of the
-                  fused LIF backward, the GP worker-thread hand-offs, beta write-back (it can come out
+                  syncs, the step pass (delta at the chosen beta and its statistics) and
+                  search_beta's host-side bookkeeping
+  other_ms        the rest: the step passes of the timesteps that keep their beta, the GP
+                  worker-thread hand-offs, beta write-back (it can come out
                   slightly negative: the normal iteration's time is a median of other iterations)
-host_syncs counts the syncs of the searches: 2 per "bo" search (evaluate of n_obs candidates, then
-the metric at the chosen beta), 3 per "grid" search (2 when nothing finite was observed). On CUDA
+host_syncs counts the syncs of the searches: 1 per "bo" search (evaluate of n_obs candidates; the
+metric at the chosen beta comes from the step pass and travels with the next transfer), 2 per
+"grid" search (1 when nothing finite was observed). On CUDA
 sync_warnings_{normal,armed} additionally count torch.cuda.set_sync_debug_mode("warn") warnings of
 one extra, untimed normal / armed iteration (best effort; None where that fails).
 epoch_share = overhead_ms / (epoch_iters * normal_ms) with epoch_iters = 500: the share of one
@@ -80,6 +90,7 @@ from bench_lif import (  # noqa: E402
 )
 
 import a2sg_triton  # noqa: E402
+from a2sg_triton.lif import lif_bwd_step  # noqa: E402
 from a2sg_triton.nn import LIF  # noqa: E402
 from a2sg_triton.search import GP_FITS  # noqa: E402
 from a2sg_triton.surrogate import SURROGATES  # noqa: E402
@@ -91,7 +102,7 @@ candidate_stats_torch = sys.modules[a2sg_triton.candidate_stats.__module__].cand
 
 DEFAULT_OUT = BENCH_DIR / "results" / "search.jsonl"
 PARTS = ("stats", "search")
-STATS_PROVIDERS = ("plain_read", "fused", "eager_loop")
+STATS_PROVIDERS = ("plain_read", "fused", "eager_loop", "naive_loop")
 STRATEGIES = ("bo", "grid")
 
 SURROGATE, V_TH, H = "asy", 1.0, 0.5  # A²SG's surrogate; soft reset, reset not detached
@@ -167,6 +178,18 @@ def make_stats_step(provider, data, K, backend="auto"):
                                           H) for beta in singles]
 
         return eager_loop, "K x candidate_stats_torch(1 candidate)"
+    if provider == "naive_loop":
+        widths = betas.tolist()
+
+        def naive_loop():
+            d, g, c, r = (t.double() for t in (u - V_TH, grad_s, carry, ref))
+            sums = []
+            for beta in widths:
+                delta = lif_bwd_step(d, g, c, beta, SURROGATE, V_TH, False, 0.0, False, H)
+                sums.append(torch.stack([delta.sum(), (delta * delta).sum(), delta.abs().sum(), delta.dot(r)]))
+            return torch.stack(sums)
+
+        return naive_loop, "float64 inputs, K x (lif_bwd_step, 4 sums)"
     raise ValueError(f"unknown stats provider {provider!r}")
 
 
@@ -182,42 +205,82 @@ def stats_disagreement(data, K, backend):
     return (float(sgv_rel.max()) if sgv_rel.numel() else 0.0), float((tgc_fused - tgc_loop).abs().max())
 
 
-STATS_HEADER = (f"{'N':>5} {'K':>4} {'provider':<11} {'median_ms':>10} {'p20_ms':>9} {'p80_ms':>9} {'x_plain':>8} "
-                f"{'GB/s':>8} {'%copy':>6} {'ms/cand':>8}")
+def time_interleaved_ms(steps, device, reps):
+    """{name: (median, p20, p80)} in ms. CPU: after a warm-up call of each, ``reps`` rounds of one
+    call of each step in turn, so that load from other processes hits every step alike. CUDA:
+    time_ms (do_bench) one step after the other."""
+    if device.type == "cuda":
+        return {name: time_ms(step, device, reps) for name, step in steps.items()}
+    for step in steps.values():
+        for _ in range(3):
+            step()
+    times = {name: [] for name in steps}
+    for _ in range(reps):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step()
+            times[name].append((time.perf_counter() - start) * 1e3)
+    return {name: tuple(float(v) for v in np.percentile(t, [50, 20, 80])) for name, t in times.items()}
+
+
+STATS_HEADER = (f"{'N':>5} {'K':>4} {'provider':<17} {'median_ms':>10} {'p20_ms':>9} {'p80_ms':>9} {'x_plain':>8} "
+                f"{'x_naive':>8} {'GB/s':>8} {'%copy':>6} {'ms/cand':>8}")
+
+
+def provider_label(row):
+    return row["provider"] + (f":{row['backend']}" if row.get("backend") else "")
 
 
 def format_stats_row(row):
     K = "-" if row["K"] is None else str(row["K"])
     per = "-" if row["K"] is None else f"{row['median_ms'] / row['K']:.4f}"
-    return (f"{'2^' + str(row['N'].bit_length() - 1):>5} {K:>4} {row['provider']:<11} {row['median_ms']:>10.4f} "
-            f"{row['p20_ms']:>9.4f} {row['p80_ms']:>9.4f} {row['x_plain'] or float('nan'):>8.2f} "
+    x_naive = "-" if row.get("x_naive") is None else f"{row['x_naive']:.2f}"
+    return (f"{'2^' + str(row['N'].bit_length() - 1):>5} {K:>4} {provider_label(row):<17} {row['median_ms']:>10.4f} "
+            f"{row['p20_ms']:>9.4f} {row['p80_ms']:>9.4f} {row['x_plain'] or float('nan'):>8.2f} {x_naive:>8} "
             f"{row['gbps']:>8.2f} {100 * row['frac_copy_bw']:>5.1f}% {per:>8}")
 
 
-def bench_stats_row(provider, N, K, data, device, reps, backend, plain_ms, context):
-    """Times one provider at one (N, K); -> row or None (the failure is printed)."""
-    label = f"stats {provider} N=2^{N.bit_length() - 1}" + ("" if K is None else f" K={K}")
-    try:
-        step, impl = make_stats_step(provider, data, K or 1, backend)
-        extra = {}
-        if provider == "fused":
-            sgv_rel, tgc_abs = stats_disagreement(data, K, backend)
-            extra = {"sgv_max_rel_diff_vs_eager": sgv_rel, "tgc_max_abs_diff_vs_eager": tgc_abs}
-            if sgv_rel > 1e-3 or tgc_abs > 1e-4:
-                print(f"  warning: {label}: fused differs from the eager loop (SGV rel {sgv_rel:.2e}, "
-                      f"TGC abs {tgc_abs:.2e})")
-        median, p20, p80 = time_ms(step, device, reps)
-    except Exception as error:  # one row failing must not stop the others
-        print(f"skip {label}: {type(error).__name__}: {error}")
-        return None
+def bench_stats_rows(N, K, data, device, reps, backends, plain_ms, context):
+    """Times the providers of one (N, K) together (interleaved on the CPU); -> rows (a provider that
+    fails is printed and left out). K None: plain_read alone."""
+    providers = [("plain_read", None)] if K is None else (
+        [("fused", backend) for backend in backends] + [("eager_loop", None), ("naive_loop", None)])
+    steps, prepared = {}, []
+    for provider, backend in providers:
+        label = f"stats {provider}{'' if backend is None else ':' + backend} N=2^{N.bit_length() - 1}" + (
+            "" if K is None else f" K={K}")
+        try:
+            step, impl = make_stats_step(provider, data, K or 1, backend or "auto")
+            extra = {} if backend is None else {"backend": resolve_backend(backend, data)}
+            if provider == "fused":
+                sgv_rel, tgc_abs = stats_disagreement(data, K, backend)
+                extra.update(sgv_max_rel_diff_vs_eager=sgv_rel, tgc_max_abs_diff_vs_eager=tgc_abs)
+                if sgv_rel > 1e-3 or tgc_abs > 1e-4:
+                    print(f"  warning: {label}: fused differs from the eager loop (SGV rel {sgv_rel:.2e}, "
+                          f"TGC abs {tgc_abs:.2e})")
+            step()  # a provider that cannot run fails here, alone
+        except Exception as error:  # one provider failing must not stop the others
+            print(f"skip {label}: {type(error).__name__}: {error}")
+            continue
+        steps[label] = step
+        prepared.append((label, provider, impl, extra))
+    timings = time_interleaved_ms(steps, device, reps)
     read_bytes = N_TENSORS * N * data.element_size()
-    gbps = read_bytes / median / 1e6
-    return {
-        "part": "stats", "provider": provider, "impl": impl, "N": N, "K": K, "surrogate": SURROGATE,
-        "carry": True, "ref": True, "dtype": "fp32", "median_ms": median, "p20_ms": p20, "p80_ms": p80,
-        "x_plain": None if plain_ms is None else median / plain_ms, "read_bytes": read_bytes, "gbps": gbps,
-        "frac_copy_bw": gbps / context["copy_gbps"], **extra, **context, "timestamp": timestamp(),
-    }
+    rows = []
+    for label, provider, impl, extra in prepared:
+        median, p20, p80 = timings[label]
+        gbps = read_bytes / median / 1e6
+        rows.append({
+            "part": "stats", "provider": provider, "impl": impl, "N": N, "K": K, "surrogate": SURROGATE,
+            "carry": True, "ref": True, "dtype": "fp32", "median_ms": median, "p20_ms": p20, "p80_ms": p80,
+            "x_plain": None if plain_ms is None else median / plain_ms, "read_bytes": read_bytes, "gbps": gbps,
+            "frac_copy_bw": gbps / context["copy_gbps"], "timing": "interleaved" if device.type != "cuda" else "do_bench",
+            **extra, **context, "timestamp": timestamp(),
+        })
+    naive = [r for r in rows if r["provider"] == "naive_loop"]
+    for row in rows:
+        row["x_naive"] = naive[0]["median_ms"] / row["median_ms"] if naive and K is not None else None
+    return rows
 
 
 def cpu_backend_name(backend):
@@ -228,7 +291,7 @@ def cpu_backend_name(backend):
         return f"{backend} backend (its rows will be skipped: {error})"
     if backend == "triton":
         return "triton backend under the Triton interpreter (a check that it runs, not a speed)"
-    return "torch backend"
+    return f"{backend} backend"
 
 
 def run_stats(args, device, reps, context, write):
@@ -238,10 +301,11 @@ def run_stats(args, device, reps, context, write):
     if device.type != "cuda":
         print(f"CUDA is not available: skipping the GPU stats rows (backend triton at N = "
               f"{', '.join(f'2^{n}' for n in CUDA_STATS_GRID['log2_N'])}, K = "
-              f"{', '.join(map(str, CUDA_STATS_GRID['K']))}); running the {cpu_backend_name(args.stats_backend)} "
-              f"on the CPU at N = "
-              f"{', '.join(f'2^{n}' for n in log2_Ns)}, K = {', '.join(map(str, Ks))}")
-    print(f"\n[stats] surrogate {SURROGATE}, carry and ref given, fp32; x_plain = median / plain_read median")
+              f"{', '.join(map(str, CUDA_STATS_GRID['K']))}); running the "
+              f"{', '.join(cpu_backend_name(b) for b in args.stats_backend)} on the CPU at N = "
+              f"{', '.join(f'2^{n}' for n in log2_Ns)}, K = {', '.join(map(str, Ks))}, providers interleaved")
+    print(f"\n[stats] surrogate {SURROGATE}, carry and ref given, fp32; x_plain = median / plain_read median; "
+          f"x_naive = naive_loop median / median")
     print(STATS_HEADER)
     rows = []
     for log2_N in log2_Ns:
@@ -251,23 +315,25 @@ def run_stats(args, device, reps, context, write):
         except Exception as error:
             print(f"skip stats N=2^{log2_N}: {type(error).__name__}: {error}")
             continue
-        plain = bench_stats_row("plain_read", N, None, data, device, reps, args.stats_backend, None, context)
-        plain_ms = None if plain is None else plain["median_ms"]
-        if plain is not None:
-            plain["x_plain"] = 1.0
-            rows.append(write(plain))
-            print(format_stats_row(plain), flush=True)
-        for K in Ks:
-            for provider in ("fused", "eager_loop"):
-                row = bench_stats_row(provider, N, K, data, device, reps, args.stats_backend, plain_ms, context)
-                if row is not None:
-                    rows.append(write(row))
-                    print(format_stats_row(row), flush=True)
+        plain = bench_stats_rows(N, None, data, device, reps, args.stats_backend, None, context)
+        plain_ms = plain[0]["median_ms"] if plain else None
+        for row in plain:
+            row["x_plain"] = 1.0
+        for K in (None, *Ks):
+            batch = plain if K is None else bench_stats_rows(N, K, data, device, reps, args.stats_backend, plain_ms,
+                                                             context)
+            for row in batch:
+                rows.append(write(row))
+                print(format_stats_row(row), flush=True)
         del data
-    fused = [r for r in rows if r["provider"] == "fused" and r["x_plain"] is not None]
-    if fused:
-        print("fused / plain read: " + ", ".join(f"N=2^{r['N'].bit_length() - 1} K={r['K']}: {r['x_plain']:.2f}x"
-                                                 for r in fused))
+    fused = [r for r in rows if r["provider"] == "fused"]
+    if any(r["x_plain"] is not None for r in fused):
+        print("fused / plain read: " + ", ".join(f"N=2^{r['N'].bit_length() - 1} K={r['K']} {r['backend']}: "
+                                                 f"{r['x_plain']:.2f}x" for r in fused if r["x_plain"] is not None))
+    if any(r["x_naive"] is not None for r in fused):
+        print("fused faster than the naive float64 loop: " + ", ".join(
+            f"N=2^{r['N'].bit_length() - 1} K={r['K']} {r['backend']}: {r['x_naive']:.1f}x"
+            for r in fused if r["x_naive"] is not None))
     return rows
 
 
@@ -344,8 +410,8 @@ def search_syncs(strategy, history_row):
     """Device->host syncs of one search (module docstring)."""
     if strategy == "grid" and not (history_row["fell_back"] and history_row["predicted"] is None
                                    and history_row["best_value"] != history_row["best_value"]):
-        return 3  # n_obs, n_eval, metric at beta (a grid search with nothing finite stops after n_obs)
-    return 2
+        return 2  # n_obs, n_eval (a grid search with nothing finite stops after n_obs)
+    return 1
 
 
 def count_sync_warnings(step, device):
@@ -486,8 +552,10 @@ def parse_args(argv=None):
                         f"{CUDA_DEFAULT_REP_MS}), CPU timed calls (default {CPU_DEFAULT_REPS})")
     parser.add_argument("--N", type=int, nargs="+", help="stats: log2 of N (default: 20 22 on CUDA, 14 16 on CPU)")
     parser.add_argument("--K", type=int, nargs="+", help="stats: candidates (default: 1 16 100 300 / 1 16 100)")
-    parser.add_argument("--stats-backend", default="auto", choices=("auto", "triton", "torch"),
-                        help="backend of the fused provider (auto: triton on CUDA, torch on CPU)")
+    parser.add_argument("--stats-backend", nargs="+", default=["auto"],
+                        choices=("auto", "triton", "torch", "inductor"),
+                        help="backend(s) of the fused provider, one row each (auto: triton on CUDA, inductor on "
+                             "the CPU where a C++ compiler exists, else torch)")
     parser.add_argument("--threads", type=int,
                         help="CPU intra-op threads (default: torch's; the GP uses 1 anyway); recorded as cpu_threads")
     parser.add_argument("--strategies", nargs="+", choices=STRATEGIES, default=STRATEGIES)

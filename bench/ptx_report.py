@@ -100,8 +100,9 @@ LOOP_WORK = {
     "tdbn_lif_bwd_kernel": lambda c: dict(elements="BLOCK", candidates=None, reads=["y_ptr"], uniform=[])
     if not c["BACKWARD"] else dict(elements="BLOCK", candidates=None, reads=["grad_spikes_ptr", "d_ptr"],
                                    uniform=["beta_ptr"]),
+    # STORE_DELTA: the armed backward's step, one width (BLOCK_K = 1): per element, not per pair
     "candidate_stats_kernel": lambda c: dict(
-        elements="BLOCK_N", candidates="BLOCK_K",
+        elements="BLOCK_N", candidates=None if c["STORE_DELTA"] else "BLOCK_K",
         reads=["u_ptr", "grad_s_ptr"] + ["carry_ptr"] * c["HAS_CARRY"] + ["ref_ptr"] * c["HAS_REF"], uniform=[]),
 }
 
@@ -360,6 +361,12 @@ def summary(rows):
     lines = []
     for arch in sorted({r["arch"] for r in rows}, reverse=True):
         stats = [r for r in rows if r["kernel"] == "candidate_stats_kernel" and r["arch"] == arch and r["loop_found"]]
+        steps = [r for r in stats if r["unit"] == "element"]
+        stats = [r for r in stats if r["unit"] == "pair"]
+        if steps:
+            per = [r["loop_ptx_per_unit"] for r in steps]
+            lines.append(f"candidate_stats_kernel {arch}, one-width step (store_delta): {min(per):.2f}-{max(per):.2f} "
+                         f"PTX instructions per element in the loop over {len(steps)} variants")
         if not stats:
             continue
         per = [r["loop_ptx_per_unit"] for r in stats]

@@ -1,9 +1,9 @@
 """pytest-benchmark view of bench_search.py: ``pytest bench --benchmark-only``.
 
-The stats part's providers (fused candidate statistics, K eager evaluations, one plain read) at
-the script's CPU sizes without CUDA and its GPU sizes with it, and one armed training iteration of
-a tiny spiking VGG (channels / 16, batch 2, n_obs 8 / n_eval 8) per search strategy. The default
-``pytest`` run (testpaths = tests) does not collect this directory.
+The stats part's providers (fused candidate statistics, K eager evaluations, the naive float64
+loop, one plain read) at the script's CPU sizes without CUDA and its GPU sizes with it, and one
+armed training iteration of a tiny spiking VGG (channels / 16, batch 2, n_obs 8 / n_eval 8) per
+search strategy. The default ``pytest`` run (testpaths = tests) does not collect this directory.
 
 On the CPU the module runs with one intra-op thread: on a small machine whose cores other processes
 share, an OpenMP region waiting for a descheduled thread stretched calls by whole scheduler quanta
@@ -61,7 +61,7 @@ def test_stats_plain_read(benchmark, stats_data):
 
 
 @QUICK_ROUNDS
-@pytest.mark.parametrize("provider", ["fused", "eager_loop"])
+@pytest.mark.parametrize("provider", ["fused", "eager_loop", "naive_loop"])
 @pytest.mark.parametrize("K", GRID["K"], ids=lambda K: f"K{K}")
 def test_stats(benchmark, stats_data, K, provider):
     step, impl = bench_search.make_stats_step(provider, stats_data, K)

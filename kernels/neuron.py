@@ -22,29 +22,32 @@ def local_grad(d, grad_s, carry, f, v_th, v_reset, HARD_RESET: tl.constexpr, DET
                HAS_CARRY: tl.constexpr):
     """delta = dL/du of one LIF step (docs/math.md) from d = u - v_th, dL/ds, dL/dv and f = f(u; beta).
 
-    The operands broadcast: the candidate statistics pass d, grad_s, carry as [1, N] rows against f
-    of shape [K, N]. Without a carry (HAS_CARRY false) only the spike path contributes.
+    Written as delta = f * q + a with q and a free of f: the operands broadcast, and the candidate
+    statistics pass d, grad_s, carry as [1, N] rows against f of shape [K, N], so q and a are
+    computed once per element and each (element, candidate) pair costs one FMA. Without a carry
+    (HAS_CARRY false) only the spike path contributes.
     """
-    delta = grad_s * f
-    if HAS_CARRY:
-        if HARD_RESET:
-            no_spike = tl.where(d >= 0.0, 0.0, 1.0)
-            if DETACH_RESET:
-                delta += carry * no_spike
-            else:
-                delta += carry * (no_spike + ((v_reset - v_th) - d) * f)
+    if not HAS_CARRY:
+        return grad_s * f
+    if HARD_RESET:
+        a = carry * tl.where(d >= 0.0, 0.0, 1.0)  # through 1 - s
+        if DETACH_RESET:
+            q = grad_s
         else:
-            if DETACH_RESET:
-                delta += carry
-            else:
-                delta += carry * (1.0 - v_th * f)
-    return delta
+            q = grad_s + carry * ((v_reset - v_th) - d)  # through the reset's (v_reset - u) f
+    else:
+        a = carry
+        if DETACH_RESET:
+            q = grad_s
+        else:
+            q = grad_s - v_th * carry  # through the soft reset's -v_th f
+    return f * q + a
 
 
 @triton.jit
 def lif_bwd_steps(grad_spikes_ptrs, d_ptrs, grad_x_ptrs, beta_ptr, carry, mask, N, T, decay, input_scale, v_th,
                   v_reset, h, SURROGATE: tl.constexpr, HARD_RESET: tl.constexpr, DETACH_RESET: tl.constexpr):
-    """The LIF backward of one block of neurons (DESIGN.md 3.3), t = T-1 ... 0.
+    """The LIF backward of one block of neurons (docs/math.md), t = T-1 ... 0.
 
     The pointers address step T-1 of [T, N] tensors (d = u - v_th from the forward); carry is
     dL/dv[T-1]. Writes grad_x = input_scale * delta and returns the carry dL/dv[-1].

@@ -6,26 +6,92 @@ from .surrogate import surrogate_grad
 
 
 @triton.jit
+def _load(ptr, offs, mask, MASKED: tl.constexpr):
+    """ptr[offs] as fp32; masked lanes (MASKED) read 0."""
+    if MASKED:
+        x = tl.load(ptr + offs, mask=mask, other=0.0)
+    else:
+        x = tl.load(ptr + offs)
+    return x.to(tl.float32)
+
+
+@triton.jit
+def _store(ptr, offs, x, mask, MASKED: tl.constexpr):
+    """ptr[offs] = x ([1, BLOCK]) in ptr's dtype; masked lanes (MASKED) are not written."""
+    if MASKED:
+        tl.store(ptr + offs[None, :], x.to(ptr.dtype.element_ty), mask=mask[None, :])
+    else:
+        tl.store(ptr + offs[None, :], x.to(ptr.dtype.element_ty))
+
+
+@triton.jit
+def _candidate_deltas(u_ptr, grad_s_ptr, carry_ptr, offs, mask, beta, th_offset, carry_scale, v_th, v_reset, h,
+                      SURROGATE: tl.constexpr, HARD_RESET: tl.constexpr, DETACH_RESET: tl.constexpr,
+                      HAS_CARRY: tl.constexpr, MASKED: tl.constexpr):
+    """delta_k of the elements at offs ([BLOCK]) for the widths beta ([BLOCK_K, 1]) -> [BLOCK_K, BLOCK].
+
+    Masked lanes (MASKED) load grad_s = carry = 0, so their delta is 0 for every surrogate.
+    """
+    d = _load(u_ptr, offs, mask, MASKED) - th_offset
+    grad_s = _load(grad_s_ptr, offs, mask, MASKED)
+    carry = 0.0
+    if HAS_CARRY:
+        carry = (carry_scale * _load(carry_ptr, offs, mask, MASKED))[None, :]
+    f = surrogate_grad(d[None, :], beta, h, SURROGATE)
+    return local_grad(d[None, :], grad_s[None, :], carry, f, v_th, v_reset, HARD_RESET, DETACH_RESET, HAS_CARRY)
+
+
+@triton.jit
+def _accumulate(u_ptr, grad_s_ptr, carry_ptr, ref_ptr, grad_x_ptr, delta_ptr, offs, mask, beta, shift,
+                acc_s1, acc_s2, acc_abs, acc_dot, acc_ref_sq, th_offset, carry_scale, v_th, v_reset, h, input_scale,
+                SURROGATE: tl.constexpr, HARD_RESET: tl.constexpr, DETACH_RESET: tl.constexpr,
+                HAS_CARRY: tl.constexpr, HAS_REF: tl.constexpr, STORE_DELTA: tl.constexpr, MASKED: tl.constexpr):
+    """Adds one block of elements to the [BLOCK_K, BLOCK_N] accumulators (one lane per column)."""
+    delta = _candidate_deltas(u_ptr, grad_s_ptr, carry_ptr, offs, mask, beta, th_offset, carry_scale, v_th, v_reset,
+                              h, SURROGATE, HARD_RESET, DETACH_RESET, HAS_CARRY, MASKED)
+    shifted = delta - shift
+    if MASKED:  # a masked lane's delta is 0, but delta - shift is not
+        shifted = tl.where(mask[None, :], shifted, 0.0)
+    acc_s1 += shifted
+    acc_s2 += shifted * shifted
+    acc_abs += tl.abs(delta)
+    if HAS_REF:
+        ref = _load(ref_ptr, offs, mask, MASKED)
+        acc_dot += delta * ref[None, :]
+        acc_ref_sq += ref * ref
+    if STORE_DELTA:  # one candidate (BLOCK_K = 1): the chosen width's delta and grad_x = input_scale * delta
+        _store(delta_ptr, offs, delta, mask, MASKED)
+        _store(grad_x_ptr, offs, input_scale * delta, mask, MASKED)
+    return acc_s1, acc_s2, acc_abs, acc_dot, acc_ref_sq
+
+
+@triton.jit
 def candidate_stats_kernel(
     u_ptr,  # [N] membrane (or u - v_th with th_offset = 0)
     grad_s_ptr,  # [N] dL/ds
-    carry_ptr,  # [N] dL/dv[t] from step t + 1 (read only when HAS_CARRY)
+    carry_ptr,  # [N] dL/dv[t] / carry_scale (read only when HAS_CARRY)
     ref_ptr,  # [N] reference delta[t + 1] (read only when HAS_REF)
     betas_ptr,  # [K] fp32 candidate widths
-    partial_ptr,  # [n_chunks, 4, K] fp32 out: per-chunk sum, sum of squares, sum of |.|, dot with ref
+    partial_ptr,  # [n_chunks, 5, K] fp32 out, per chunk: shift c_k, sum(delta - c_k), sum((delta - c_k)^2),
+    #               sum |delta|, sum delta * ref (the last written only when HAS_REF)
     ref_sq_partial_ptr,  # [n_chunks] fp32 out: per-chunk sum of ref^2 (written only when HAS_REF)
+    grad_x_ptr,  # [N] out, input_scale * delta (written only when STORE_DELTA)
+    delta_ptr,  # [N] fp32 out, delta (written only when STORE_DELTA)
     N,
     K,
     blocks_per_chunk,
     th_offset,  # d = u - th_offset
+    carry_scale,  # the carry is carry_scale * carry_ptr[i] (the controller passes delta[t + 1] and decay)
     v_th,
     v_reset,
     h,
+    input_scale,
     SURROGATE: tl.constexpr,
     HARD_RESET: tl.constexpr,
     DETACH_RESET: tl.constexpr,
     HAS_CARRY: tl.constexpr,
     HAS_REF: tl.constexpr,
+    STORE_DELTA: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
@@ -37,37 +103,41 @@ def candidate_stats_kernel(
     ks = (pid % n_k_tiles) * BLOCK_K + tl.arange(0, BLOCK_K)
     k_mask = ks < K
     beta = tl.load(betas_ptr + ks, mask=k_mask, other=1.0)[:, None]  # [BLOCK_K, 1]
-
-    acc_sum = tl.zeros([BLOCK_K], dtype=tl.float32)
-    acc_sumsq = tl.zeros([BLOCK_K], dtype=tl.float32)
-    acc_sumabs = tl.zeros([BLOCK_K], dtype=tl.float32)
-    acc_dot = tl.zeros([BLOCK_K], dtype=tl.float32)
-    acc_ref_sq = tl.zeros([BLOCK_N], dtype=tl.float32)
     chunk_start = chunk * blocks_per_chunk * BLOCK_N
-    for b in range(blocks_per_chunk):
-        offs = chunk_start + b * BLOCK_N + tl.arange(0, BLOCK_N)
-        mask = offs < N
-        d = tl.load(u_ptr + offs, mask=mask, other=0.0).to(tl.float32) - th_offset
-        # padding lanes load grad_s = carry = 0, so their delta is 0 for every surrogate
-        grad_s = tl.load(grad_s_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        f = surrogate_grad(d[None, :], beta, h, SURROGATE)  # [BLOCK_K, BLOCK_N]
-        if HAS_CARRY:
-            carry = tl.load(carry_ptr + offs, mask=mask, other=0.0).to(tl.float32)[None, :]
-        else:
-            carry = 0.0
-        delta = local_grad(d[None, :], grad_s[None, :], carry, f, v_th, v_reset, HARD_RESET, DETACH_RESET, HAS_CARRY)
-        acc_sum += tl.sum(delta, axis=1)
-        acc_sumsq += tl.sum(delta * delta, axis=1)
-        acc_sumabs += tl.sum(tl.abs(delta), axis=1)
-        if HAS_REF:
-            ref = tl.load(ref_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-            acc_dot += tl.sum(delta * ref[None, :], axis=1)
-            acc_ref_sq += ref * ref
-    out = partial_ptr + chunk * 4 * K + ks
-    tl.store(out, acc_sum, mask=k_mask)
-    tl.store(out + K, acc_sumsq, mask=k_mask)
-    tl.store(out + 2 * K, acc_sumabs, mask=k_mask)
-    tl.store(out + 3 * K, acc_dot, mask=k_mask)
+    chunk_len = tl.minimum(blocks_per_chunk * BLOCK_N, N - chunk_start)
+
+    # Shifted sums: each candidate's sums are of delta - c_k with c_k its delta at the chunk's first
+    # element, so an fp32 sum of squares does not cancel when |mean| >> std (the host merges the
+    # chunks' (count, mean, M2) in float64 by Chan's formula).
+    first = chunk_start + tl.arange(0, 1)
+    shift = _candidate_deltas(u_ptr, grad_s_ptr, carry_ptr, first, first < N, beta, th_offset, carry_scale, v_th,
+                              v_reset, h, SURROGATE, HARD_RESET, DETACH_RESET, HAS_CARRY, False)  # [BLOCK_K, 1]
+
+    # Per-lane accumulators, reduced across lanes once after the loop.
+    acc_s1 = tl.zeros([BLOCK_K, BLOCK_N], dtype=tl.float32)
+    acc_s2 = tl.zeros([BLOCK_K, BLOCK_N], dtype=tl.float32)
+    acc_abs = tl.zeros([BLOCK_K, BLOCK_N], dtype=tl.float32)
+    acc_dot = tl.zeros([BLOCK_K, BLOCK_N], dtype=tl.float32)
+    acc_ref_sq = tl.zeros([BLOCK_N], dtype=tl.float32)
+    offs = chunk_start + tl.arange(0, BLOCK_N)
+    for _ in range(chunk_len // BLOCK_N):  # full blocks: no masks
+        acc_s1, acc_s2, acc_abs, acc_dot, acc_ref_sq = _accumulate(
+            u_ptr, grad_s_ptr, carry_ptr, ref_ptr, grad_x_ptr, delta_ptr, offs, None, beta, shift,
+            acc_s1, acc_s2, acc_abs, acc_dot, acc_ref_sq, th_offset, carry_scale, v_th, v_reset, h, input_scale,
+            SURROGATE, HARD_RESET, DETACH_RESET, HAS_CARRY, HAS_REF, STORE_DELTA, False)
+        offs += BLOCK_N
+    if chunk_len % BLOCK_N != 0:  # the last, partial block of the last chunk
+        acc_s1, acc_s2, acc_abs, acc_dot, acc_ref_sq = _accumulate(
+            u_ptr, grad_s_ptr, carry_ptr, ref_ptr, grad_x_ptr, delta_ptr, offs, offs < N, beta, shift,
+            acc_s1, acc_s2, acc_abs, acc_dot, acc_ref_sq, th_offset, carry_scale, v_th, v_reset, h, input_scale,
+            SURROGATE, HARD_RESET, DETACH_RESET, HAS_CARRY, HAS_REF, STORE_DELTA, True)
+
+    out = partial_ptr + chunk * 5 * K + ks
+    tl.store(out, tl.sum(shift, axis=1), mask=k_mask)
+    tl.store(out + K, tl.sum(acc_s1, axis=1), mask=k_mask)
+    tl.store(out + 2 * K, tl.sum(acc_s2, axis=1), mask=k_mask)
+    tl.store(out + 3 * K, tl.sum(acc_abs, axis=1), mask=k_mask)
     if HAS_REF:
+        tl.store(out + 4 * K, tl.sum(acc_dot, axis=1), mask=k_mask)
         if pid % n_k_tiles == 0:
             tl.store(ref_sq_partial_ptr + chunk, tl.sum(acc_ref_sq, axis=0))

@@ -30,8 +30,9 @@ def surrogate_grad(d, beta, h, SURROGATE: tl.constexpr):
     elif SURROGATE == ATAN:
         z = (3.141592653589793 * half_inv_beta) * d
         f = half_inv_beta / (1.0 + z * z)
-    else:  # SIGMOID
+    else:  # SIGMOID: sg = sigmoid(alpha d) = 1 / (1 + 2^(-alpha log2(e) d)), f = alpha sg (1 - sg)
         alpha = 2.0 / beta
-        sg = tl.sigmoid(alpha * d)
-        f = alpha * sg * (1.0 - sg)
+        sg = 1.0 / (1.0 + tl.exp2((-1.4426950408889634 * alpha) * d))
+        alpha_sg = alpha * sg
+        f = alpha_sg - alpha_sg * sg
     return f

@@ -49,9 +49,10 @@ def variants():
                      "last_step_offset": "i64", "decay": "fp32", "input_scale": "fp32", "v_th": "fp32",
                      "v_reset": "fp32", "h": "fp32"}
     stats_signature = {"u_ptr": "*fp32", "grad_s_ptr": "*bf16", "carry_ptr": "*fp32", "ref_ptr": "*fp32",
-                       "betas_ptr": "*fp32", "partial_ptr": "*fp32", "ref_sq_partial_ptr": "*fp32", "N": "i32",
-                       "K": "i32", "blocks_per_chunk": "i32", "th_offset": "fp32", "v_th": "fp32",
-                       "v_reset": "fp32", "h": "fp32"}
+                       "betas_ptr": "*fp32", "partial_ptr": "*fp32", "ref_sq_partial_ptr": "*fp32",
+                       "grad_x_ptr": "*bf16", "delta_ptr": "*fp32", "N": "i32", "K": "i32",
+                       "blocks_per_chunk": "i32", "th_offset": "fp32", "carry_scale": "fp32", "v_th": "fp32",
+                       "v_reset": "fp32", "h": "fp32", "input_scale": "fp32"}
     for dtype in ("fp32", "fp16", "bf16"):
         yield pack_bits_kernel, {"x_ptr": f"*{dtype}", "packed_ptr": "*u8", "M": "i32"}, {"BLOCK": BLOCK_BYTES}
         yield unpack_bits_kernel, {"packed_ptr": "*u8", "x_ptr": f"*{dtype}", "M": "i32"}, {"BLOCK": BLOCK_BYTES}
@@ -71,9 +72,11 @@ def variants():
                                                              "DETACH_RESET": detach, "BACKWARD": True, "BLOCK": BLOCK}
         yield lif_bwd_kernel, bwd_signature, {"SURROGATE": surrogate, "HARD_RESET": hard, "DETACH_RESET": detach,
                                               "HAS_GRAD_V_LAST": present, "STORE_GRAD_V0": present, "BLOCK": BLOCK}
-        yield candidate_stats_kernel, stats_signature, {
-            "SURROGATE": surrogate, "HARD_RESET": hard, "DETACH_RESET": detach, "HAS_CARRY": present,
-            "HAS_REF": present, "BLOCK_N": BLOCK_N, "BLOCK_K": BLOCK_K}
+        # K candidates, and the armed backward's step (one width, delta written out)
+        for store_delta, block_k in ((False, BLOCK_K), (True, 1)):
+            yield candidate_stats_kernel, stats_signature, {
+                "SURROGATE": surrogate, "HARD_RESET": hard, "DETACH_RESET": detach, "HAS_CARRY": present,
+                "HAS_REF": present, "STORE_DELTA": store_delta, "BLOCK_N": BLOCK_N, "BLOCK_K": block_k}
     for surrogate, (block, _) in itertools.product(range(len(SURROGATES)), BLOCK_SIZES[1:]):
         yield lif_bwd_kernel, bwd_signature, {"SURROGATE": surrogate, "HARD_RESET": False, "DETACH_RESET": False,
                                               "HAS_GRAD_V_LAST": False, "STORE_GRAD_V0": False, "BLOCK": block}

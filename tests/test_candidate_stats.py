@@ -7,7 +7,7 @@ import torch
 
 import a2sg_triton.stats as cs
 from a2sg_triton import SURROGATES, metrics, surrogate_grad
-from a2sg_triton.stats import candidate_stats, candidate_stats_ref
+from a2sg_triton.stats import candidate_stats, candidate_stats_ref, reference_deltas
 from helpers import KERNEL_DEVICE
 
 N = 3001  # not a multiple of the 256-wide block, 12 blocks
@@ -31,12 +31,14 @@ def draw_betas(k, seed=1):
 
 
 def assert_stats_close(got, want):
-    """Non-negative sums to 1e-6 relative; signed sums to 1e-6 of the matching absolute sum."""
+    """Non-negative sums to 1e-6 relative; signed sums to 1e-6 of the matching absolute sum; the
+    sums of squared deviations to 1e-6 of the sum of squares."""
     torch.testing.assert_close(got.n.cpu(), want.n.cpu(), rtol=0, atol=0)
     for name in ("sumsq", "sumabs"):
         torch.testing.assert_close(getattr(got, name).cpu(), getattr(want, name).cpu(), rtol=1e-6, atol=0,
                                    msg=lambda m: f"{name}: {m}")
     assert ((got.sum.cpu() - want.sum.cpu()).abs() <= 1e-6 * want.sumabs.cpu()).all()
+    assert ((got.m2.cpu() - want.m2.cpu()).abs() <= 1e-6 * want.sumsq.cpu()).all()
     assert (got.dot is None) == (want.dot is None)
     if want.dot is not None:
         torch.testing.assert_close(got.ref_sq.cpu(), want.ref_sq.cpu(), rtol=1e-6, atol=0)
@@ -99,6 +101,73 @@ def test_edge_cases(backend):
         candidate_stats(u, u, [0.5], backend=backend).tgc()
 
 
+@pytest.mark.parametrize("backend", ["triton", "torch", "inductor"])
+def test_sgv_exact_when_the_mean_dwarfs_the_spread(backend, monkeypatch):
+    """mean / std of delta = 1e4: S2/N - (S1/N)^2 from fp32 sums loses every digit of the variance;
+    shifted sums merged by Chan's formula keep SGV within 1e-3 of float64 (several chunks of
+    several blocks, a ragged last one, on the triton backend)."""
+    monkeypatch.setattr(cs, "MAX_CHUNKS", 5)
+    u, grad_s, betas = mean_dwarfs_std_inputs()
+    device = KERNEL_DEVICE if backend == "triton" else "cpu"
+    want = candidate_stats_ref(u, grad_s, betas, "box", v_th=V_TH)
+    assert ((want.mean / (want.m2 / want.n).sqrt()).min() > 0.99e4)
+    got = candidate_stats(u.to(device), grad_s.to(device), betas, "box", v_th=V_TH, backend=backend)
+    torch.testing.assert_close(got.sgv().cpu(), want.sgv(), rtol=1e-3, atol=0)
+
+
+def mean_dwarfs_std_inputs():
+    """box surrogate, every membrane inside every window, no carry: delta = grad_s / (2 beta) with
+    grad_s = 1e4 + N(0, 1), so mean / std = 1e4 for every candidate."""
+    g = torch.Generator().manual_seed(3)
+    u = V_TH + 0.04 * (torch.rand(N, generator=g) - 0.5)
+    return u, 1e4 + torch.randn(N, generator=g), torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64)
+
+
+@pytest.mark.parametrize("surrogate, reset, detach_reset, with_carry, with_ref, dtype", [
+    ("box", "soft", False, False, False, torch.float32),  # the variant test_sgv_exact_... compiles too
+    ("asy", "hard", False, True, True, torch.float16),
+])
+def test_inductor_matches_reference(surrogate, reset, detach_reset, with_carry, with_ref, dtype):
+    """The inductor backend (candidate_sums_torch compiled per variant): compiling costs seconds, so
+    two variants; a second N and K make each dynamic once."""
+    for n, k in ((N, 37), (517, 5)):
+        betas = draw_betas(k)
+        u, grad_s, carry, ref = (t.cpu().to(dtype) for t in make_inputs(betas, n=n))
+        kwargs = dict(carry=carry if with_carry else None, ref=ref if with_ref else None, v_th=V_TH,
+                      reset=reset, v_reset=V_RESET, detach_reset=detach_reset)
+        got = candidate_stats(u, grad_s, betas, surrogate, backend="inductor", **kwargs)
+        want = candidate_stats_ref(u, grad_s, betas, surrogate, **kwargs)
+        assert_stats_close(got, want)
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+@pytest.mark.parametrize("with_ref", [False, True], ids=["no_ref", "ref"])
+@pytest.mark.parametrize("surrogate, reset, detach_reset, grad_dtype", [
+    ("asy", "soft", False, torch.float32), ("tri", "hard", False, torch.float16),
+    ("sigmoid", "hard", True, torch.float32), ("box", "soft", True, torch.float32),
+])
+def test_delta_stats_step(surrogate, reset, detach_reset, grad_dtype, with_ref, backend, nan_outputs, monkeypatch):
+    """The armed backward's step: delta for one width written out (and input_scale * delta into
+    grad_x), with the statistics of that very delta, in one pass; carry = carry_scale * carry."""
+    monkeypatch.setattr(cs, "MAX_CHUNKS", 5)
+    beta = torch.tensor([0.37], dtype=torch.float64)
+    u, grad_s, carry, ref = make_inputs(beta)
+    ref = ref if with_ref else None
+    carry_scale, input_scale, hard = 0.6, 0.7, reset == "hard"
+    grad_x = torch.empty(N, dtype=grad_dtype, device=u.device)
+    step = cs.DELTA_STATS[backend]
+    delta, stats = step(u - V_TH, grad_s, carry, carry_scale, ref, beta.float().to(u.device),
+                        SURROGATES.index(surrogate), V_TH, hard, V_RESET, detach_reset, 0.6, input_scale, grad_x)
+    want = reference_deltas(u, grad_s, beta, surrogate, carry_scale * carry.double(), V_TH, 0.6, hard, V_RESET,
+                            detach_reset)[0]
+    atol = 1e-5 * want.abs().max().item()
+    torch.testing.assert_close(delta.double().cpu(), want.cpu(), rtol=1e-5, atol=atol)
+    rtol = 1e-5 if grad_dtype == torch.float32 else 2**-10
+    torch.testing.assert_close(grad_x.double().cpu(), input_scale * want.cpu(), rtol=rtol,
+                               atol=rtol * input_scale * want.abs().max().item())
+    assert_stats_close(stats, cs._stats_from_deltas(beta, want[None], ref))
+
+
 def test_deterministic():
     betas = draw_betas(40)
     u, grad_s, carry, ref = make_inputs(betas)
@@ -112,6 +181,7 @@ U = torch.ones(10)
 
 @pytest.mark.parametrize("args, kwargs, exc, match", [
     ((U, U, []), {}, ValueError, "betas must be a non-empty"),
+    ((U[:0], U[:0], [0.5]), {}, ValueError, "u must have at least one element"),
     ((U, U, torch.tensor([], dtype=torch.float64)), {}, ValueError, "betas must be a non-empty"),
     ((U, U, [0.5, 0.0]), {}, ValueError, "betas must be finite and > 0"),
     ((U, U, [0.5, -1.0]), {}, ValueError, "betas must be finite and > 0"),

@@ -323,3 +323,52 @@ def test_layer_names_are_the_plain_models_under_wrappers():
                     armed={f"module.{k}": v for k, v in state["armed"].items()},
                     gp_states={f"_orig_mod.{k}": v for k, v in state["gp_states"].items()})
     A2SG(two_layer_model(), **SEARCH).load_state_dict(prefixed)
+
+
+# -- the armed backward's host syncs and CUDA graphs ----------------------------------------------
+
+
+@pytest.mark.parametrize("strategy, per_search", [("bo", 1), ("grid", 2)])
+def test_one_device_to_host_transfer_per_evaluation(strategy, per_search, monkeypatch):
+    """The metric at the chosen beta and the previous beta reach the host with the next search's
+    transfer (or when the history is read), not with transfers of their own."""
+    calls = []
+    fetch = A2SG._fetch
+    monkeypatch.setattr(A2SG, "_fetch", lambda self, values: calls.append(values is not None) or fetch(self, values))
+    model = two_layer_model()
+    a2 = A2SG(model, strategy=strategy, **SEARCH)
+    a2.begin_epoch(0)
+    step(model, batch())
+    assert calls == [True] * (per_search * 2 * T)  # no other transfer during the backward
+    rows = a2.history  # reading the history fetches what is still pending (the last search's values): one transfer
+    assert calls.count(True) == per_search * 2 * T + 1 and len(rows) == 2 * T
+    assert all(row[key] is not None for row in rows for key in ("beta", "previous_beta", "metric_at_beta"))
+
+
+def test_nothing_finite_keeps_beta_on_the_device():
+    """Every delta zero (membranes far outside every window, no carry): SGV is +inf for every
+    candidate, beta_t is kept, and the history says so once it is read."""
+    layer = LIF(T, "box")
+    a2 = A2SG(layer, adapt="spatial", **SEARCH)
+    a2.begin_epoch(0)
+    x = torch.full((T, 50), -8.0, requires_grad=True)  # u far below the threshold: f = 0, no spike
+    layer(x).sum().backward()
+    assert torch.equal(layer.beta, torch.full((T,), 0.5)) and torch.equal(x.grad, torch.zeros_like(x))
+    for row in a2.history:
+        assert row["beta"] == row["best_beta"] == row["previous_beta"] == 0.5 and row["fell_back"]
+        assert row["metric_at_beta"] == float("inf")
+
+
+def test_an_empty_batch_searches_nothing():
+    layer = LIF(T, "asy")
+    a2 = A2SG(layer, **SEARCH)
+    a2.begin_epoch(0)
+    x = torch.zeros(T, 0, 7, requires_grad=True)
+    layer(x).sum().backward()
+    assert x.grad.shape == x.shape and a2.history == [] and torch.equal(layer.beta, torch.full((T,), 0.5))
+
+
+def test_searching_op_is_tagged_cudagraph_unsafe():
+    if not hasattr(torch.Tag, "cudagraph_unsafe"):
+        pytest.skip("this torch has no cudagraph_unsafe tag")
+    assert torch.Tag.cudagraph_unsafe in torch.ops.a2sg_triton.lif_bwd_search.default.tags

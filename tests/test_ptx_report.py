@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import triton
 
+from a2sg_triton.stats import BLOCK_K, BLOCK_N
+
 ROOT = Path(__file__).resolve().parents[1]
 HAS_CUDA_BACKEND = "nvidia" in getattr(triton.backends, "backends", {})
 
@@ -33,9 +35,10 @@ def test_report_counts_the_loop(tmp_path):
         assert row["spill_store_bytes"] is not None and row["local_bytes"] >= 0
         assert row["loop_ptx"] < row["ptx_instructions"] and row["git_sha"] and row["triton"]
     # one chunk-loop iteration: BLOCK_N x BLOCK_K pairs on 128 threads; u fp32, grad_s bf16, carry, ref fp32
-    assert stats["unit"] == "pair" and stats["units_per_iteration"] == 256 * 16 and stats["threads"] == 128
-    assert stats["loop_reads_expected"] == 256 * (4 + 2 + 4 + 4)
-    assert stats["loop_ptx_per_unit"] == pytest.approx(stats["loop_ptx"] * 128 / 4096)
+    pairs = BLOCK_N * BLOCK_K
+    assert stats["unit"] == "pair" and stats["units_per_iteration"] == pairs and stats["threads"] == 128
+    assert stats["loop_reads_expected"] == BLOCK_N * (4 + 2 + 4 + 4)
+    assert stats["loop_ptx_per_unit"] == pytest.approx(stats["loop_ptx"] * 128 / pairs)
     # the LIF forward's loop over T: one timestep of BLOCK fp16 inputs, no cross-thread traffic
     assert fwd["unit"] == "element" and fwd["loop_reads_expected"] == 1024 * 2
     assert fwd["loop_shfl"] == fwd["loop_bar"] == 0 and fwd["loop_ptx_per_unit"] > 1

@@ -121,6 +121,9 @@ def test_nothing_finite_returns_current(strategy, bad):
     result, metric = run(lambda b: torch.full_like(b, bad), False, current=0.37, strategy=strategy)
     assert result.beta == 0.37 and result.fell_back and result.predicted is None
     assert len(metric.calls) == 1 and result.n_evaluated == 100  # no window without a best draw
+    # current=None: the caller keeps its width (the A²SG controller, on the device)
+    result, _ = run(lambda b: torch.full_like(b, bad), False, current=None, strategy=strategy)
+    assert result.beta is None and result.best_beta is None and result.fell_back and math.isnan(result.best_value)
 
 
 def test_non_finite_values_are_ignored():
