@@ -161,7 +161,7 @@ def train(config, flags, options):
         keep = {k: flags[k] for k in ("epochs", "device", "workers", "limit_batches", "compile", "memory_saving")
                 if k in flags}
         # a checkpoint from before --memory-saving existed trains with the default
-        config = dict({"memory_saving": DEFAULTS["memory_saving"]}, **state["config"], **keep)
+        config = {"memory_saving": DEFAULTS["memory_saving"], **state["config"], **keep}
     try:
         train_set, test_set, info = build_datasets(config["dataset"], config["data"], T=config["T"],
                                                    download=config["download"], augment=config["augment"],

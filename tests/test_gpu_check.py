@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-STEPS = ["setup", "tests", "lif-target", "lif-grid", "search"]
+STEPS = ["setup", "tests", "lif-target", "lif-grid", "search", "memory"]
 BUDGET_S = 540  # the real run must end within 9 minutes
 
 
@@ -170,3 +170,7 @@ def test_dry_run_from_a_plain_copy(tmp_path):
     fused = [r for r in search_rows if r.get("provider") == "fused"]
     assert fused and all("triton" in r["impl"] and r["sgv_max_rel_diff_vs_eager"] < 1e-3 for r in fused)
     assert {r["strategy"] for r in search_rows if r["part"] == "search"} == {"bo", "grid"}
+
+    memory_rows = [json.loads(line) for line in (out / "memory-cpu.jsonl").read_text().splitlines()]
+    assert [(r["model"], r["memory_saving"]) for r in memory_rows] == [("digits_cnn", False), ("digits_cnn", True)]
+    assert memory_rows[1]["x_plain"] < 0.4 and all(r["git_sha"] == sha for r in memory_rows)
