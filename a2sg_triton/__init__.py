@@ -1,6 +1,6 @@
 """a2sg_triton: fused Triton kernels for spiking neural networks trained with A²SG."""
 
-from . import metrics, nn, reference, search
+from . import memory, metrics, nn, reference, search
 from .stats import CandidateStats, candidate_stats
 from .controller import A2SG
 from .lif import lif_multistep
@@ -8,5 +8,5 @@ from .search import SearchConfig, SearchResult, search_beta
 from .surrogate import SURROGATES, surrogate_grad
 
 __all__ = ["A2SG", "CandidateStats", "SURROGATES", "SearchConfig", "SearchResult", "candidate_stats",
-           "lif_multistep", "metrics", "nn", "reference", "search", "search_beta", "surrogate_grad"]
+           "lif_multistep", "memory", "metrics", "nn", "reference", "search", "search_beta", "surrogate_grad"]
 __version__ = "0.1.0"

@@ -39,7 +39,8 @@ PRESETS = {
 }
 DEFAULTS = dict(PRESETS["digits"], strategy="bo", tau=2.0, v_th=1.0, h=0.5, beta_init=0.5, n_obs=100,
                 n_eval=150, radius=0.05, every=1, seed=0, backend="auto", device="auto", amp="auto",
-                workers=0, data=None, download=False, limit_batches=None, tensorboard=False, compile=False)
+                workers=0, data=None, download=False, limit_batches=None, tensorboard=False, compile=False,
+                memory_saving=True)
 
 
 @dataclass
@@ -97,6 +98,9 @@ def build_parser():
     arg("--tensorboard", action="store_true", default=None, help="also log to OUT/tensorboard")
     arg("--compile", action=argparse.BooleanOptionalAction, default=None,
         help="torch.compile the model (the search still runs); may change on --resume")
+    arg("--memory-saving", action=argparse.BooleanOptionalAction, default=None,
+        help="spikes saved as bits and u - v_th recomputed in backward: about 0.37x the activation memory, "
+             "the same gradients (default: on; not under --compile; docs/memory.md); may change on --resume")
     arg("--out", metavar="DIR", help="run folder (default: runs/<dataset>-<model>-<surrogate>-<adapt>-<time>)")
     arg("--resume", metavar="DIR", help="continue the run in DIR from its checkpoint")
     arg("--force", action="store_true", help="reuse an --out folder that holds another run")

@@ -1,4 +1,4 @@
-"""Multistep LIF neuron with a per-timestep surrogate width (DESIGN.md 3.1-3.3).
+"""Multistep LIF neuron with a per-timestep surrogate width (docs/math.md).
 
 Side by side: the readable reference (``lif_multistep_ref``), the Triton launchers (``lif_fwd`` /
 ``lif_bwd`` around ``lif_fwd_kernel`` / ``lif_bwd_kernel``), the eager analytic backend
@@ -161,7 +161,7 @@ def lif_bwd(grad_spikes, d, beta, grad_v_last, surrogate_id, decay, input_scale,
 
 
 def lif_step(v, x_t, decay, input_scale, v_th, hard_reset, v_reset):
-    """One LIF timestep (DESIGN.md 3.1): v = v[t-1], x_t = x[t] -> (d = u[t] - v_th, v[t] after the reset).
+    """One LIF timestep (docs/math.md): v = v[t-1], x_t = x[t] -> (d = u[t] - v_th, v[t] after the reset).
 
     The spike is d >= 0. The one torch copy of the recurrence (the kernels' is
     ``kernels.neuron.lif_step``).
@@ -174,7 +174,7 @@ def lif_step(v, x_t, decay, input_scale, v_th, hard_reset, v_reset):
 
 
 def lif_local_grad(d, grad_s, carry, f, v_th, hard_reset, v_reset, detach_reset):
-    """delta = dL/du of one LIF step (DESIGN.md 3.3) from d = u - v_th, grad_s = dL/ds, carry = dL/dv
+    """delta = dL/du of one LIF step (docs/math.md) from d = u - v_th, grad_s = dL/ds, carry = dL/dv
     (None: no later step) and f = f(u; beta); the operands broadcast. The one torch copy of the
     formula (the kernels' is ``kernels.neuron.local_grad``)."""
     delta = grad_s * f
@@ -311,14 +311,19 @@ def _lif_backward(ctx, grad_spikes, grad_d, grad_v_last):
     args = (grad_spikes.contiguous(), d, beta,
             grad_v_last.contiguous() if ctx.return_v and grad_v_last is not None else None,
             *ctx.params, need_grad_v0, ctx.backend)
-    if ctx.search_key >= 0:  # registered by a2sg_triton.controller, looked up late to avoid an import cycle
-        grad_x, grad_v0 = torch.ops.a2sg_triton.lif_bwd_search(*args, ctx.search_key)
-    elif ctx.eager:
-        grad_x, grad_v0 = LIF_BWD[ctx.backend](*args[:-1])
-    else:
-        grad_x, grad_v0 = lif_bwd_op(*args)
+    grad_x, grad_v0 = lif_bwd_dispatch(args, ctx.search_key, ctx.eager)
     grad_v0 = grad_v0.to(ctx.v0_dtype) if need_grad_v0 else None
     return grad_x, None, grad_v0, *([None] * 12)
+
+
+def lif_bwd_dispatch(args, search_key, eager):
+    """The LIF backward on ``lif_bwd_op``'s arguments: the armed A²SG search (``search_key`` >= 0),
+    else the backend called directly (``eager``) or through the op (what torch.compile traces)."""
+    if search_key >= 0:  # registered by a2sg_triton.controller, looked up late to avoid an import cycle
+        return torch.ops.a2sg_triton.lif_bwd_search(*args, search_key)
+    if eager:
+        return LIF_BWD[args[-1]](*args[:-1])
+    return lif_bwd_op(*args)
 
 
 lif_fwd_op.register_autograd(_lif_backward, setup_context=_lif_setup_context)

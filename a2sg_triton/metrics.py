@@ -1,4 +1,4 @@
-"""SGV and TGC straight from their definitions (DESIGN.md 3.4, the paper's Eq. 8 and 9).
+"""SGV and TGC straight from their definitions (docs/math.md, the paper's Eq. 8 and 9).
 
 The search computes them from fused sums instead (``CandidateStats.sgv`` / ``.tgc``); these are
 the readable definitions those are tested against.

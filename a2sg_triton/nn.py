@@ -4,9 +4,11 @@ import weakref
 
 import torch
 
+from . import memory
 from .lif import lif_membrane, lif_multistep
 from .surrogate import check_surrogate
-from .utils import BACKENDS, check_beta, check_flag, check_real, check_reset, check_save_dtype
+from .tdbn_lif import lif_recomputed
+from .utils import BACKENDS, check_beta, check_flag, check_real, check_reset, check_save_dtype, is_compiling
 
 # A2SG search sites: key -> (weak reference to the controller, layer name, weak reference to the
 # layer). a2sg_triton.A2SG registers its layers here; a layer passes its key to the op only while
@@ -118,13 +120,21 @@ class LIF(torch.nn.Module):
             if v0.shape != x.shape[1:] or v0.device != x.device:
                 raise ValueError(f"LIF state has shape {list(v0.shape)} on {v0.device}, the input needs "
                                  f"{list(x.shape[1:])} on {x.device}; call reset_state() between sequences")
-        out = lif_multistep(
-            x, self.beta, self.surrogate, decay=self.decay, input_scale=self.input_scale, v_th=self.v_th,
-            reset=self.reset, v_reset=self.v_reset, detach_reset=self.detach_reset, h=self.h, v0=v0,
-            return_v=self.return_v or self.stateful, backend=self.backend, save_dtype=self.save_dtype,
-            _search_key=search_key,
-        )
-        if not (self.return_v or self.stateful):
+        neuron = dict(decay=self.decay, input_scale=self.input_scale, v_th=self.v_th, reset=self.reset,
+                      v_reset=self.v_reset, detach_reset=self.detach_reset, h=self.h, backend=self.backend,
+                      save_dtype=self.save_dtype, _search_key=search_key)
+        streaming = self.return_v or self.stateful
+        context = None if is_compiling() else memory.active()
+        found = None
+        if context is not None and not streaming and torch.is_grad_enabled():
+            found = context.recipe_for(x)
+        if found is not None:  # x is recomputable: backward keeps what it is made of instead of u - v_th
+            out = lif_recomputed(x, *found, self.beta, self.surrogate, **neuron)
+        else:
+            out = lif_multistep(x, self.beta, self.surrogate, v0=v0, return_v=streaming, **neuron)
+        if context is not None:
+            context.mark_spikes(out[0] if streaming else out)
+        if not streaming:
             return out
         if self.stateful:
             self.state = out[1]

@@ -1,4 +1,4 @@
-"""The β search of one (layer, timestep): Alg. A2 as read in DESIGN.md 3.6 and docs/math.md.
+"""The β search of one (layer, timestep): Alg. A2 as read in docs/search.md and docs/math.md.
 
 ``search_beta`` draws candidate widths, asks ``evaluate`` for their metric values in one call (the
 fused candidate-statistics kernel), and picks the width: by a GP + LogEI step on a window around
@@ -205,7 +205,7 @@ def _fit_gp(beta, y, config, gp_state):
 
 def search_beta(evaluate, *, maximize: bool, config: SearchConfig, generator: torch.Generator,
                 current: float | None, gp_state: GPState | None = None) -> SearchResult:
-    """Chooses β for one (layer, timestep); see the module docstring and DESIGN.md 3.6.
+    """Chooses β for one (layer, timestep); see the module docstring and docs/search.md.
 
     ``evaluate(betas)`` maps a float64 CPU tensor [K] of widths to a float64 tensor [K] of metric
     values (non-finite values are ignored). It is called once for "bo" (K = n_obs) and twice for

@@ -1,4 +1,4 @@
-"""Surrogate derivatives f(u; beta) = ds/du, the eager source of truth (DESIGN.md 3.2).
+"""Surrogate derivatives f(u; beta) = ds/du, the eager source of truth (docs/math.md).
 
 The Triton device function ``a2sg_triton.kernels.surrogate.surrogate_grad`` computes the same
 values; ``SURROGATES`` gives each name its kernel id (its index).

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Subs
 from tqdm import tqdm
 
 from .checkpoint import load_checkpoint, prepare_out_dir, restore_checkpoint, save_epoch
-from .config import TrainError, resolve_config
+from .config import DEFAULTS, TrainError, resolve_config
 from .controller import A2SG
 from .data import DatasetNotFoundError, batch_mixer, build_datasets
 from .models import build_model, model_input
@@ -158,8 +158,10 @@ def train(config, flags, options):
     out = options.out
     state = load_checkpoint(out, config, flags) if options.resume else None
     if state is not None:  # the run's own settings; only the epoch count and the machine may change
-        keep = {k: flags[k] for k in ("epochs", "device", "workers", "limit_batches", "compile") if k in flags}
-        config = dict(state["config"], **keep)
+        keep = {k: flags[k] for k in ("epochs", "device", "workers", "limit_batches", "compile", "memory_saving")
+                if k in flags}
+        # a checkpoint from before --memory-saving existed trains with the default
+        config = dict({"memory_saving": DEFAULTS["memory_saving"]}, **state["config"], **keep)
     try:
         train_set, test_set, info = build_datasets(config["dataset"], config["data"], T=config["T"],
                                                    download=config["download"], augment=config["augment"],
@@ -184,7 +186,8 @@ def _train(config, options, state, device, rank, world, train_set, test_set, inf
     torch.manual_seed(config["seed"])
     model = build_model(config["model"], num_classes=info.num_classes, in_channels=info.in_channels, T=config["T"],
                         surrogate=config["surrogate"], tau=config["tau"], v_th=config["v_th"],
-                        beta_init=config["beta_init"], h=config["h"], backend=config["backend"]).to(device)
+                        beta_init=config["beta_init"], h=config["h"], backend=config["backend"],
+                        memory_saving=config["memory_saving"]).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config["lr"], weight_decay=config["weight_decay"])
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: lr_factor(epoch, config))
     wrapped = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model

@@ -1,4 +1,4 @@
-"""Argument checks and backend choice shared by the ops (DESIGN.md 4, 5)."""
+"""Argument checks and backend choice shared by the ops."""
 
 import math
 import os

@@ -20,6 +20,7 @@
 #   tests.log         pytest
 #   bench_lif.log     lif.jsonl        the LIF benchmark (a triton row per shape and mode)
 #   bench_search.log  search.jsonl     candidate statistics and the search's cost
+#   bench_memory.log  memory-cuda.jsonl  peak memory and step time, memory saving on/off, vs SpikingJelly
 #   summary.txt       one line per step with its exit code, seconds and limit; the last line counts
 #                     the failed steps. The script exits with that count (0: every step passed).
 # Without .git in the copy, pass the commit as A2SG_GIT_SHA=<sha> so the rows record it.
@@ -47,11 +48,12 @@ KILL_AFTER=2
 LIMIT_SETUP=30
 LIMIT_TESTS=190
 LIMIT_LIF_TARGET=90
-LIMIT_LIF_GRID=100
-LIMIT_SEARCH=110
+LIMIT_LIF_GRID=80
+LIMIT_SEARCH=100
+LIMIT_MEMORY=38
 
 TEST_FILES=(tests/test_gpu.py tests/test_lif.py tests/test_surrogate.py tests/test_candidate_stats.py
-            tests/test_nn.py tests/test_errors.py tests/test_controller.py)
+            tests/test_nn.py tests/test_errors.py tests/test_controller.py tests/test_bitpack.py tests/test_memory.py)
 if [ "$DRY" = 1 ]; then
     # The CPU: the Triton interpreter runs the kernels on CPU tensors; tiny sizes; no GPU even if present.
     export TRITON_INTERPRET=1 CUDA_VISIBLE_DEVICES=""
@@ -59,12 +61,14 @@ if [ "$DRY" = 1 ]; then
     PICK=(asy-soft-attached-4-per_step-fp32-triton asy-soft-False-carry-ref-triton
           test_device_function_matches_eager test_sgv_tgc_match_the_definitions test_outputs_fully_written
           test_triton_backend_needs_a_kernel_device test_paper_neuron_and_beta_buffer
-          test_grid_strategy_and_history_export test_bf16_matches_reference)
+          test_grid_strategy_and_history_export test_bf16_matches_reference test_pack_round_trip_matches_reference
+          test_lif_spikes_saved_by_the_next_layer_are_bits)
     TEST_SELECT=(-k "$(printf ' or %s' "${PICK[@]}" | cut -c5-)")
     # the compile provider is left out: inductor's first CPU compile alone takes most of a minute
     LIF_TARGET=(--T 4 --N 10 --dtype fp32 --reps 2 --providers triton torch spikingjelly)
     LIF_GRID=(--T 2 --N 10 --reps 2 --providers triton spikingjelly torch)
     SEARCH=(--quick --N 10 --K 1 4 --reps 2 --T 2 --batch 2 --width-div 32 --search-reps 1 --n-obs 8 --n-eval 8)
+    MEMORY=(--models digits_cnn --batch 2)
 else
     TEST_SELECT=()
     # Every GPU provider at T = 4 (the targets' shape; inductor, a CPU path, is left out), then ours and
@@ -73,6 +77,7 @@ else
     LIF_TARGET=(--T 4 --N 24 --dtype fp32 --providers triton nn torch compile spikingjelly)
     LIF_GRID=(--providers triton spikingjelly torch)
     SEARCH=()
+    MEMORY=(--models vgg16 vggsnn --no-cpu)
 fi
 
 FAILED=0
@@ -96,7 +101,7 @@ finish() {
     exit "$FAILED"
 }
 
-WORST=$((LIMIT_SETUP + LIMIT_TESTS + LIMIT_LIF_TARGET + LIMIT_LIF_GRID + LIMIT_SEARCH + 5 * KILL_AFTER))
+WORST=$((LIMIT_SETUP + LIMIT_TESTS + LIMIT_LIF_TARGET + LIMIT_LIF_GRID + LIMIT_SEARCH + LIMIT_MEMORY + 6 * KILL_AFTER))
 GIT_SHA=$(git -C "$REPO" rev-parse HEAD 2>/dev/null || echo "${A2SG_GIT_SHA:-unknown}")
 export A2SG_GIT_SHA=$GIT_SHA
 {
@@ -172,4 +177,6 @@ step lif-grid "$LIMIT_LIF_GRID" bench_lif.log python3 "$REPO/bench/bench_lif.py"
     --out "$OUT/lif.jsonl"
 step search "$LIMIT_SEARCH" bench_search.log python3 "$REPO/bench/bench_search.py" --stats-backend triton \
     "${SEARCH[@]}" --out "$OUT/search.jsonl"
+step memory "$LIMIT_MEMORY" bench_memory.log python3 "$REPO/bench/bench_memory.py" "${MEMORY[@]}" \
+    --out "$OUT/memory-cpu.jsonl" --gpu-out "$OUT/memory-cuda.jsonl"
 finish

@@ -80,7 +80,7 @@ import compile_kernels  # noqa: E402
 from a2sg_triton.surrogate import SURROGATES  # noqa: E402
 from bench_lif import run_metadata  # noqa: E402
 
-ITEMSIZE = {"fp32": 4, "fp16": 2, "bf16": 2, "i32": 4, "i64": 8}
+ITEMSIZE = {"fp32": 4, "fp16": 2, "bf16": 2, "u8": 1, "i32": 4, "i64": 8}
 
 # What one iteration of each kernel's steady-state loop covers and reads (module docstring):
 #   elements    constexpr giving the elements per iteration (LIF: one timestep of BLOCK neurons)
@@ -91,6 +91,15 @@ LOOP_WORK = {
     "lif_fwd_kernel": lambda c: dict(elements="BLOCK", candidates=None, reads=["x_ptr"], uniform=[]),
     "lif_bwd_kernel": lambda c: dict(elements="BLOCK", candidates=None, reads=["grad_spikes_ptr", "d_ptr"],
                                      uniform=["beta_ptr"]),
+    # no loop: one pass over a block of bytes (8 spikes each) or of elements (channel values gathered)
+    "pack_bits_kernel": lambda c: dict(elements="BLOCK", candidates=None, reads=["x_ptr"] * 8, uniform=[]),
+    "unpack_bits_kernel": lambda c: dict(elements="BLOCK", candidates=None, reads=["packed_ptr"], uniform=[]),
+    "tdbn_fwd_kernel": lambda c: dict(elements="BLOCK", candidates=None,
+                                      reads=["y_ptr", "mean_ptr", "scale_ptr", "bias_ptr"], uniform=[]),
+    # the recompute loop over T, or with BACKWARD the larger LIF backward loop after it (lif_bwd_kernel's)
+    "tdbn_lif_bwd_kernel": lambda c: dict(elements="BLOCK", candidates=None, reads=["y_ptr"], uniform=[])
+    if not c["BACKWARD"] else dict(elements="BLOCK", candidates=None, reads=["grad_spikes_ptr", "d_ptr"],
+                                   uniform=["beta_ptr"]),
     # STORE_DELTA: the armed backward's step, one width (BLOCK_K = 1): per element, not per pair
     "candidate_stats_kernel": lambda c: dict(
         elements="BLOCK_N", candidates=None if c["STORE_DELTA"] else "BLOCK_K",

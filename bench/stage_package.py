@@ -1,6 +1,6 @@
 """Assembles the importable package from a plain copy of the tree, with nothing installed.
 
-In the repository, ``kernels/`` sits beside ``a2sg_triton/`` (DESIGN.md, section 2) and becomes
+In the repository, ``kernels/`` sits beside ``a2sg_triton/`` and becomes
 ``a2sg_triton.kernels`` only through pyproject.toml's ``[tool.setuptools] package-dir`` mapping, so
 putting the repository root on ``PYTHONPATH`` imports ``a2sg_triton`` without its kernels. This
 script lays out what ``pip install`` would install: for every package listed in

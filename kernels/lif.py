@@ -1,8 +1,7 @@
 import triton
 import triton.language as tl
 
-from .neuron import lif_step, local_grad
-from .surrogate import surrogate_grad
+from .neuron import lif_bwd_steps, lif_step
 
 
 @triton.jit
@@ -78,19 +77,8 @@ def lif_bwd_kernel(
         carry = tl.load(grad_v_last_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     else:
         carry = tl.zeros([BLOCK], dtype=tl.float32)
-    grad_spikes_ptrs = grad_spikes_ptr + last_step_offset + offs
-    d_ptrs = d_ptr + last_step_offset + offs
-    grad_x_ptrs = grad_x_ptr + last_step_offset + offs
-    for i in range(T):
-        beta = tl.load(beta_ptr + (T - 1 - i))
-        d = tl.load(d_ptrs, mask=mask, other=0.0).to(tl.float32)
-        grad_s = tl.load(grad_spikes_ptrs, mask=mask, other=0.0).to(tl.float32)
-        f = surrogate_grad(d, beta, h, SURROGATE)
-        delta = local_grad(d, grad_s, carry, f, v_th, v_reset, HARD_RESET, DETACH_RESET, True)
-        tl.store(grad_x_ptrs, (input_scale * delta).to(grad_x_ptr.dtype.element_ty), mask=mask)
-        carry = decay * delta
-        grad_spikes_ptrs -= N
-        d_ptrs -= N
-        grad_x_ptrs -= N
+    carry = lif_bwd_steps(grad_spikes_ptr + last_step_offset + offs, d_ptr + last_step_offset + offs,
+                          grad_x_ptr + last_step_offset + offs, beta_ptr, carry, mask, N, T, decay, input_scale, v_th,
+                          v_reset, h, SURROGATE, HARD_RESET, DETACH_RESET)
     if STORE_GRAD_V0:
         tl.store(grad_v0_ptr + offs, carry, mask=mask)

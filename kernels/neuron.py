@@ -1,10 +1,12 @@
 import triton
 import triton.language as tl
 
+from .surrogate import surrogate_grad
+
 
 @triton.jit
 def lif_step(v, x, decay, input_scale, v_th, v_reset, HARD_RESET: tl.constexpr):
-    """One LIF timestep (DESIGN.md 3.1) in fp32: -> (d = u - v_th, v after the reset)."""
+    """One LIF timestep (docs/math.md) in fp32: -> (d = u - v_th, v after the reset)."""
     u = decay * v + input_scale * x
     d = u - v_th
     spike = d >= 0.0
@@ -18,7 +20,7 @@ def lif_step(v, x, decay, input_scale, v_th, v_reset, HARD_RESET: tl.constexpr):
 @triton.jit
 def local_grad(d, grad_s, carry, f, v_th, v_reset, HARD_RESET: tl.constexpr, DETACH_RESET: tl.constexpr,
                HAS_CARRY: tl.constexpr):
-    """delta = dL/du of one LIF step (DESIGN.md 3.3) from d = u - v_th, dL/ds, dL/dv and f = f(u; beta).
+    """delta = dL/du of one LIF step (docs/math.md) from d = u - v_th, dL/ds, dL/dv and f = f(u; beta).
 
     Written as delta = f * q + a with q and a free of f: the operands broadcast, and the candidate
     statistics pass d, grad_s, carry as [1, N] rows against f of shape [K, N], so q and a are
@@ -40,3 +42,25 @@ def local_grad(d, grad_s, carry, f, v_th, v_reset, HARD_RESET: tl.constexpr, DET
         else:
             q = grad_s - v_th * carry  # through the soft reset's -v_th f
     return f * q + a
+
+
+@triton.jit
+def lif_bwd_steps(grad_spikes_ptrs, d_ptrs, grad_x_ptrs, beta_ptr, carry, mask, N, T, decay, input_scale, v_th,
+                  v_reset, h, SURROGATE: tl.constexpr, HARD_RESET: tl.constexpr, DETACH_RESET: tl.constexpr):
+    """The LIF backward of one block of neurons (docs/math.md), t = T-1 ... 0.
+
+    The pointers address step T-1 of [T, N] tensors (d = u - v_th from the forward); carry is
+    dL/dv[T-1]. Writes grad_x = input_scale * delta and returns the carry dL/dv[-1].
+    """
+    for i in range(T):
+        beta = tl.load(beta_ptr + (T - 1 - i))
+        d = tl.load(d_ptrs, mask=mask, other=0.0).to(tl.float32)
+        grad_s = tl.load(grad_spikes_ptrs, mask=mask, other=0.0).to(tl.float32)
+        f = surrogate_grad(d, beta, h, SURROGATE)
+        delta = local_grad(d, grad_s, carry, f, v_th, v_reset, HARD_RESET, DETACH_RESET, True)
+        tl.store(grad_x_ptrs, (input_scale * delta).to(grad_x_ptrs.dtype.element_ty), mask=mask)
+        carry = decay * delta
+        grad_spikes_ptrs -= N
+        d_ptrs -= N
+        grad_x_ptrs -= N
+    return carry

@@ -12,7 +12,7 @@ SIGMOID: tl.constexpr = tl.constexpr(5)
 
 @triton.jit
 def surrogate_grad(d, beta, h, SURROGATE: tl.constexpr):
-    """f(u; beta) for d = u - v_th (fp32); DESIGN.md 3.2.
+    """f(u; beta) for d = u - v_th (fp32); docs/math.md.
 
     beta is a scalar, or a [BLOCK_K, 1] column against d of shape [1, BLOCK_N] (the candidate
     statistics). Divisions happen on beta only, so per-element work is multiplications.

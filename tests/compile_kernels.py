@@ -13,15 +13,20 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
+from a2sg_triton.bitpack import BLOCK_BYTES
+from a2sg_triton.kernels.bitpack import pack_bits_kernel, unpack_bits_kernel
 from a2sg_triton.kernels.lif import lif_bwd_kernel, lif_fwd_kernel
 from a2sg_triton.kernels.stats import candidate_stats_kernel
+from a2sg_triton.kernels.tdbn_lif import tdbn_fwd_kernel, tdbn_lif_bwd_kernel
 from a2sg_triton.lif import BLOCK_SIZES
+from a2sg_triton.tdbn_lif import NORM_BLOCK
 from a2sg_triton.stats import BLOCK_K, BLOCK_N
 from a2sg_triton.surrogate import SURROGATES
 
 CAPABILITIES = (90, 80)
 FLAGS = list(itertools.product([False, True], repeat=2))
-STATS_NUM_WARPS = 4  # the candidate-statistics launcher leaves num_warps at Triton's default
+DEFAULT_NUM_WARPS = 4  # Triton's default, which these kernels' launchers keep:
+DEFAULT_WARPS_KERNELS = (candidate_stats_kernel, pack_bits_kernel, unpack_bits_kernel, tdbn_fwd_kernel)
 # The LIF launchers choose (BLOCK, num_warps) from BLOCK_SIZES by N: every flag combination is compiled
 # at the largest block, and each smaller block with the default flags of every dtype / surrogate.
 BLOCK = BLOCK_SIZES[0][0]
@@ -48,7 +53,23 @@ def variants():
                        "grad_x_ptr": "*bf16", "delta_ptr": "*fp32", "N": "i32", "K": "i32",
                        "blocks_per_chunk": "i32", "th_offset": "fp32", "carry_scale": "fp32", "v_th": "fp32",
                        "v_reset": "fp32", "h": "fp32", "input_scale": "fp32"}
+    for dtype in ("fp32", "fp16", "bf16"):
+        yield pack_bits_kernel, {"x_ptr": f"*{dtype}", "packed_ptr": "*u8", "M": "i32"}, {"BLOCK": BLOCK_BYTES}
+        yield unpack_bits_kernel, {"packed_ptr": "*u8", "x_ptr": f"*{dtype}", "M": "i32"}, {"BLOCK": BLOCK_BYTES}
+        norm_signature = {"y_ptr": f"*{dtype}", "mean_ptr": "*fp32", "scale_ptr": "*fp32", "bias_ptr": "*fp32",
+                          "z_ptr": f"*{dtype}", "M": "i32", "C": "i32", "channel_div": "i32"}
+        yield tdbn_fwd_kernel, norm_signature, {"BLOCK": NORM_BLOCK}
+    recompute_signature = {"y_ptr": "*bf16", "mean_ptr": "*fp32", "scale_ptr": "*fp32", "bias_ptr": "*fp32",
+                           "grad_spikes_ptr": "*bf16", "beta_ptr": "*fp32", "d_ptr": "*fp32", "grad_x_ptr": "*bf16",
+                           "N": "i32", "T": "i32", "C": "i32", "channel_div": "i32", "last_step_offset": "i64",
+                           "decay": "fp32", "input_scale": "fp32", "v_th": "fp32", "v_reset": "fp32", "h": "fp32"}
+    for hard in (False, True):  # the recompute alone: its launcher passes SURROGATE=0, DETACH_RESET=False
+        yield tdbn_lif_bwd_kernel, recompute_signature, {"SURROGATE": 0, "HARD_RESET": hard, "DETACH_RESET": False,
+                                                         "BACKWARD": False, "BLOCK": BLOCK}
     for surrogate, (hard, detach), present in itertools.product(range(len(SURROGATES)), FLAGS, [False, True]):
+        if present:
+            yield tdbn_lif_bwd_kernel, recompute_signature, {"SURROGATE": surrogate, "HARD_RESET": hard,
+                                                             "DETACH_RESET": detach, "BACKWARD": True, "BLOCK": BLOCK}
         yield lif_bwd_kernel, bwd_signature, {"SURROGATE": surrogate, "HARD_RESET": hard, "DETACH_RESET": detach,
                                               "HAS_GRAD_V_LAST": present, "STORE_GRAD_V0": present, "BLOCK": BLOCK}
         # K candidates, and the armed backward's step (one width, delta written out)
@@ -59,12 +80,14 @@ def variants():
     for surrogate, (block, _) in itertools.product(range(len(SURROGATES)), BLOCK_SIZES[1:]):
         yield lif_bwd_kernel, bwd_signature, {"SURROGATE": surrogate, "HARD_RESET": False, "DETACH_RESET": False,
                                               "HAS_GRAD_V_LAST": False, "STORE_GRAD_V0": False, "BLOCK": block}
+        yield tdbn_lif_bwd_kernel, recompute_signature, {"SURROGATE": surrogate, "HARD_RESET": False,
+                                                         "DETACH_RESET": False, "BACKWARD": True, "BLOCK": block}
 
 
 def num_warps(fn, constexprs):
     """The num_warps the launcher uses with this variant."""
-    if fn is candidate_stats_kernel:
-        return STATS_NUM_WARPS
+    if fn in DEFAULT_WARPS_KERNELS:
+        return DEFAULT_NUM_WARPS
     return dict(BLOCK_SIZES)[constexprs["BLOCK"]]
 
 

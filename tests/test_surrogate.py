@@ -1,4 +1,4 @@
-"""The eager surrogates (source of truth) against DESIGN.md 3.2 and against the Triton device function."""
+"""The eager surrogates (source of truth) against docs/math.md and against the Triton device function."""
 
 import math
 

@@ -70,6 +70,30 @@ def test_compiled_training_matches_eager(tmp_path):
     assert rows["compiled"][0]["test_acc"] == rows["eager"][0]["test_acc"]
 
 
+def test_memory_saving_flag(tmp_path, monkeypatch):
+    """On by default; --no-memory-saving builds the model without it and trains to the same metrics
+    and betas (the two differ by fp32 rounding of tdBN's normalisation, docs/memory.md)."""
+    import a2sg_triton.train as train_module
+
+    built = []
+    build_model = train_module.build_model
+
+    def recording_build_model(*args, **kwargs):
+        built.append(build_model(*args, **kwargs))
+        return built[-1]
+
+    monkeypatch.setattr(train_module, "build_model", recording_build_model)
+    rows = {}
+    for name, extra in (("on", []), ("off", ["--no-memory-saving"])):
+        assert run([*TINY, "--epochs", "1", "--out", tmp_path / name, *extra])[0] == 0
+        rows[name] = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        assert json.loads((tmp_path / name / "config.json").read_text())["memory_saving"] == (name == "on")
+    assert [model.memory_saving for model in built] == [True, False]
+    assert rows["off"][0]["beta"] == rows["on"][0]["beta"]
+    assert rows["off"][0]["train_loss"] == pytest.approx(rows["on"][0]["train_loss"], rel=1e-4)
+    assert rows["off"][0]["test_acc"] == rows["on"][0]["test_acc"]
+
+
 def checkpoint(out):
     return torch.load(out / "checkpoint.pt", weights_only=False)
 

@@ -9,6 +9,7 @@ from .layers import (NeuronConfig, SpikingClassifier, TdBatchNorm2d, TimeDistrib
                      conv_bn_lif, direct_encode, model_input)
 from .resnet import BasicBlock, ResNet, resnet18, resnet19
 from .vgg import VGG, VGG_SPECS, digits_cnn, vgg16, vgg_accepts, vggsnn
+from ..utils import check_flag
 
 _BUILDERS = {"vgg16": vgg16, "resnet19": resnet19, "resnet18": resnet18, "vggsnn": vggsnn,
              "digits_cnn": digits_cnn}
@@ -32,15 +33,19 @@ def accepts_image_size(name, image_size):
 
 
 def build_model(name, *, num_classes, in_channels, T, surrogate="asy", tau=2.0, v_th=1.0, beta_init=0.5, h=0.5,
-                backend="auto"):
+                backend="auto", memory_saving=True):
     """The model ``name`` (one of MODELS) with every LIF built as
-    ``LIF(T, surrogate, tau=tau, v_th=v_th, beta_init=beta_init, h=h, backend=backend)``."""
+    ``LIF(T, surrogate, tau=tau, v_th=v_th, beta_init=beta_init, h=h, backend=backend)``;
+    ``memory_saving``: bit-packed spikes and tdBN -> LIF recomputation (docs/memory.md)."""
     _check_name(name)
     for arg, value in (("num_classes", num_classes), ("in_channels", in_channels), ("T", T)):
         check_count(arg, value)
     neuron = NeuronConfig(T, surrogate, tau, v_th, beta_init, h, backend)
     neuron.lif()  # checks the neuron arguments before anything is built
-    return _BUILDERS[name](num_classes, in_channels, neuron)
+    check_flag("memory_saving", memory_saving)
+    model = _BUILDERS[name](num_classes, in_channels, neuron)
+    model.memory_saving = memory_saving
+    return model
 
 
 __all__ = ["MODELS", "BasicBlock", "accepts_image_size", "NeuronConfig", "ResNet", "SpikingClassifier", "TdBatchNorm2d",

@@ -7,9 +7,13 @@ folded [T*B, ...] tensor; the LIF layers take [T, B, ...] as they are; ``nn.Line
 import math
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
+from .. import memory
 from ..nn import LIF
+from ..tdbn_lif import TdBNFunction, TdBNRecipe, tdbn_backend, tdbn_statistics
+from ..utils import BACKENDS, check_flag, is_compiling
 
 # tdBN's alpha for the BN layers right before a residual addition: the sum of two branches of
 # scale alpha*v_th each is then again on the scale of v_th.
@@ -51,40 +55,71 @@ class TdBatchNorm2d(nn.BatchNorm2d):
     pre-activations start on the scale of the firing threshold. tdBN's forward multiplies a fixed
     alpha*v_th and learns a scale initialised to 1; folding the constant into the initial weight
     is the same function at initialisation.
+
+    Inside ``a2sg_triton.memory.memory_saving`` a training forward normalises with an explicit
+    formula (Triton when ``backend`` resolves to it for the input, as the LIF's does) and records how,
+    so that a LIF fed by the output recomputes it in backward instead of keeping u - v_th. The
+    running statistics are updated exactly as BatchNorm2d updates them.
     """
 
-    def __init__(self, num_features, alpha=1.0, v_th=1.0):
+    def __init__(self, num_features, alpha=1.0, v_th=1.0, backend="auto"):
         super().__init__(num_features)
-        self.alpha, self.v_th = float(alpha), float(v_th)
+        if not isinstance(backend, str) or backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        self.alpha, self.v_th, self.backend = float(alpha), float(v_th), backend
         nn.init.constant_(self.weight, self.alpha * self.v_th)
+
+    def forward(self, y):
+        context = None if is_compiling() else memory.active()
+        if context is None or not (self.training and torch.is_grad_enabled()):
+            return super().forward(y)
+        self._check_input_dim(y)
+        mean, invstd = tdbn_statistics(self, y)
+        backend = tdbn_backend(self.backend, y)
+        with torch.no_grad():
+            scale = invstd * self.weight
+        tensors = (y, self.weight, self.bias, mean, invstd, scale)
+        z = TdBNFunction.apply(*tensors, self.eps, backend)
+        context.add_recipe(z, TdBNRecipe(self.eps, backend), tensors)
+        return z
 
     def extra_repr(self):
         return f"{super().extra_repr()}, alpha={self.alpha:.4g}, v_th={self.v_th:g}"
 
 
-def conv_bn(in_channels, out_channels, kernel_size, stride=1, *, alpha=1.0, v_th=1.0):
+def conv_bn(in_channels, out_channels, kernel_size, stride=1, *, alpha=1.0, v_th=1.0, backend="auto"):
     """conv (same padding, no bias: the BN shift replaces it) then tdBN, folded over time."""
     conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding=kernel_size // 2, bias=False)
-    return TimeDistributed(conv, TdBatchNorm2d(out_channels, alpha, v_th))
+    return TimeDistributed(conv, TdBatchNorm2d(out_channels, alpha, v_th, backend))
 
 
 def conv_bn_lif(in_channels, out_channels, neuron, stride=1):
     """conv3x3-tdBN-LIF, the unit every model here is made of."""
-    return nn.Sequential(conv_bn(in_channels, out_channels, 3, stride, v_th=neuron.v_th), neuron.lif())
+    return nn.Sequential(conv_bn(in_channels, out_channels, 3, stride, v_th=neuron.v_th, backend=neuron.backend),
+                         neuron.lif())
 
 
 class SpikingClassifier(nn.Module):
     """``features`` then ``classifier`` on [T, B, C, H, W]; the logits [B, classes] are the mean over
-    T of the per-timestep classifier outputs. Subclasses build the two."""
+    T of the per-timestep classifier outputs. Subclasses build the two.
 
-    def __init__(self, T):
+    ``memory_saving`` (default True; an attribute, switch it any time): the forward runs inside
+    ``a2sg_triton.memory.memory_saving``, with ``backend`` packing the spikes (docs/memory.md).
+    """
+
+    def __init__(self, T, memory_saving=True, backend="auto"):
         super().__init__()
         self.T = T
+        self.memory_saving = check_flag("memory_saving", memory_saving)
+        self.backend = backend
 
     def forward(self, x):
         if x.dim() != 5 or x.shape[0] != self.T:
             raise ValueError(f"{type(self).__name__} expects input [T={self.T}, B, C, H, W], got "
                              f"{list(x.shape)}; direct_encode(images, T) turns [B, C, H, W] into that")
+        if self.memory_saving and not is_compiling():
+            with memory.memory_saving(backend=self.backend):
+                return self.classifier(self.features(x)).mean(0)
         return self.classifier(self.features(x)).mean(0)
 
 

@@ -2,6 +2,7 @@
 
 from torch import nn
 
+from ..memory import residual_add
 from .layers import RESIDUAL_ALPHA, SpikingClassifier, TimeDistributed, conv_bn, conv_bn_lif
 
 
@@ -15,17 +16,18 @@ class BasicBlock(nn.Module):
     def __init__(self, in_channels, channels, stride, neuron):
         super().__init__()
         self.residual = nn.Sequential(
-            conv_bn(in_channels, channels, 3, stride, v_th=neuron.v_th),
+            conv_bn(in_channels, channels, 3, stride, v_th=neuron.v_th, backend=neuron.backend),
             neuron.lif(),
-            conv_bn(channels, channels, 3, alpha=RESIDUAL_ALPHA, v_th=neuron.v_th),
+            conv_bn(channels, channels, 3, alpha=RESIDUAL_ALPHA, v_th=neuron.v_th, backend=neuron.backend),
         )
         self.shortcut = nn.Identity()
         if stride != 1 or in_channels != channels:
-            self.shortcut = conv_bn(in_channels, channels, 1, stride, alpha=RESIDUAL_ALPHA, v_th=neuron.v_th)
+            self.shortcut = conv_bn(in_channels, channels, 1, stride, alpha=RESIDUAL_ALPHA, v_th=neuron.v_th,
+                                    backend=neuron.backend)
         self.lif = neuron.lif()
 
     def forward(self, x):
-        return self.lif(self.residual(x) + self.shortcut(x))
+        return self.lif(residual_add(self.residual(x), self.shortcut(x)))
 
 
 class ResNet(SpikingClassifier):
@@ -36,7 +38,7 @@ class ResNet(SpikingClassifier):
     """
 
     def __init__(self, stem_channels, stages, num_classes, in_channels, neuron, hidden=None):
-        super().__init__(neuron.T)
+        super().__init__(neuron.T, backend=neuron.backend)
         layers = [conv_bn_lif(in_channels, stem_channels, neuron)]
         channels = stem_channels
         for width, blocks, stride in stages:
@@ -51,7 +53,7 @@ class ResNet(SpikingClassifier):
             # FC-tdBN-LIF, the FC as a 1x1 conv on the pooled Cx1x1 map. Without the BN the pooled
             # spike rates (a few %) never bring this LIF near its threshold: no gradient at all
             # would reach the layers below at initialisation.
-            head += [conv_bn(channels, hidden, 1, v_th=neuron.v_th), neuron.lif()]
+            head += [conv_bn(channels, hidden, 1, v_th=neuron.v_th, backend=neuron.backend), neuron.lif()]
             channels = hidden
         head += [nn.Flatten(2), nn.Linear(channels, num_classes)]
         self.classifier = nn.Sequential(*head)

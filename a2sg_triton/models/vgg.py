@@ -37,7 +37,7 @@ class VGG(SpikingClassifier):
     """``cfg`` as above, then flatten and one linear classifier; ``input_size`` (square) sizes it."""
 
     def __init__(self, cfg, num_classes, in_channels, input_size, neuron):
-        super().__init__(neuron.T)
+        super().__init__(neuron.T, backend=neuron.backend)
         layers, channels = [], in_channels
         for v in cfg:
             if v == "A":
