@@ -42,10 +42,10 @@ class A2SG:
     """Adaptive surrogate widths for every ``a2sg_triton.nn.LIF`` in ``model``.
 
     Call ``begin_epoch(epoch)`` before each epoch's first iteration: when ``epoch % every == 0``
-    the next backward of every layer searches its beta vector (modes as in DESIGN.md 3.6: "none",
+    the next backward of every layer searches its beta vector (modes as in docs/search.md: "none",
     "spatial" = SGV at every t, "temporal" = TGC for t < T-1, "spatiotemporal" = both).
-    Under torch.distributed the candidate sums are all-reduced over ``process_group`` first, so
-    every rank chooses the same betas.
+    Under torch.distributed the candidate statistics are merged over ``process_group`` first
+    (``CandidateStats.all_reduce``), so every rank chooses the same betas.
 
     ``model`` may be wrapped by DistributedDataParallel or torch.compile: layer names (in the
     history and ``state_dict``) are those of the plain model, so a checkpoint resumes under any
