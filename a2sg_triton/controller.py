@@ -288,8 +288,8 @@ def _controller_for(search_key):
 
 # The searching op waits on the host (search_beta needs each evaluation's values there), so it must
 # never be captured into a CUDA graph: tagged cudagraph_unsafe, torch.compile's CUDA graphs
-# (mode="reduce-overhead") leave the graph that holds it uncaptured. Torch versions without the tag
-# cannot be told: do not capture an armed iteration yourself there (docs/search.md).
+# (mode="reduce-overhead") partition around it or skip the graph that holds it. Torch versions
+# without the tag cannot be told: do not capture an armed iteration yourself there (docs/search.md).
 CUDAGRAPH_UNSAFE = ({"tags": (torch.Tag.cudagraph_unsafe,)} if hasattr(torch.Tag, "cudagraph_unsafe")
                     and "tags" in inspect.signature(torch.library.custom_op).parameters else {})
 
