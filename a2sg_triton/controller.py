@@ -42,10 +42,10 @@ class A2SG:
     """Adaptive surrogate widths for every ``a2sg_triton.nn.LIF`` in ``model``.
 
     Call ``begin_epoch(epoch)`` before each epoch's first iteration: when ``epoch % every == 0``
-    the next backward of every layer searches its beta vector (modes as in DESIGN.md 3.6: "none",
+    the next backward of every layer searches its beta vector (modes as in docs/search.md: "none",
     "spatial" = SGV at every t, "temporal" = TGC for t < T-1, "spatiotemporal" = both).
-    Under torch.distributed the candidate sums are all-reduced over ``process_group`` first, so
-    every rank chooses the same betas.
+    Under torch.distributed the candidate statistics are merged over ``process_group`` first
+    (``CandidateStats.all_reduce``), so every rank chooses the same betas.
 
     ``model`` may be wrapped by DistributedDataParallel or torch.compile: layer names (in the
     history and ``state_dict``) are those of the plain model, so a checkpoint resumes under any
@@ -288,8 +288,8 @@ def _controller_for(search_key):
 
 # The searching op waits on the host (search_beta needs each evaluation's values there), so it must
 # never be captured into a CUDA graph: tagged cudagraph_unsafe, torch.compile's CUDA graphs
-# (mode="reduce-overhead") leave the graph that holds it uncaptured. Torch versions without the tag
-# cannot be told: do not capture an armed iteration yourself there (docs/search.md).
+# (mode="reduce-overhead") partition around it or skip the graph that holds it. Torch versions
+# without the tag cannot be told: do not capture an armed iteration yourself there (docs/search.md).
 CUDAGRAPH_UNSAFE = ({"tags": (torch.Tag.cudagraph_unsafe,)} if hasattr(torch.Tag, "cudagraph_unsafe")
                     and "tags" in inspect.signature(torch.library.custom_op).parameters else {})
 

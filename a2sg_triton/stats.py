@@ -1,9 +1,9 @@
-"""Gradient statistics of one layer at one timestep for K candidate surrogate widths (DESIGN.md 3.5).
+"""Gradient statistics of one layer at one timestep for K candidate surrogate widths (docs/math.md).
 
 For each candidate beta_k, delta_k is the LIF backward's local gradient dL/du[t] computed with
 f(u; beta_k). One pass over u, grad_s, carry and ref yields, for all k, the count n, mean_k,
 M2_k = sum((delta_k - mean_k)^2), sum |delta_k| and sum delta_k * ref, plus sum ref^2; the plain
-sums of DESIGN.md 3.5 follow (``CandidateStats.sum`` = n mean, ``.sumsq`` = M2 + n mean^2).
+sums S1, S2 follow (``CandidateStats.sum`` = n mean, ``.sumsq`` = M2 + n mean^2).
 
 Every backend accumulates shifted sums, sum(delta_k - c_k) and sum((delta_k - c_k)^2) with c_k
 delta_k at one element of the block of data it sums (the triton kernel: per chunk; the torch and
@@ -57,7 +57,7 @@ class CandidateStats:
 
     ``mean`` and ``m2`` (sum of squared deviations from the mean) rather than sum and sum of
     squares, so that the variance is exact when |mean| >> std; ``sum`` and ``sumsq`` give the plain
-    sums of DESIGN.md 3.5.
+    sums S1 and S2 (docs/math.md).
     """
 
     betas: torch.Tensor  # [K]

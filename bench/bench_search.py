@@ -1,8 +1,8 @@
 """Cost of the A²SG β search: the fused candidate statistics, and the search inside training.
 
-Part ``stats`` (DESIGN.md 3.5): one layer-timestep of N fp32 elements with carry and reference
-given (the heaviest case: u, grad_s, carry and ref, 4 tensors of N fp32, are read), K candidate
-widths of the asy surrogate. Providers:
+Part ``stats`` (the candidate statistics of docs/math.md): one layer-timestep of N fp32 elements
+with carry and reference given (the heaviest case: u, grad_s, carry and ref, 4 tensors of N fp32,
+are read), K candidate widths of the asy surrogate. Providers:
   fused       a2sg_triton.candidate_stats(..., backend=B): all K candidates in one call; B is
               "triton" on CUDA and "inductor" on the CPU where a C++ compiler exists ("auto";
               --stats-backend takes one or more, e.g. auto torch: one fused row per backend;

@@ -110,7 +110,7 @@ def candidate_stats_kernel(
     # element, so an fp32 sum of squares does not cancel when |mean| >> std (the host merges the
     # chunks' (count, mean, M2) in float64 by Chan's formula).
     first = chunk_start + tl.arange(0, 1)
-    shift = _candidate_deltas(u_ptr, grad_s_ptr, carry_ptr, first, first < N, beta, th_offset, carry_scale, v_th,
+    shift = _candidate_deltas(u_ptr, grad_s_ptr, carry_ptr, first, None, beta, th_offset, carry_scale, v_th,
                               v_reset, h, SURROGATE, HARD_RESET, DETACH_RESET, HAS_CARRY, False)  # [BLOCK_K, 1]
 
     # Per-lane accumulators, reduced across lanes once after the loop.

@@ -172,7 +172,7 @@ def test_deterministic():
     betas = draw_betas(40)
     u, grad_s, carry, ref = make_inputs(betas)
     runs = [candidate_stats(u, grad_s, betas, "tri", carry=carry, ref=ref, backend="triton") for _ in range(2)]
-    for name in ("sum", "sumsq", "sumabs", "dot", "ref_sq"):
+    for name in ("n", "mean", "m2", "sumabs", "dot", "ref_sq"):
         assert torch.equal(getattr(runs[0], name), getattr(runs[1], name))
 
 
@@ -202,3 +202,39 @@ U = torch.ones(10)
 def test_bad_arguments(args, kwargs, exc, match):
     with pytest.raises(exc, match=match):
         candidate_stats(*args, **kwargs)
+
+
+def test_all_reduce_merges_ranks_by_chans_formula(monkeypatch):
+    """CandidateStats.all_reduce on two simulated ranks (threads meeting in a fake SUM all-reduce):
+    both end with the statistics of the whole data, SGV within 1e-3 of float64 at mean/std = 1e4."""
+    import threading
+
+    import torch.distributed as dist
+
+    u, grad_s, betas = mean_dwarfs_std_inputs()
+    grad_s[1000:] += 3.0  # the ranks' means differ by 3 std: M2 needs Chan's n (mean_rank - mean)^2 terms
+    ref = torch.randn(N, generator=torch.Generator().manual_seed(5))
+    halves = [candidate_stats(u[part], grad_s[part], betas, "box", ref=ref[part], v_th=V_TH, backend="torch")
+              for part in (slice(0, 1000), slice(1000, None))]
+    barrier, inbox = threading.Barrier(2), {}
+
+    def fake_all_reduce(tensor, op=None, group=None):
+        inbox[threading.get_ident()] = tensor.clone()
+        barrier.wait()
+        total = sum(inbox.values())
+        barrier.wait()  # both have read the inbox before either writes it again
+        tensor.copy_(total)
+
+    monkeypatch.setattr(dist, "all_reduce", fake_all_reduce)
+    threads = [threading.Thread(target=stats.all_reduce) for stats in halves]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    want = candidate_stats_ref(u, grad_s, betas, "box", ref=ref, v_th=V_TH)
+    for got in halves:
+        assert_stats_close(got, want)
+        torch.testing.assert_close(got.sgv(), want.sgv(), rtol=1e-3, atol=0)
+        torch.testing.assert_close(got.tgc(), want.tgc(), rtol=0, atol=1e-6)
+    for name in ("n", "mean", "m2", "sumabs", "dot", "ref_sq"):
+        assert torch.equal(getattr(halves[0], name), getattr(halves[1], name))
