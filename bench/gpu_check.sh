@@ -45,12 +45,12 @@ export PYTHONUNBUFFERED=1
 # against BUDGET below, so a longer step must take its time from another.
 BUDGET=540
 KILL_AFTER=2
-LIMIT_SETUP=30
-LIMIT_TESTS=190
-LIMIT_LIF_TARGET=90
-LIMIT_LIF_GRID=80
-LIMIT_SEARCH=100
-LIMIT_MEMORY=38
+LIMIT_SETUP=20
+LIMIT_TESTS=343
+LIMIT_LIF_TARGET=35
+LIMIT_LIF_GRID=55
+LIMIT_SEARCH=45
+LIMIT_MEMORY=30
 
 TEST_FILES=(tests/test_gpu.py tests/test_lif.py tests/test_surrogate.py tests/test_candidate_stats.py
             tests/test_nn.py tests/test_errors.py tests/test_controller.py tests/test_bitpack.py tests/test_memory.py)

@@ -79,7 +79,7 @@ def test_search_gradients_use_the_new_beta_and_tgc_references_it(backend, surrog
     a2.begin_epoch(0)
     (layer(x) * w).sum().backward()
     chosen = layer.beta.clone()
-    assert not torch.equal(chosen, torch.full((T,), 0.5))
+    assert not torch.equal(chosen, torch.full((T,), 0.5, device=device))
 
     x64 = x.detach().double().requires_grad_()
     out = a2sg_triton.reference.lif_multistep(x64, chosen.double(), surrogate, reset=reset)
