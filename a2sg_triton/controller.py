@@ -28,7 +28,7 @@ from .utils import atomic_write, math_dtype, unwrap_model
 
 ADAPT_MODES = ("none", "spatial", "temporal", "spatiotemporal")
 HISTORY_FIELDS = ("epoch", "layer", "t", "metric", "beta", "previous_beta", "best_beta", "best_value",
-                  "metric_at_beta", "predicted", "fell_back", "gp_seconds", "seconds")
+                  "metric_at_beta", "predicted", "fell_back", "flat", "gp_seconds", "seconds")
 
 _next_key = itertools.count()
 
@@ -95,6 +95,19 @@ class A2SG:
         if self._pending:
             self._fetch(None)
         return self._history
+
+    def search_log(self, since=0):
+        """Counts over the history rows from index ``since`` on (one epoch's searches, say): searches,
+        GP choices that fell back, flat curves (width kept), and the widths of every layer now within
+        1% of the range's width from its lower or upper end."""
+        rows = self.history[since:]
+        lo, hi = self.config.beta_range
+        margin = 0.01 * (hi - lo)
+        betas = torch.cat([layer.beta.detach().double().cpu() for layer in self.layers.values()])
+        return {"searches": len(rows), "fell_back": sum(bool(r["fell_back"]) for r in rows),
+                "flat": sum(bool(r.get("flat")) for r in rows),  # rows saved before "flat" existed lack it
+                "at_lower_end": int((betas <= lo + margin).sum()), "at_upper_end": int((betas >= hi - margin).sum()),
+                "widths": betas.numel()}
 
     def _fetch(self, values):
         """values.cpu() with the pending history values on values' device in the same transfer, so
@@ -186,7 +199,7 @@ class A2SG:
                 row = {"epoch": self.epoch, "layer": name, "t": t, "metric": metric, "beta": result.beta,
                        "previous_beta": None, "best_beta": result.best_beta, "best_value": result.best_value,
                        "metric_at_beta": None, "predicted": result.predicted, "fell_back": result.fell_back,
-                       "gp_seconds": result.gp_seconds}
+                       "flat": result.flat, "gp_seconds": result.gp_seconds}
             delta, stats = step_fn(d_t, grad_s_t, carry, carry_scale, ref if tgc else None, new_beta[t:t + 1],
                                    surrogate_id, v_th, hard_reset, v_reset, detach_reset, h, input_scale, grad_x[t])
             if row is not None:

@@ -37,8 +37,20 @@ def summary(config, out, history):
         f"spikes per sample {sum(last['spikes_per_sample'].values()):.1f}, "
         f"mean firing rate {last['firing_rate_mean']:.4f}",
         f"training {total:.1f}s, of which search {search:.1f}s ({100 * search / max(total, 1e-9):.1f}%)",
+        *_search_lines(history),
         f"run folder {out}",
     ])
+
+
+def _search_lines(history):
+    """The search log over the run (rows written before it existed have none)."""
+    logs = [row["search"] for row in history if "search" in row]
+    if not logs or not sum(log["searches"] for log in logs):
+        return []
+    last = logs[-1]
+    return [f"searches {sum(log['searches'] for log in logs)}: {sum(log['fell_back'] for log in logs)} GP choices "
+            f"fell back, {sum(log['flat'] for log in logs)} flat curves (width kept); widths at the range ends "
+            f"now: {last['at_lower_end']} low, {last['at_upper_end']} high of {last['widths']}"]
 
 
 def tensorboard_writer(out):

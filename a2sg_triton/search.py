@@ -37,6 +37,9 @@ from .utils import check_flag, check_real
 
 STRATEGIES = ("bo", "grid")
 GP_FITS = ("fit", "warm", "fixed")
+# A metric curve whose values all lie within this fraction of their largest magnitude is flat: the
+# candidates' statistics come from fp32 deltas, so differences that small are rounding, not signal.
+FLAT_RTOL = 1e-6
 
 # L-BFGS-B iterations of a "warm" fit, which starts from the previous search's hyperparameters:
 # with 10, its choices matched a full fit's in 99-100% of the bench searches (3: 98-100%) at about
@@ -106,6 +109,7 @@ class SearchResult:
     fell_back: bool  # the GP's choice was rejected (or nothing usable was observed)
     gp_seconds: float  # wall time of the GP fit + acquisition
     n_evaluated: int  # candidates passed to evaluate in total
+    flat: bool = False  # the observed curve was flat (is_flat): current kept, no GP
 
 
 @dataclass
@@ -170,6 +174,12 @@ def _fit_thread():
     return concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="a2sg-gp-fit")
 
 
+def is_flat(values):
+    """True when every value of the float64 tensor ``values`` (finite, at least one) is within
+    FLAT_RTOL of the largest magnitude among them: a curve with nothing to model."""
+    return bool(values.max() - values.min() <= FLAT_RTOL * values.abs().max())
+
+
 def _evaluate(evaluate, betas):
     values = torch.as_tensor(evaluate(betas), dtype=torch.float64, device="cpu")
     if values.shape != betas.shape:
@@ -210,8 +220,8 @@ def search_beta(evaluate, *, maximize: bool, config: SearchConfig, generator: to
     ``evaluate(betas)`` maps a float64 CPU tensor [K] of widths to a float64 tensor [K] of metric
     values (non-finite values are ignored). It is called once for "bo" (K = n_obs) and twice for
     "grid" (K = n_obs, then n_eval). ``maximize`` says which way the metric is better; ``current``
-    is returned when no value is finite (None: the caller keeps its width itself, the A²SG controller
-    does so on the device); ``gp_state`` carries hyperparameters for "warm"/"fixed".
+    is returned when no value is finite or the observed curve is flat (``is_flat``; None: the caller
+    keeps its width itself, the A²SG controller does so on the device); ``gp_state`` carries hyperparameters for "warm"/"fixed".
     """
     check_flag("maximize", maximize)
     if not isinstance(config, SearchConfig):
@@ -235,6 +245,8 @@ def search_beta(evaluate, *, maximize: bool, config: SearchConfig, generator: to
 
     best = int(y_obs.argmax())
     beta_best, y_best = beta_obs[best].item(), y_obs[best].item()
+    if is_flat(y_obs):  # no width is better than another: keep the current one rather than a random draw
+        return SearchResult(current, beta_best, sign * y_best, None, False, 0.0, n_evaluated, flat=True)
     window = (max(beta_best - config.radius, lo), min(beta_best + config.radius, hi))
     beta_eval = torch.linspace(*window, config.n_eval, dtype=torch.float64)
 
@@ -246,9 +258,6 @@ def search_beta(evaluate, *, maximize: bool, config: SearchConfig, generator: to
         best = int(y_all.argmax())  # the first of equals, so an observed one wins a tie
         beta_best, y_best = beta_all[best].item(), y_all[best].item()
         return SearchResult(beta_best, beta_best, sign * y_best, None, False, 0.0, n_evaluated)
-
-    if bool((y_obs == y_best).all()):  # a flat curve: nothing to model (and Standardize would divide by 0)
-        return SearchResult(beta_best, beta_best, sign * y_best, None, True, 0.0, n_evaluated)
 
     start = time.perf_counter()
     with _one_thread():

@@ -236,6 +236,7 @@ def _train(config, options, state, device, rank, world, train_set, test_set, inf
             "firing_rate": {n: spikes[n] / (test_count * config["T"] * counter.neurons[n]) for n in names},
             "epoch_seconds": epoch_seconds,
             "search_seconds": sum(r["seconds"] for r in controller.history[searched:]),
+            "search": controller.search_log(searched),
             "beta": {n: counter.layers[n].beta.tolist() for n in names},
         }
         row["firing_rate_mean"] = (sum(spikes.values()) /

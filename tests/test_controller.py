@@ -372,3 +372,26 @@ def test_searching_op_is_tagged_cudagraph_unsafe():
     if not hasattr(torch.Tag, "cudagraph_unsafe"):
         pytest.skip("this torch has no cudagraph_unsafe tag")
     assert torch.Tag.cudagraph_unsafe in torch.ops.a2sg_triton.lif_bwd_search.default.tags
+
+
+def test_flat_tgc_keeps_beta_and_the_search_log_counts_it():
+    """A loss on the last step only and a detached reset: for t < T-1, delta[t] = decay * delta[t+1]
+    whatever beta_t, so TGC is 1 for every candidate: three flat curves, beta kept, no GP."""
+    layer = LIF(T, "box", detach_reset=True)
+    a2 = A2SG(layer, adapt="temporal", **SEARCH)
+    g = torch.Generator().manual_seed(0)
+    x = (1.5 * torch.randn(T, 300, generator=g)).requires_grad_()
+    w = torch.zeros(T, 300)
+    w[-1] = torch.randn(300, generator=g)
+    a2.begin_epoch(0)
+    (layer(x) * w).sum().backward()
+    rows = a2.history
+    assert [row["t"] for row in rows] == [2, 1, 0] and all(row["flat"] and not row["fell_back"] for row in rows)
+    assert all(row["beta"] == row["previous_beta"] == 0.5 for row in rows)
+    assert torch.equal(layer.beta, torch.full((T,), 0.5))
+    log = a2.search_log()
+    assert log == {"searches": 3, "fell_back": 0, "flat": 3, "at_lower_end": 0, "at_upper_end": 0, "widths": T}
+    assert a2.search_log(since=3)["searches"] == 0
+    with torch.no_grad():
+        layer.beta.copy_(torch.tensor([0.05, 1.0, 0.5, 0.059]))  # the range is [0.05, 1]: 1% is 0.0095
+    assert (a2.search_log()["at_lower_end"], a2.search_log()["at_upper_end"]) == (2, 1)

@@ -144,10 +144,30 @@ def test_never_crosses_a_non_finite_observation(gp_fit):
     assert result.fell_back == (result.beta == result.best_beta)
 
 
-def test_flat_curve_falls_back_without_a_gp():
-    result, metric = run(lambda b: torch.full_like(b, 0.25), True)
-    assert result.fell_back and result.predicted is None and result.gp_seconds == 0
-    assert result.beta == result.best_beta == metric.calls[0][0].item() and result.best_value == 0.25
+@pytest.mark.parametrize("strategy, gp_fit", METHODS)
+@pytest.mark.parametrize("noise", [0.0, 2e-7, -3e-7])
+def test_flat_curve_keeps_the_current_width(strategy, gp_fit, noise):
+    """Values equal, or apart by fp32-like rounding only: flagged flat, the current width kept (None
+    when the caller keeps it itself), no GP, no second evaluation."""
+    flat = lambda b: 0.25 * (1 + noise * torch.sin(97 * b))  # noqa: E731
+    for current in (0.3, None):
+        result, metric = run(flat, True, strategy=strategy, gp_fit=gp_fit, current=current)
+        assert result.flat and not result.fell_back and result.predicted is None and result.gp_seconds == 0
+        assert result.beta == current and len(metric.calls) == 1
+        assert result.best_beta == metric.calls[0][int(flat(metric.calls[0]).argmax())].item()
+
+
+@pytest.mark.parametrize("step", [1e-5, 1e-3])
+def test_small_real_differences_are_not_flat(step):
+    result, _ = run(lambda b: 0.25 * (1 + step * b), True)
+    assert not result.flat and result.beta is not None
+
+
+def test_is_flat():
+    assert search.is_flat(torch.zeros(3, dtype=torch.float64))
+    assert search.is_flat(torch.tensor([1e-17, 1e-17 * (1 + 1e-9)], dtype=torch.float64))
+    assert not search.is_flat(torch.tensor([1e-17, 2e-17], dtype=torch.float64))
+    assert not search.is_flat(torch.tensor([-1.0, 1.0], dtype=torch.float64))
 
 
 @pytest.mark.parametrize("gp_fit", GP_FITS)

@@ -31,13 +31,14 @@ def test_cli_run_writes_metrics_plots_and_checkpoint(tmp_path, capsys):
         assert all(len(b) == 4 for b in row["beta"].values())
         assert row["epoch_seconds"] > 0 and row["search_seconds"] > 0
         assert 0 <= row["firing_rate_mean"] <= 1
+        assert row["search"]["searches"] == row["search"]["widths"] == 8  # 2 layers x T = 4, every epoch
     assert any(b != 0.5 for betas in rows[0]["beta"].values() for b in betas)  # epoch 0 searched
     for png in ("beta.png", "accuracy.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     state = torch.load(out / "checkpoint.pt", weights_only=False)
     assert state["format"] == "a2sg-train/1" and state["epoch"] == 1 and len(state["metrics"]) == 2
     assert json.loads((out / "config.json").read_text())["model"] == "digits_cnn"
-    assert "test accuracy" in captured.out and "run folder" in captured.out
+    assert "test accuracy" in captured.out and "run folder" in captured.out and "searches 16:" in captured.out
     assert not [p for p in out.iterdir() if p.name.startswith(".tmp-")]
 
 
