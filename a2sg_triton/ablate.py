@@ -25,20 +25,24 @@ from .config import PRESETS
 from .train import main as train_main
 from .utils import atomic_write
 
-# (name, surrogate, adapt) — Table 6's rows plus TRI with ST-ASG.
+# (name, surrogate, adapt, extra a2sg-train flags) — Table 6's rows, TRI with ST-ASG, the unit-area
+# ASY with ST-ASG, and A²SG searching a narrower range of widths (docs/results/digits-deep-ablation.md).
 CONFIGS = (
-    ("BOX", "box", "none"),
-    ("BOX + S-ASG", "box", "spatial"),
-    ("BOX + T-ASG", "box", "temporal"),
-    ("BOX + ST-ASG", "box", "spatiotemporal"),
-    ("A²SG (ASY + ST-ASG)", "asy", "spatiotemporal"),
-    ("TRI + ST-ASG", "tri", "spatiotemporal"),
+    ("BOX", "box", "none", ()),
+    ("BOX + S-ASG", "box", "spatial", ()),
+    ("BOX + T-ASG", "box", "temporal", ()),
+    ("BOX + ST-ASG", "box", "spatiotemporal", ()),
+    ("A²SG (ASY + ST-ASG)", "asy", "spatiotemporal", ()),
+    ("TRI + ST-ASG", "tri", "spatiotemporal", ()),
+    ("ASY-unit + ST-ASG", "asy_unit", "spatiotemporal", ()),
+    ("A²SG, β in [0.2, 1]", "asy", "spatiotemporal", ("--beta-range", "0.2", "1.0")),
 )
 BASELINE = "BOX"
 
 
-def run_name(surrogate, adapt, seed):
-    return f"{surrogate}-{adapt}-seed{seed}"
+def run_name(surrogate, adapt, seed, extra=()):
+    flags = "".join(f"-{a.lstrip('-').replace('beta-range', 'beta')}" for a in extra)
+    return f"{surrogate}-{adapt}{flags}-seed{seed}"
 
 
 def finished_metrics(run_dir):
@@ -138,17 +142,17 @@ def main(argv=None):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = {}
-    for name, surrogate, adapt in CONFIGS:
+    for name, surrogate, adapt, extra in CONFIGS:
         if args.configs and name not in args.configs:
             continue
         results[name] = []
         for seed in range(args.seeds):
-            run_dir = out / run_name(surrogate, adapt, seed)
+            run_dir = out / run_name(surrogate, adapt, seed, extra)
             rows = finished_metrics(run_dir)
             if rows is None:
                 print(f"[a2sg-ablate] {name}, seed {seed} -> {run_dir}", flush=True)
-                code = train_main(["--preset", args.preset, *train_args, "--surrogate", surrogate, "--adapt", adapt,
-                                   "--seed", str(seed), "--out", str(run_dir), "--force"])
+                code = train_main(["--preset", args.preset, *train_args, *extra, "--surrogate", surrogate,
+                                   "--adapt", adapt, "--seed", str(seed), "--out", str(run_dir), "--force"])
                 if code != 0:
                     return code
                 rows = finished_metrics(run_dir)

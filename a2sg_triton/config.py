@@ -30,6 +30,11 @@ PRESETS = {
     "digits": dict(model="digits_cnn", dataset="digits", T=4, epochs=12, warmup_epochs=1, batch_size=32,
                    lr=5e-3, lr_start=1e-4, weight_decay=1e-2, augment=False, surrogate="asy",
                    adapt="spatiotemporal"),
+    # A plain 12-conv VGG on the same data: deep enough that the surrogate matters, about 2-3 minutes
+    # a run on 2 CPU cores (docs/results/digits-deep-ablation.md).
+    "digits-deep": dict(model="digits_vgg", dataset="digits", T=4, epochs=20, warmup_epochs=1, batch_size=32,
+                        lr=5e-3, lr_start=1e-4, weight_decay=1e-2, augment=False, surrogate="asy",
+                        adapt="spatiotemporal"),
     # Paper A.10.
     "paper-cifar10": dict(_PAPER_CIFAR, dataset="cifar10", lr=6e-3, lr_start=1e-5, weight_decay=2e-2),
     "paper-cifar100": dict(_PAPER_CIFAR, dataset="cifar100", lr=5e-3, lr_start=1e-4, weight_decay=4e-2),
@@ -38,7 +43,7 @@ PRESETS = {
                               surrogate="asy", adapt="spatiotemporal"),
 }
 DEFAULTS = dict(PRESETS["digits"], strategy="bo", tau=2.0, v_th=1.0, h=0.5, beta_init=0.5, n_obs=100,
-                n_eval=150, radius=0.05, every=1, seed=0, backend="auto", device="auto", amp="auto",
+                n_eval=150, radius=0.05, beta_range=(0.05, 1.0), every=1, seed=0, backend="auto", device="auto", amp="auto",
                 workers=0, data=None, download=False, limit_batches=None, tensorboard=False, compile=False,
                 memory_saving=True)
 
@@ -88,6 +93,7 @@ def build_parser():
     arg("--n-obs", type=int)
     arg("--n-eval", type=int)
     arg("--radius", type=float)
+    arg("--beta-range", type=float, nargs=2, metavar=("LO", "HI"), help="the searched widths (default: 0.05 1.0)")
     arg("--every", type=int, help="search every this many epochs")
     arg("--seed", type=int)
     arg("--backend", choices=BACKENDS)
@@ -128,6 +134,9 @@ def resolve_config(argv):
     for name in ("lr", "lr_start", "tau", "beta_init", "radius"):
         if not config[name] > 0:
             raise TrainError(f"--{name.replace('_', '-')} must be > 0, got {config[name]}")
+    config["beta_range"] = tuple(config["beta_range"])
+    if not 0 < config["beta_range"][0] < config["beta_range"][1]:
+        raise TrainError(f"--beta-range must satisfy 0 < LO < HI, got {config['beta_range'][0]} {config['beta_range'][1]}")
     if config["surrogate"] == "asy" and config["h"] < 0.5:
         raise TrainError(f"--h must be >= 0.5 for the asy surrogate, got {config['h']}")
     if config["dataset"] != "digits" and config["data"] is None and not args.resume:

@@ -195,7 +195,8 @@ def _train(config, options, state, device, rank, world, train_set, test_set, inf
         wrapped = torch.compile(wrapped)
     # on the plain model: its state names the layers as the model does, whichever wrapper trains it
     controller = A2SG(model, adapt=config["adapt"], strategy=config["strategy"], n_obs=config["n_obs"],
-                      n_eval=config["n_eval"], radius=config["radius"], every=config["every"], seed=config["seed"])
+                      n_eval=config["n_eval"], radius=config["radius"], beta_range=config.get("beta_range", (0.05, 1.0)),
+                      every=config["every"], seed=config["seed"])
     data_generator = torch.Generator().manual_seed(config["seed"])
     use_bf16 = config["amp"] == "bf16" or (config["amp"] == "auto" and device.type == "cuda")
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_bf16 else nullcontext

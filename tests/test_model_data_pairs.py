@@ -19,7 +19,9 @@ TINY = ["--epochs", "1", "--limit-batches", "1", "--batch-size", "2", "--T", str
 REFUSED = [("vgg16", "digits"), ("vgg16", "imagefolder"),
            ("vggsnn", "digits"), ("vggsnn", "cifar10"), ("vggsnn", "cifar100"), ("vggsnn", "imagefolder"),
            ("digits_cnn", "cifar10"), ("digits_cnn", "cifar100"), ("digits_cnn", "cifar10-dvs"),
-           ("digits_cnn", "imagefolder")]
+           ("digits_cnn", "imagefolder"),
+           ("digits_vgg", "cifar10"), ("digits_vgg", "cifar100"), ("digits_vgg", "cifar10-dvs"),
+           ("digits_vgg", "imagefolder")]
 FITS = [(m, d) for m in MODELS for d in DATASETS if (m, d) not in REFUSED]
 
 

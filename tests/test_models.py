@@ -14,7 +14,7 @@ RESIDUAL_ALPHA = 1 / math.sqrt(2)
 
 # name: (in_channels, input size, LIF layers, tdBN layers with alpha = 1/sqrt(2), parameters at 10 classes).
 # LIF layers: vgg16 one per conv (13); resnet19 stem + 2 per block (8 blocks) + the FC256's; resnet18 stem +
-# 2 per block (8 blocks); vggsnn one per conv (8); digits_cnn one per conv (2). The 1/sqrt(2) layers are the
+# 2 per block (8 blocks); vggsnn one per conv (8); digits_cnn one per conv (2); digits_vgg one per conv (12). The 1/sqrt(2) layers are the
 # BN before every residual sum plus every conv shortcut's BN (resnet19: 2, resnet18: 3). The parameter
 # counts are the ones docs/models.md lists.
 SPECS = {
@@ -23,6 +23,7 @@ SPECS = {
     "resnet18": (3, 32, 17, 11, 11_173_962),
     "vggsnn": (2, 48, 8, 0, 9_268_746),
     "digits_cnn": (1, 8, 2, 0, 9_978),
+    "digits_vgg": (1, 8, 12, 0, 78_106),
 }
 
 
@@ -39,7 +40,7 @@ def _loss_and_grads(model, images, T):
 
 
 def test_model_names():
-    assert MODELS == ("vgg16", "resnet19", "resnet18", "vggsnn", "digits_cnn")
+    assert MODELS == ("vgg16", "resnet19", "resnet18", "vggsnn", "digits_cnn", "digits_vgg")
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -141,7 +142,8 @@ def test_accepted_image_sizes():
     """The VGGs take the sizes whose poolings leave their natural map; the ResNets take any size."""
     accepted = {name: [s for s in range(1, 100) if accepts_image_size(name, s)] for name in MODELS}
     assert accepted == {"vgg16": list(range(32, 64)), "resnet19": list(range(1, 100)),
-                        "resnet18": list(range(1, 100)), "vggsnn": list(range(48, 64)), "digits_cnn": [8, 9]}
+                        "resnet18": list(range(1, 100)), "vggsnn": list(range(48, 64)), "digits_cnn": [8, 9],
+                        "digits_vgg": [8, 9, 10, 11]}
     model = build_model("digits_cnn", num_classes=10, in_channels=1, T=1, backend="torch")
     assert model(direct_encode(torch.rand(2, 1, 9, 9), 1)).shape == (2, 10)  # the edge of what it takes
     with pytest.raises(RuntimeError):

@@ -1,4 +1,4 @@
-"""Spiking model zoo: VGG16, ResNet-19, ResNet-18, VGGSNN and a small digits CNN (docs/models.md).
+"""Spiking model zoo: VGG16, ResNet-19, ResNet-18, VGGSNN, a small and a deep digits CNN (docs/models.md).
 
 Every model takes [T, B, C, H, W] and returns logits [B, num_classes], the mean over T of the
 per-timestep classifier outputs; ``direct_encode`` repeats static images over T. Every spiking
@@ -8,11 +8,11 @@ layer is an ``a2sg_triton.nn.LIF``, so ``a2sg_triton.A2SG(model)`` finds them al
 from .layers import (NeuronConfig, SpikingClassifier, TdBatchNorm2d, TimeDistributed, check_count, conv_bn,
                      conv_bn_lif, direct_encode, model_input)
 from .resnet import BasicBlock, ResNet, resnet18, resnet19
-from .vgg import VGG, VGG_SPECS, digits_cnn, vgg16, vgg_accepts, vggsnn
+from .vgg import VGG, VGG_SPECS, digits_cnn, digits_vgg, vgg16, vgg_accepts, vggsnn
 from ..utils import check_flag
 
 _BUILDERS = {"vgg16": vgg16, "resnet19": resnet19, "resnet18": resnet18, "vggsnn": vggsnn,
-             "digits_cnn": digits_cnn}
+             "digits_cnn": digits_cnn, "digits_vgg": digits_vgg}
 MODELS = tuple(_BUILDERS)
 
 
@@ -49,5 +49,5 @@ def build_model(name, *, num_classes, in_channels, T, surrogate="asy", tau=2.0, 
 
 
 __all__ = ["MODELS", "BasicBlock", "accepts_image_size", "NeuronConfig", "ResNet", "SpikingClassifier", "TdBatchNorm2d",
-           "TimeDistributed", "VGG", "build_model", "conv_bn", "conv_bn_lif", "digits_cnn", "direct_encode",
+           "TimeDistributed", "VGG", "build_model", "conv_bn", "conv_bn_lif", "digits_cnn", "digits_vgg", "direct_encode",
            "model_input", "resnet18", "resnet19", "vgg16", "vggsnn"]

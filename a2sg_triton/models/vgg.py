@@ -9,8 +9,10 @@ from .layers import SpikingClassifier, TimeDistributed, conv_bn_lif
 VGG16_CFG = (64, 64, "A", 128, 128, "A", 256, 256, 256, "A", 512, 512, 512, "A", 512, 512, 512, "A")
 VGGSNN_CFG = (64, 128, "A", 256, 256, "A", 512, 512, "A", 512, 512, "A")
 DIGITS_CFG = (16, "A", 32)
+DIGITS_DEEP_CFG = (16, 16, 16, 16, "A", 32, 32, 32, 32, "A", 32, 32, 32, 32)
 # name -> (cfg, the side of the square input that the classifier is sized for)
-VGG_SPECS = {"vgg16": (VGG16_CFG, 32), "vggsnn": (VGGSNN_CFG, 48), "digits_cnn": (DIGITS_CFG, 8)}
+VGG_SPECS = {"vgg16": (VGG16_CFG, 32), "vggsnn": (VGGSNN_CFG, 48), "digits_cnn": (DIGITS_CFG, 8),
+             "digits_vgg": (DIGITS_DEEP_CFG, 8)}
 
 
 def feature_size(cfg, input_size):
@@ -71,3 +73,10 @@ def digits_cnn(num_classes, in_channels, neuron):
     """conv-pool-conv for scikit-learn's 8×8 digits, 32×4×4 to the classifier; small enough that a
     training step at T=4, batch 64 takes about 10 ms on 2 CPU cores (docs/models.md)."""
     return _vgg("digits_cnn", num_classes, in_channels, neuron)
+
+
+def digits_vgg(num_classes, in_channels, neuron):
+    """A plain 12-conv VGG for the 8×8 digits (4 convs at 8×8, 4 at 4×4, 4 at 2×2; no residual path):
+    deep enough that every gradient crosses 12 spiking layers, small enough for 2 CPU cores
+    (docs/models.md)."""
+    return _vgg("digits_vgg", num_classes, in_channels, neuron)
