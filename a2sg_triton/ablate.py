@@ -1,12 +1,16 @@
 """a2sg-ablate: the paper's Table-6 ablation grid, over several seeds, as one table.
 
     a2sg-ablate --seeds 3 --out runs/ablation                 # embedded digits, on the CPU
+    a2sg-ablate --preset digits-deep --seeds 3 --fisher 64 --out runs/digits-deep
     a2sg-ablate --preset paper-cifar10 --data ~/data/cifar10 --seeds 3 --out runs/c10-ablation
 
 Each (configuration, seed) is one `a2sg-train` run in OUT/<config>-seed<k>; a run that already
 finished is reused, so an interrupted ablation continues where it stopped. OUT/ablation.md and
-OUT/ablation.json hold accuracy (mean ± std over seeds), spikes per sample, epoch time and its
-overhead against the BOX baseline, with the machine they ran on.
+OUT/ablation.json hold final and best test accuracy, training loss, spikes per sample, the search's
+share of training time, the widths left at the range ends, fallbacks and flat curves (mean ± std
+over seeds, and which means differ from BOX's beyond the seed spread), epoch time and its overhead
+against the BOX baseline, with the machine they ran on; OUT/ablation_curves.png and
+OUT/ablation_beta.png the curves over epochs.
 """
 
 import argparse
@@ -21,9 +25,11 @@ from pathlib import Path
 import torch
 
 from . import __version__
+from .analysis import fisher_max_eigenvalue
+from .analyze import load_run
 from .config import PRESETS
 from .train import main as train_main
-from .utils import atomic_write
+from .utils import atomic_write, new_figure, save_figure
 
 # (name, surrogate, adapt, extra a2sg-train flags) — Table 6's rows, TRI with ST-ASG, the unit-area
 # ASY with ST-ASG, and A²SG searching a narrower range of widths (docs/results/digits-deep-ablation.md).
@@ -56,13 +62,23 @@ def finished_metrics(run_dir):
 
 
 def summarise(rows):
-    """One run's numbers: final test accuracy, spikes per sample, mean epoch and search seconds."""
+    """One run's numbers: final and best test accuracy, final training loss, spikes per sample, mean
+    epoch and search seconds, the search's share of training time, and what its log says (rows
+    written before the log existed count as none)."""
     last = rows[-1]
+    log = last.get("search", {})
     return {
         "test_acc": last["test_acc"],
+        "best_test_acc": max(r["test_acc"] for r in rows),
+        "train_loss": last["train_loss"],
         "spikes_per_sample": sum(last["spikes_per_sample"].values()),
         "epoch_seconds": statistics.mean(r["epoch_seconds"] for r in rows),
         "search_seconds": statistics.mean(r["search_seconds"] for r in rows),
+        "search_share": sum(r["search_seconds"] for r in rows) / sum(r["epoch_seconds"] for r in rows),
+        "at_range_ends": (log["at_lower_end"] + log["at_upper_end"]) / log["widths"] if log else 0.0,
+        "fell_back": sum(r.get("search", {}).get("fell_back", 0) for r in rows),
+        "flat": sum(r.get("search", {}).get("flat", 0) for r in rows),
+        "searches": sum(r.get("search", {}).get("searches", 0) for r in rows),
     }
 
 
@@ -70,21 +86,90 @@ def _mean_std(values):
     return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
+# summarised per configuration as mean and standard deviation over seeds
+SPREAD_KEYS = ("test_acc", "best_test_acc", "train_loss", "spikes_per_sample", "search_share", "at_range_ends",
+               "fisher_lambda_max")
+
+
 def table(results):
-    """results: {config name: [per-seed summaries]} -> rows with means, stds and overhead."""
+    """results: {config name: [per-seed summaries]} -> rows with means, stds and overhead. A mean
+    differs from the baseline's beyond the seed spread when the gap exceeds the sum of the two
+    standard deviations (``beyond_spread``: the keys where it does)."""
     base_time = statistics.mean(s["epoch_seconds"] for s in results[BASELINE]) if BASELINE in results else None
     rows = []
     for name, summaries in results.items():
-        acc, acc_std = _mean_std([s["test_acc"] for s in summaries])
-        spikes, spikes_std = _mean_std([s["spikes_per_sample"] for s in summaries])
+        row = {"config": name, "seeds": len(summaries)}
+        for key in SPREAD_KEYS:
+            values = [s[key] for s in summaries if s.get(key) is not None]
+            row[f"{key}_mean"], row[f"{key}_std"] = _mean_std(values) if values else (None, None)
         epoch, _ = _mean_std([s["epoch_seconds"] for s in summaries])
-        rows.append({
-            "config": name, "seeds": len(summaries), "test_acc_mean": acc, "test_acc_std": acc_std,
-            "spikes_mean": spikes, "spikes_std": spikes_std, "epoch_seconds": epoch,
+        row.update({
+            "epoch_seconds": epoch,
             "search_seconds": statistics.mean(s["search_seconds"] for s in summaries),
             "overhead": None if base_time is None else epoch / base_time - 1,
+            "fell_back": sum(s["fell_back"] for s in summaries), "flat": sum(s["flat"] for s in summaries),
+            "searches": sum(s["searches"] for s in summaries),
         })
+        # kept under the names earlier reports used
+        row["spikes_mean"], row["spikes_std"] = row["spikes_per_sample_mean"], row["spikes_per_sample_std"]
+        rows.append(row)
+    base = next((r for r in rows if r["config"] == BASELINE), None)
+    for row in rows:
+        row["beyond_spread"] = [] if base is None or row is base else [
+            key for key in SPREAD_KEYS if row[f"{key}_mean"] is not None and base[f"{key}_mean"] is not None
+            and abs(row[f"{key}_mean"] - base[f"{key}_mean"]) > row[f"{key}_std"] + base[f"{key}_std"]]
     return rows
+
+
+def fisher_of_middle_layer(run_dir, n_samples):
+    """λ_max of the empirical Fisher of the model's middle Conv/Linear layer (by order in the model),
+    on the run's first ``n_samples`` test samples; cached in RUN_DIR/fisher.json."""
+    cache = run_dir / "fisher.json"
+    if cache.exists():
+        cached = json.loads(cache.read_text())
+        if cached["n_samples"] == n_samples:
+            return cached["lambda_max"]
+    config, model, test_set, _, _ = load_run(run_dir, "cpu")
+    loader = torch.utils.data.DataLoader(test_set, batch_size=100, shuffle=False)
+    layers = fisher_max_eigenvalue(model, loader, config["T"], "cpu", n_samples=n_samples)["layers"]
+    name = list(layers)[len(layers) // 2]
+    payload = {"n_samples": n_samples, "layer": name, "lambda_max": layers[name]["lambda_max"]}
+    atomic_write(cache, lambda f: f.write(json.dumps(payload)), binary=False)
+    return payload["lambda_max"]
+
+
+def plot_ablation(out, curves):
+    """OUT/ablation_curves.png: test accuracy and training loss per epoch, mean over seeds (band:
+    ± one standard deviation); OUT/ablation_beta.png: the mean β over layers at t = T-1 and over
+    t < T-1, per epoch and configuration (mean over seeds). ``curves``: {config: [metrics rows per seed]}."""
+    colors = {name: f"C{i}" for i, name in enumerate(curves)}
+    fig, axes = new_figure(columns=2, panel_size=(5, 3.5))
+    for ax, key, label in zip(axes[0], ("test_acc", "train_loss"), ("test accuracy", "training loss")):
+        for name, runs in curves.items():
+            values = torch.tensor([[r[key] for r in rows] for rows in runs], dtype=torch.float64)
+            epochs = range(1, values.shape[1] + 1)
+            mean, std = values.mean(0), (values.std(0) if len(runs) > 1 else torch.zeros(values.shape[1]))
+            ax.plot(epochs, mean, color=colors[name], label=name)
+            ax.fill_between(epochs, mean - std, mean + std, color=colors[name], alpha=0.15)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+    axes[0][1].legend(fontsize="x-small")
+    save_figure(fig, out / "ablation_curves.png")
+    searched = {name: runs for name, runs in curves.items() if any(
+        b != runs[0][0]["beta"][n][0] for rows in runs for r in rows for n in r["beta"] for b in r["beta"][n])}
+    if not searched:
+        return
+    fig, axes = new_figure(columns=len(searched), panel_size=(3.2, 3), sharey=True)
+    for ax, (name, runs) in zip(axes[0], searched.items()):
+        for part, pick, style in (("t = T-1", lambda b: b[-1:], "-"), ("t < T-1", lambda b: b[:-1], "--")):
+            values = torch.tensor([[statistics.mean(v for n in r["beta"] for v in pick(r["beta"][n])) for r in rows]
+                                   for rows in runs], dtype=torch.float64).mean(0)
+            ax.plot(range(1, len(values) + 1), values, style, color=colors[name], label=part)
+        ax.set_title(name, fontsize="small")
+        ax.set_xlabel("epoch")
+    axes[0][0].set_ylabel("mean β over layers")
+    axes[0][0].legend(fontsize="x-small")
+    save_figure(fig, out / "ablation_beta.png")
 
 
 def machine():
@@ -105,21 +190,36 @@ def machine():
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
 
 
+def _cell(row, key, scale=1.0, digits=2):
+    mean, std = row[f"{key}_mean"], row[f"{key}_std"]
+    if mean is None:
+        return "—"
+    mark = " *" if key in row["beyond_spread"] else ""
+    return f"{scale * mean:.{digits}f} ± {scale * std:.{digits}f}{mark}"
+
+
 def markdown(rows, info, command):
+    with_fisher = any(r["fisher_lambda_max_mean"] is not None for r in rows)
     lines = [
-        "| configuration | seeds | test accuracy (%) | spikes / sample | epoch time (s) | search (s / epoch) | "
-        "overhead vs BOX |",
-        "|---|---|---|---|---|---|---|",
+        "| configuration | seeds | test accuracy (%) | best test accuracy (%) | training loss | spikes / sample | "
+        "epoch time (s) | search share (%) | β at range ends (%) | fallbacks / flat of searches | "
+        + ("Fisher λ_max (middle layer) | " if with_fisher else "") + "overhead vs BOX |",
+        "|---|---|---|---|---|---|---|---|---|---|" + ("---|" if with_fisher else "") + "---|",
     ]
     for r in rows:
         overhead = "—" if r["overhead"] is None else f"{100 * r['overhead']:+.1f}%"
-        lines.append(f"| {r['config']} | {r['seeds']} | {100 * r['test_acc_mean']:.2f} ± {100 * r['test_acc_std']:.2f} "
-                     f"| {r['spikes_mean']:.1f} ± {r['spikes_std']:.1f} | {r['epoch_seconds']:.2f} "
-                     f"| {r['search_seconds']:.2f} | {overhead} |")
+        lines.append(
+            f"| {r['config']} | {r['seeds']} | {_cell(r, 'test_acc', 100)} | {_cell(r, 'best_test_acc', 100)} "
+            f"| {_cell(r, 'train_loss', 1, 3)} | {_cell(r, 'spikes_per_sample', 1, 1)} | {r['epoch_seconds']:.2f} "
+            f"| {_cell(r, 'search_share', 100, 1)} | {_cell(r, 'at_range_ends', 100, 1)} "
+            f"| {r['fell_back']} / {r['flat']} of {r['searches']} | "
+            + (f"{_cell(r, 'fisher_lambda_max', 1, 3)} | " if with_fisher else "") + f"{overhead} |")
     machine_line = (f"{info['cpu']} ({info['cpu_count']} threads)" + (f", {info['gpu']}" if info["gpu"] else "")
                     + f"; torch {info['torch']}, a2sg_triton {info['a2sg_triton']} ({info['git_sha']}), "
                     f"{info['date']}")
-    return "\n".join([*lines, "", f"Machine: {machine_line}.", "", f"Command: `{command}`", ""])
+    return "\n".join([*lines, "", "Means ± standard deviations over seeds; * marks a mean that differs from "
+                      f"{BASELINE}'s by more than the sum of the two standard deviations.", "",
+                      f"Machine: {machine_line}.", "", f"Command: `{command}`", ""])
 
 
 def build_parser():
@@ -129,6 +229,8 @@ def build_parser():
     p.add_argument("--out", default="runs/ablation", metavar="DIR")
     p.add_argument("--configs", nargs="+", choices=[c[0] for c in CONFIGS], metavar="NAME",
                    help="a subset of the configurations (default: all)")
+    p.add_argument("--fisher", type=int, default=0, metavar="N",
+                   help="also the Fisher λ_max of each run's middle layer on N test samples (default: 0, off)")
     return p
 
 
@@ -141,11 +243,14 @@ def main(argv=None):
         return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    results = {}
+    if args.fisher < 0:
+        print("a2sg-ablate: error: --fisher must be >= 0", file=sys.stderr)
+        return 2
+    results, curves = {}, {}
     for name, surrogate, adapt, extra in CONFIGS:
         if args.configs and name not in args.configs:
             continue
-        results[name] = []
+        results[name], curves[name] = [], []
         for seed in range(args.seeds):
             run_dir = out / run_name(surrogate, adapt, seed, extra)
             rows = finished_metrics(run_dir)
@@ -156,8 +261,12 @@ def main(argv=None):
                 if code != 0:
                     return code
                 rows = finished_metrics(run_dir)
-            results[name].append(summarise(rows))
+            summary = summarise(rows)
+            summary["fisher_lambda_max"] = fisher_of_middle_layer(run_dir, args.fisher) if args.fisher else None
+            results[name].append(summary)
+            curves[name].append(rows)
     rows = table(results)
+    plot_ablation(out, curves)
     info = machine()
     command = " ".join(["a2sg-ablate", *argv])
     text = markdown(rows, info, command)
