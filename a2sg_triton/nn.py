@@ -69,7 +69,8 @@ class LIF(torch.nn.Module):
         check_save_dtype(save_dtype)
         self.save_dtype = save_dtype
         self.return_v, self.stateful = check_flag("return_v", return_v), check_flag("stateful", stateful)
-        self.register_buffer("beta", check_beta(beta_init, T, torch.device("cpu"), torch.float32))
+        # a copy: the controller writes the buffer in place, which must not reach the caller's tensor
+        self.register_buffer("beta", check_beta(beta_init, T, torch.device("cpu"), torch.float32).clone())
         # Set by a2sg_triton.A2SG: the layer's search site, and whether the next backward searches.
         self.search_key = -1
         self.search_armed = False

@@ -51,6 +51,12 @@ LIMIT_LIF_TARGET=35
 LIMIT_LIF_GRID=55
 LIMIT_SEARCH=45
 LIMIT_MEMORY=30
+if [ "$DRY" = 1 ]; then
+    # on a (possibly shared) CPU the tiny test selection is quick, while the search step's BoTorch
+    # import, first GP fit and inductor compiles take most of a minute
+    LIMIT_TESTS=150
+    LIMIT_SEARCH=238
+fi
 
 TEST_FILES=(tests/test_gpu.py tests/test_lif.py tests/test_surrogate.py tests/test_candidate_stats.py
             tests/test_nn.py tests/test_errors.py tests/test_controller.py tests/test_bitpack.py tests/test_memory.py)

@@ -216,3 +216,12 @@ def test_compiled_model_does_not_recompile_when_beta_changes():
         model[1].beta.fill_(beta)
         compiled(x).sum().backward()
     assert counter.frame_count == 1
+
+
+def test_beta_init_tensor_is_copied():
+    """The layer owns its beta: an in-place change (the controller's) never reaches the caller's tensor."""
+    init = torch.tensor([0.3, 0.4, 0.5])
+    lif = LIF(T=3, beta_init=init)
+    with torch.no_grad():
+        lif.beta.fill_(0.9)
+    assert torch.equal(init, torch.tensor([0.3, 0.4, 0.5]))
