@@ -50,9 +50,9 @@ def from_spikingjelly(model, T, *, surrogate=None, beta_init=None, inplace=False
     else:
         check_surrogate(surrogate, h=0.5)
         beta_init = 0.5 if beta_init is None else beta_init
-        try:
-            check_beta(beta_init.cpu() if isinstance(beta_init, torch.Tensor) else beta_init, T,
-                       torch.device("cpu"), torch.float32)
+        try:  # -> a [T] fp32 tensor on the CPU, which each new layer gets a copy of
+            beta_init = check_beta(beta_init.cpu() if isinstance(beta_init, torch.Tensor) else beta_init, T,
+                                   torch.device("cpu"), torch.float32)
         except ValueError as e:
             raise ValueError(f"beta_init: {e}") from None
     if not inplace:
@@ -68,7 +68,9 @@ def from_spikingjelly(model, T, *, surrogate=None, beta_init=None, inplace=False
             f"{type(m).__module__}.".startswith(f"{neuron.__name__}.")
 
     def convert(node):
-        new = _lif_from_node(node, T, surrogate, beta_init, neuron, sj_surrogate).to(device)
+        # Its own beta: the controller rewrites each layer's in place (nor may it write the caller's).
+        beta = None if beta_init is None else beta_init.clone()
+        new = _lif_from_node(node, T, surrogate, beta, neuron, sj_surrogate).to(device)
         return new.train(node.training)
 
     if is_neuron(model):

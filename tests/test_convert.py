@@ -147,6 +147,16 @@ def test_every_problem_is_reported_and_a_neuron_root_converts():
         a2sg_triton.from_spikingjelly(neuron.LIFNode(), T)
 
 
+def test_every_layer_gets_its_own_beta_and_the_callers_tensor_is_not_used():
+    beta = torch.tensor([0.2, 0.3, 0.4, 0.5])
+    model = torch.nn.Sequential(neuron.LIFNode(step_mode="m"), neuron.LIFNode(step_mode="m"))
+    converted = a2sg_triton.from_spikingjelly(model, T, surrogate="box", beta_init=beta)
+    assert all(torch.equal(m.beta, beta) for m in converted)
+    with torch.no_grad():
+        converted[0].beta.fill_(1.0)  # what the controller does
+    assert torch.equal(converted[1].beta, beta) and torch.equal(beta, torch.tensor([0.2, 0.3, 0.4, 0.5]))
+
+
 def test_a_shared_node_stays_shared_and_inplace_converts_the_model_itself():
     node = neuron.LIFNode(step_mode="m")
     model = torch.nn.Sequential(node, torch.nn.Identity(), node)
