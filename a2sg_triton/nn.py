@@ -150,7 +150,11 @@ class LIF(torch.nn.Module):
                             v_reset=self.v_reset, backend=backend)
 
     def extra_repr(self):
-        return (f"T={self.T}, surrogate={self.surrogate!r}, tau={self.tau}, v_th={self.v_th}, "
-                f"reset={self.reset!r}, detach_reset={self.detach_reset}, backend={self.backend!r}"
+        # decay/input_scale given explicitly (another library's convention) replace the paper's tau
+        paper = self.decay == self.input_scale == 1.0 / self.tau
+        leak = f"tau={self.tau}" if paper else f"decay={self.decay}, input_scale={self.input_scale}"
+        return (f"T={self.T}, surrogate={self.surrogate!r}, {leak}, v_th={self.v_th}, "
+                + (f"v_reset={self.v_reset}, " if self.reset == "hard" else "")
+                + f"reset={self.reset!r}, detach_reset={self.detach_reset}, backend={self.backend!r}"
                 + (f", save_dtype={self.save_dtype}" if self.save_dtype is not None else "")
                 + (", return_v=True" if self.return_v else "") + (", stateful=True" if self.stateful else ""))

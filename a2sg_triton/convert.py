@@ -1,0 +1,152 @@
+"""Converting models of other SNN libraries to a2sg_triton layers (docs/porting.md)."""
+
+import copy
+
+import torch
+
+from .nn import LIF
+from .surrogate import check_surrogate
+from .utils import check_beta
+
+
+class _Unsupported(Exception):
+    """One module the converter cannot reproduce exactly; the message says why."""
+
+
+def from_spikingjelly(model, T, *, surrogate=None, beta_init=None, inplace=False):
+    """``model`` with every multi-step SpikingJelly 2.x ``LIFNode`` replaced by an ``nn.LIF`` computing
+    the same function, ready for ``a2sg_triton.A2SG``.
+
+    Every constant is mapped exactly (docs/porting.md): ``tau`` and ``decay_input`` become ``decay``
+    and ``input_scale``; ``v_reset=None`` is the soft reset; a hard reset to ``v_reset`` becomes a
+    hard reset to 0 with threshold ``v_threshold - v_reset`` (the same spikes and gradients: the
+    membrane is shifted by ``v_reset``); ``detach_reset`` is kept. ``surrogate=None`` keeps each
+    node's surrogate: ``ATan(alpha)`` -> ``atan`` with beta = 1/alpha, ``Sigmoid(alpha)`` ->
+    ``sigmoid`` with beta = 2/alpha, ``PiecewiseQuadratic(alpha)`` -> ``tri`` with beta = 1/alpha,
+    ``PiecewiseLeakyReLU(w, c=0)`` -> ``box`` with beta = w. A name of ``a2sg_triton.SURROGATES``
+    switches every node to that surrogate with width ``beta_init`` (default 0.5).
+
+    Each converted layer starts every call from rest, as a SpikingJelly node does after
+    ``functional.reset_net``. Anything that cannot be reproduced exactly (a single-step node, another
+    neuron class, ``ParametricLIFNode``/``ILIFNode``, an unknown surrogate, ``store_v_seq``, a neuron
+    precision setting, hooks on the node) is a ValueError naming every such module's path. Layer
+    modules (``layer.Conv2d``, ``layer.BatchNorm2d``, ``layer.SeqToANNContainer``, ...) are kept: in
+    multi-step mode they take [T, B, ...] like ``nn.LIF``. The converted layers are put on the
+    device of the model's parameters and buffers. ``inplace=False`` converts a deep copy and leaves
+    ``model`` unchanged.
+    """
+    try:
+        from spikingjelly.activation_based import neuron, surrogate as sj_surrogate
+    except ImportError as e:
+        raise ImportError('from_spikingjelly needs SpikingJelly >= 2.0: pip install --no-deps "spikingjelly>=2.0" '
+                          '"loguru>=0.7,<1" (a plain pip install also pulls torchvision and torchaudio)') from e
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if isinstance(T, bool) or not isinstance(T, int) or T < 1:
+        raise ValueError(f"T must be an int >= 1, got {T!r}")
+    if surrogate is None:
+        if beta_init is not None:
+            raise ValueError("beta_init needs surrogate: with surrogate=None each node keeps its own width")
+    else:
+        check_surrogate(surrogate, h=0.5)
+        beta_init = 0.5 if beta_init is None else beta_init
+        try:  # -> a [T] fp32 tensor on the CPU, which each new layer gets a copy of
+            beta_init = check_beta(beta_init.cpu() if isinstance(beta_init, torch.Tensor) else beta_init, T,
+                                   torch.device("cpu"), torch.float32)
+        except ValueError as e:
+            raise ValueError(f"beta_init: {e}") from None
+    if not inplace:
+        model = copy.deepcopy(model)
+    devices = {t.device for t in (*model.parameters(), *model.buffers())}
+    if len(devices) > 1:
+        raise ValueError(f"model has tensors on several devices {sorted(map(str, devices))}; convert it on one "
+                         "device (the new layers hold a beta buffer that must sit with their input)")
+    device = devices.pop() if devices else torch.device("cpu")
+
+    def is_neuron(m):
+        return isinstance(m, (neuron.BaseNode, neuron.SimpleBaseNode, neuron.NonSpikingBaseNode)) or \
+            f"{type(m).__module__}.".startswith(f"{neuron.__name__}.")
+
+    def convert(node):
+        # Its own beta: the controller rewrites each layer's in place (nor may it write the caller's).
+        beta = None if beta_init is None else beta_init.clone()
+        new = _lif_from_node(node, T, surrogate, beta, neuron, sj_surrogate).to(device)
+        return new.train(node.training)
+
+    if is_neuron(model):
+        try:
+            return convert(model)
+        except _Unsupported as e:
+            raise ValueError(f"cannot convert <model>: {e}") from None
+    # Every node is converted before any is replaced, so a failed conversion changes nothing.
+    sites, converted, problems = [], {}, []  # converted: id(node) -> layer; a shared node stays shared
+
+    def walk(parent, prefix):
+        for name, child in parent._modules.items():  # not named_children: it hides a repeated child
+            if child is None:
+                continue
+            path = f"{prefix}.{name}" if prefix else name
+            if not is_neuron(child):
+                walk(child, path)
+                continue
+            sites.append((parent, name, child))
+            if id(child) not in converted:
+                try:
+                    converted[id(child)] = convert(child)
+                except _Unsupported as e:
+                    converted[id(child)] = None
+                    problems.append(f"{path}: {e}")
+
+    walk(model, "")
+    if problems:
+        raise ValueError("from_spikingjelly cannot reproduce these modules exactly:\n  " + "\n  ".join(problems))
+    for parent, name, node in sites:
+        setattr(parent, name, converted[id(node)])
+    return model
+
+
+def _lif_from_node(node, T, surrogate, beta_init, neuron, sj_surrogate):
+    kind = type(node).__name__
+    if type(node) in (neuron.ParametricLIFNode, neuron.ILIFNode):
+        raise _Unsupported(f"{kind} is not supported yet (a2sg_triton has no nn.PLIF / nn.ILIF yet)")
+    if type(node) is not neuron.LIFNode:
+        raise _Unsupported(f"{kind} is not a neuron a2sg_triton has (only spikingjelly LIFNode is converted)")
+    if node.step_mode != "m":
+        raise _Unsupported(f"LIFNode in single-step mode (step_mode={node.step_mode!r}); only multi-step nodes "
+                           "are converted (functional.set_step_mode(model, 'm'))")
+    if node.store_v_seq:
+        raise _Unsupported("LIFNode with store_v_seq=True: nn.LIF does not record v_seq")
+    if node._neuron_precision is not None:
+        raise _Unsupported(f"LIFNode with a neuron precision setting {node._neuron_precision}")
+    if node._forward_hooks or node._forward_pre_hooks or node._backward_hooks or node._backward_pre_hooks:
+        raise _Unsupported("LIFNode with hooks (a monitor?): they would not carry over; remove them first")
+    if surrogate is None:
+        surrogate, beta_init = _surrogate_of(node.surrogate_function, sj_surrogate)
+    # SpikingJelly: h = v + (x - (v - v_reset)) / tau (decay_input) or v - (v - v_reset) / tau + x, with
+    # v_reset = 0 for the soft reset. In v - v_reset that is u = (1 - 1/tau) v + (x/tau or x), threshold
+    # v_threshold - v_reset and the hard reset to 0; spikes and surrogate inputs u - v_th are unchanged.
+    shift = 0.0 if node.v_reset is None else node.v_reset
+    return LIF(T, surrogate, beta_init=beta_init, decay=1.0 - 1.0 / node.tau,
+               input_scale=1.0 / node.tau if node.decay_input else 1.0, v_th=node.v_threshold - shift,
+               reset="soft" if node.v_reset is None else "hard", v_reset=0.0, detach_reset=node.detach_reset)
+
+
+def _surrogate_of(fn, sj_surrogate):
+    """(name, beta) of our surrogate whose f(u; beta) equals SpikingJelly's ``fn`` (docs/porting.md)."""
+    if fn is None:  # SpikingJelly's functional default
+        fn = sj_surrogate.Sigmoid()
+    kind = type(fn).__name__
+    if not getattr(fn, "spiking", True):
+        raise _Unsupported(f"surrogate {kind} with spiking=False (its forward is not a spike)")
+    params = {sj_surrogate.ATan: ("atan", "alpha", lambda a: 1.0 / a),
+              sj_surrogate.Sigmoid: ("sigmoid", "alpha", lambda a: 2.0 / a),
+              sj_surrogate.PiecewiseQuadratic: ("tri", "alpha", lambda a: 1.0 / a),
+              sj_surrogate.PiecewiseLeakyReLU: ("box", "w", lambda w: w)}
+    if type(fn) not in params or (type(fn) is sj_surrogate.PiecewiseLeakyReLU and fn.c != 0):
+        raise _Unsupported(f"surrogate {fn!r} has no equal in a2sg_triton (convert with surrogate='asy' etc. to "
+                           "switch to one of ours)")
+    name, attr, to_beta = params[type(fn)]
+    value = getattr(fn, attr)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+        raise _Unsupported(f"surrogate {kind} with {attr}={value!r} (a float > 0 is needed)")
+    return name, to_beta(float(value))
