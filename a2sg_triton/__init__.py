@@ -9,5 +9,6 @@ from .search import SearchConfig, SearchResult, search_beta
 from .surrogate import SURROGATES, surrogate_grad
 
 __all__ = ["A2SG", "CandidateStats", "SURROGATES", "SearchConfig", "SearchResult", "candidate_stats",
-           "lif_multistep", "memory", "metrics", "nn", "plif_multistep", "reference", "search", "search_beta", "surrogate_grad"]
+           "lif_multistep", "memory", "metrics", "nn", "plif_multistep", "reference", "search", "search_beta",
+           "surrogate_grad"]
 __version__ = "0.1.0"

@@ -1,4 +1,4 @@
-"""The A²SG controller: searches every LIF layer's per-timestep beta inside its own backward (Alg. A1).
+"""The A²SG controller: searches every LIF (and PLIF) layer's per-timestep beta inside its own backward (Alg. A1).
 
 At an armed iteration each ``nn.LIF`` layer's backward runs ``a2sg_triton::lif_bwd_search``
 instead of the plain LIF backward. Autograd reaches the layers top-down, as Alg. A1 needs. For

@@ -174,7 +174,8 @@ def make_plif(provider, device, probe, T):
             node.reset()  # every call starts from v = 0 like ours
             return node(x)
 
-        return plif, f"spikingjelly {package_version('spikingjelly')} ParametricLIFNode(surrogate=ATan()) on {device.type}"
+        version = package_version("spikingjelly")
+        return plif, f"spikingjelly {version} ParametricLIFNode(surrogate=ATan()) on {device.type}"
     raise ValueError(f"unknown provider {provider!r}")
 
 
