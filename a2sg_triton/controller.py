@@ -1,4 +1,4 @@
-"""The A²SG controller: searches every LIF layer's per-timestep beta inside its own backward (Alg. A1).
+"""The A²SG controller: searches every LIF (and PLIF) layer's per-timestep beta inside its own backward (Alg. A1).
 
 At an armed iteration each ``nn.LIF`` layer's backward runs ``a2sg_triton::lif_bwd_search``
 instead of the plain LIF backward. Autograd reaches the layers top-down, as Alg. A1 needs. For
@@ -21,8 +21,9 @@ from typing import Optional
 import torch
 
 from .lif import lif_bwd_fake
+from .plif import PLIF_BWD, plif_bwd_fake
 from .stats import CANDIDATE_STATS, DELTA_STATS
-from .nn import LIF, SEARCH_SITES, register_search_site, search_site_owner
+from .nn import SEARCH_SITES, SearchedNeuron, register_search_site, search_site_owner
 from .search import GPState, SearchConfig, search_beta
 from .utils import atomic_write, math_dtype, unwrap_model
 
@@ -39,7 +40,7 @@ def _forget_sites(keys):
 
 
 class A2SG:
-    """Adaptive surrogate widths for every ``a2sg_triton.nn.LIF`` in ``model``.
+    """Adaptive surrogate widths for every ``a2sg_triton.nn.LIF`` and ``nn.PLIF`` in ``model``.
 
     Call ``begin_epoch(epoch)`` before each epoch's first iteration: when ``epoch % every == 0``
     the next backward of every layer searches its beta vector (modes as in docs/search.md: "none",
@@ -71,9 +72,9 @@ class A2SG:
         self.config = SearchConfig(strategy=strategy, n_obs=n_obs, n_eval=n_eval, radius=radius,
                                    beta_range=beta_range, **gp_fit)
         self.adapt, self.every, self.seed, self.process_group = adapt, every, seed, process_group
-        self.layers = {name: m for name, m in model.named_modules() if isinstance(m, LIF)}
+        self.layers = {name: m for name, m in model.named_modules() if isinstance(m, SearchedNeuron)}
         if not self.layers:
-            raise ValueError("model has no a2sg_triton.nn.LIF layer to adapt")
+            raise ValueError("model has no a2sg_triton.nn.LIF or nn.PLIF layer to adapt")
         # Fresh keys for this controller's own layers: a key never outlives its controller, and a
         # compiled graph that bakes one in stays valid across epochs.
         keys = [next(_next_key) for _ in self.layers]
@@ -209,7 +210,10 @@ class A2SG:
                 self._history.append(row)
                 self._pending.append((row, torch.stack([old_beta[t].to(torch.float64),
                                                         (stats.tgc() if tgc else stats.sgv())[0]])))
-            carry, carry_scale, ref = delta, decay, delta
+            # A tensor decay (PLIF's 1 - k, never read on the host) scales the carry itself: the kernels
+            # take the scale as a host scalar.
+            carry, carry_scale, ref = (decay * delta, 1.0, delta) if isinstance(decay, torch.Tensor) else (
+                delta, decay, delta)
 
         with torch.no_grad():
             layer.beta.copy_(new_beta)
@@ -321,3 +325,27 @@ def lif_bwd_search_op(grad_spikes: torch.Tensor, d: torch.Tensor, beta: torch.Te
 @lif_bwd_search_op.register_fake
 def _(*args):
     return lif_bwd_fake(*args[:-1])  # the plain backward's shapes; search_key changes none
+
+
+@torch.library.custom_op("a2sg_triton::plif_bwd_search", mutates_args=(), **CUDAGRAPH_UNSAFE)
+def plif_bwd_search_op(grad_spikes: torch.Tensor, d: torch.Tensor, x: Optional[torch.Tensor], w: torch.Tensor,
+                       v0: Optional[torch.Tensor], beta: torch.Tensor, grad_v_last: Optional[torch.Tensor],
+                       surrogate_id: int, decay_input: bool, v_th: float, hard_reset: bool, v_reset: float,
+                       detach_reset: bool, h: float, need_grad_v0: bool, backend: str, search_key: int
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The PLIF backward of an armed layer. The search is LIF's with the current leak, decay = 1 - k
+    on the device (the carry between steps; δ itself does not depend on the input scale), and writes
+    the chosen widths into the layer; the plain PLIF backward then runs with them, which also gives
+    dL/dk (the search's own input gradients are not kept: one extra fused pass per armed iteration)."""
+    controller, name = _controller_for(search_key)
+    decay = 1 - torch.sigmoid(w.to(math_dtype(grad_spikes.dtype)))
+    controller.search_backward(name, grad_spikes, d, beta, grad_v_last, surrogate_id, decay, 1.0, v_th, hard_reset,
+                               v_reset, detach_reset, h, False, backend)
+    beta = controller.layers[name].beta.to(device=beta.device, dtype=beta.dtype)
+    return PLIF_BWD[backend](grad_spikes, d, x, w, v0, beta, grad_v_last, surrogate_id, decay_input, v_th, hard_reset,
+                             v_reset, detach_reset, h, need_grad_v0)
+
+
+@plif_bwd_search_op.register_fake
+def _(*args):
+    return plif_bwd_fake(*args[:-1])  # the plain backward's shapes; search_key changes none

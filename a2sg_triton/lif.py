@@ -168,9 +168,13 @@ def lif_step(v, x_t, decay, input_scale, v_th, hard_reset, v_reset):
     """
     u = decay * v + input_scale * x_t
     d = u - v_th
+    return d, after_reset(u, d, v_th, hard_reset, v_reset)
+
+
+def after_reset(u, d, v_th, hard_reset, v_reset):
+    """v[t] from u[t] and d = u[t] - v_th (the spike is d >= 0): the reset of docs/math.md."""
     spike = d >= 0
-    v = torch.where(spike, v_reset, u) if hard_reset else torch.where(spike, u - v_th, u)
-    return d, v
+    return torch.where(spike, v_reset, u) if hard_reset else torch.where(spike, u - v_th, u)
 
 
 def lif_local_grad(d, grad_s, carry, f, v_th, hard_reset, v_reset, detach_reset):

@@ -1,11 +1,13 @@
 """nn.Module wrappers of the ops."""
 
+import math
 import weakref
 
 import torch
 
 from . import memory
 from .lif import lif_membrane, lif_multistep
+from .plif import plif_multistep
 from .surrogate import check_surrogate
 from .tdbn_lif import lif_recomputed
 from .utils import BACKENDS, check_beta, check_flag, check_real, check_reset, check_save_dtype, is_compiling
@@ -31,7 +33,53 @@ def register_search_site(key, controller, name, layer):
     layer.search_key, layer.search_armed = key, False
 
 
-class LIF(torch.nn.Module):
+class SearchedNeuron(torch.nn.Module):
+    """A multistep neuron layer that ``a2sg_triton.A2SG`` adapts: T steps, the surrogate width buffer
+    ``beta`` of shape [T] (kept fp32, saved in ``state_dict``) and an A²SG search site."""
+
+    def __init__(self, T, beta_init):
+        super().__init__()
+        if isinstance(T, bool) or not isinstance(T, int) or T < 1:
+            raise ValueError(f"T must be an int >= 1, got {T!r}")
+        self.T = T
+        # a copy: the controller writes the buffer in place, which must not reach the caller's tensor
+        self.register_buffer("beta", check_beta(beta_init, T, torch.device("cpu"), torch.float32).clone())
+        # Set by a2sg_triton.A2SG: the layer's search site, and whether the next backward searches.
+        self.search_key = -1
+        self.search_armed = False
+
+    def __getstate__(self):
+        """Copies (deepcopy, pickle, torch.save) are new layers: no search site."""
+        state = super().__getstate__()
+        state.update(search_key=-1, search_armed=False)
+        return state
+
+    def _apply(self, fn, recurse=True):
+        """Moves beta with the module but keeps it fp32: model.half() would otherwise round the
+        searched widths (0.37 -> 0.3691 in bf16)."""
+        beta = self.beta
+        super()._apply(fn, recurse)
+        self.beta = beta.to(self.beta.device)
+        return self
+
+    def _check_input(self, x):
+        if not isinstance(x, torch.Tensor) or x.dim() < 1 or x.shape[0] != self.T:
+            shape = list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"{type(self).__name__} expects input [T={self.T}, B, ...], got {shape}")
+
+    def _take_search(self):
+        """The search key this forward passes to its op: the armed search (consumed here), else -1."""
+        if not (self.search_armed and torch.is_grad_enabled()):
+            return -1
+        owner = search_site_owner(self.search_key)
+        if owner is None or owner[2] is not self:
+            raise RuntimeError(f"this {type(self).__name__} layer is armed for an A2SG search it is not registered "
+                               "for (its controller is gone, or the flag was set by hand); create A2SG(model)")
+        self.search_armed = False  # this forward's backward consumes the armed search
+        return self.search_key
+
+
+class LIF(SearchedNeuron):
     """Multistep LIF neuron on [T, B, ...] input with a per-timestep surrogate width.
 
     The paper's neuron (Eq. A1): decay = input_scale = 1/tau, so tau=2 gives 0.5 and 0.5; pass
@@ -50,9 +98,7 @@ class LIF(torch.nn.Module):
     def __init__(self, T, surrogate="box", tau=2.0, v_th=1.0, beta_init=0.5, h=0.5, reset="soft",
                  detach_reset=False, backend="auto", *, decay=None, input_scale=None, v_reset=0.0,
                  save_dtype=None, return_v=False, stateful=False):
-        super().__init__()
-        if isinstance(T, bool) or not isinstance(T, int) or T < 1:
-            raise ValueError(f"T must be an int >= 1, got {T!r}")
+        super().__init__(T, beta_init)
         check_real("tau", tau)
         if tau <= 0:
             raise ValueError(f"tau must be > 0, got {tau}")
@@ -61,7 +107,7 @@ class LIF(torch.nn.Module):
         check_flag("detach_reset", detach_reset)
         if not isinstance(backend, str) or backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-        self.T, self.surrogate, self.tau, self.h = T, surrogate, float(tau), float(h)
+        self.surrogate, self.tau, self.h = surrogate, float(tau), float(h)
         self.v_th, self.v_reset = check_real("v_th", v_th), check_real("v_reset", v_reset)
         self.decay = 1.0 / tau if decay is None else check_real("decay", decay)
         self.input_scale = 1.0 / tau if input_scale is None else check_real("input_scale", input_scale)
@@ -69,17 +115,12 @@ class LIF(torch.nn.Module):
         check_save_dtype(save_dtype)
         self.save_dtype = save_dtype
         self.return_v, self.stateful = check_flag("return_v", return_v), check_flag("stateful", stateful)
-        # a copy: the controller writes the buffer in place, which must not reach the caller's tensor
-        self.register_buffer("beta", check_beta(beta_init, T, torch.device("cpu"), torch.float32).clone())
-        # Set by a2sg_triton.A2SG: the layer's search site, and whether the next backward searches.
-        self.search_key = -1
-        self.search_armed = False
         self.state = None  # v_T of the last call in stateful mode
 
     def __getstate__(self):
         """Copies (deepcopy, pickle, torch.save) are new layers: no search site, no streaming state."""
         state = super().__getstate__()
-        state.update(search_key=-1, search_armed=False, state=None)
+        state.update(state=None)
         return state
 
     def reset_state(self):
@@ -91,30 +132,13 @@ class LIF(torch.nn.Module):
         if self.state is not None:
             self.state = self.state.detach()
 
-    def _apply(self, fn, recurse=True):
-        """Moves beta with the module but keeps it fp32: model.half() would otherwise round the
-        searched widths (0.37 -> 0.3691 in bf16)."""
-        beta = self.beta
-        super()._apply(fn, recurse)
-        self.beta = beta.to(self.beta.device)
-        return self
-
     def forward(self, x):
-        if not isinstance(x, torch.Tensor) or x.dim() < 1 or x.shape[0] != self.T:
-            shape = list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f"LIF expects input [T={self.T}, B, ...], got {shape}")
+        self._check_input(x)
         replica = getattr(self, "_is_replica", False)
         if replica and (self.stateful or self.search_armed):
             raise RuntimeError("nn.LIF cannot search beta or carry a stateful membrane inside nn.DataParallel "
                                "(replicas are discarded after each call); use DistributedDataParallel")
-        search_key = -1
-        if self.search_armed and torch.is_grad_enabled():
-            owner = search_site_owner(self.search_key)
-            if owner is None or owner[2] is not self:
-                raise RuntimeError("this LIF layer is armed for an A2SG search it is not registered for (its "
-                                   "controller is gone, or the flag was set by hand); create A2SG(model)")
-            self.search_armed = False  # this forward's backward consumes the armed search
-            search_key = self.search_key
+        search_key = self._take_search()
         v0 = None
         if self.stateful and self.state is not None:
             v0 = self.state
@@ -158,3 +182,43 @@ class LIF(torch.nn.Module):
                 + f"reset={self.reset!r}, detach_reset={self.detach_reset}, backend={self.backend!r}"
                 + (f", save_dtype={self.save_dtype}" if self.save_dtype is not None else "")
                 + (", return_v=True" if self.return_v else "") + (", stateful=True" if self.stateful else ""))
+
+
+class PLIF(SearchedNeuron):
+    """Multistep PLIF neuron on [T, B, ...] input (Fang et al. 2021; docs/math.md): LIF with the
+    learnable leak k = sigmoid(w), the parameter ``w`` initialised to -log(init_tau - 1) (k = 1/init_tau).
+
+    ``decay_input``: u[t] = (1 - k) v[t-1] + k x[t] (SpikingJelly's ParametricLIFNode), else
+    (1 - k) v[t-1] + x[t]. The width beta is a buffer of shape [T] that the A²SG controller rewrites,
+    as for ``LIF``.
+    """
+
+    def __init__(self, T, surrogate="box", *, init_tau=2.0, decay_input=True, v_th=1.0, beta_init=0.5, h=0.5,
+                 reset="soft", v_reset=0.0, detach_reset=False, backend="auto"):
+        super().__init__(T, beta_init)
+        check_real("init_tau", init_tau)
+        if init_tau <= 1:
+            raise ValueError(f"init_tau must be > 1 (k = 1/tau lies in (0, 1)), got {init_tau}")
+        check_surrogate(surrogate, h)
+        check_reset(reset)
+        if not isinstance(backend, str) or backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        self.surrogate, self.init_tau, self.h = surrogate, float(init_tau), float(h)
+        self.decay_input = check_flag("decay_input", decay_input)
+        self.v_th, self.v_reset = check_real("v_th", v_th), check_real("v_reset", v_reset)
+        self.reset, self.detach_reset, self.backend = reset, check_flag("detach_reset", detach_reset), backend
+        self.w = torch.nn.Parameter(torch.tensor(-math.log(init_tau - 1.0)))
+
+    def forward(self, x):
+        self._check_input(x)
+        if getattr(self, "_is_replica", False) and self.search_armed:
+            raise RuntimeError("nn.PLIF cannot search beta inside nn.DataParallel (replicas are discarded after "
+                               "each call); use DistributedDataParallel")
+        return plif_multistep(x, self.w, self.beta, self.surrogate, decay_input=self.decay_input, v_th=self.v_th,
+                              reset=self.reset, v_reset=self.v_reset, detach_reset=self.detach_reset, h=self.h,
+                              backend=self.backend, _search_key=self._take_search())
+
+    def extra_repr(self):
+        return (f"T={self.T}, surrogate={self.surrogate!r}, init_tau={self.init_tau}, "
+                f"decay_input={self.decay_input}, v_th={self.v_th}, reset={self.reset!r}, "
+                f"detach_reset={self.detach_reset}, backend={self.backend!r}")

@@ -16,6 +16,11 @@ Providers:
 All compute the same neuron (decay = input_scale = 1/tau = 0.5, soft reset, v_th = 1) with the
 arctan surrogate; ours at beta = 0.5 is SpikingJelly's ATan(alpha=2).
 
+--neuron plif times PLIF instead (k = sigmoid(w) learnable, w = 0: k = 1/2, decay_input, soft reset):
+a2sg_triton.plif_multistep / nn.PLIF / the compiled reference.plif_multistep against SpikingJelly's
+ParametricLIFNode(init_tau=2, v_reset=None, ATan()), with w requiring grad on every side. Its
+backward also reads x (for dL/dw), so it moves T*N*e bytes more.
+
 Bandwidth model, the same for every provider so that GB/s compare: with e = bytes per element of x
 (4 for fp32, 2 for bf16) and 4 bytes for the saved u - v_th (our op saves it in fp32),
   fwd    moves T*N*(e + e + 4)  read x, write spikes and u - v_th
@@ -33,6 +38,7 @@ run, at small sizes.
     python bench/bench_lif.py                  # full grid of the current device
     python bench/bench_lif.py --quick          # one small shape
     python bench/bench_lif.py --T 8 --N 22 --dtype bf16 --providers triton spikingjelly --modes fwdbwd
+    python bench/bench_lif.py --neuron plif --quick
 """
 
 import argparse
@@ -67,6 +73,7 @@ PROVIDERS = ("triton", "torch", "inductor", "nn", "compile", "spikingjelly")
 OURS = ("triton", "inductor", "nn", "torch")  # compared against spikingjelly in the summary
 CUDA_ONLY_PROVIDERS = ("triton",)
 MODES = ("fwd", "bwd", "fwdbwd")
+NEURONS = ("lif", "plif")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 # Default grids; --T / --N (log2) / --dtype override them.
@@ -115,12 +122,14 @@ def provider_skip_reason(provider, device):
     return None
 
 
-def make_lif(provider, device, dtype, T):
+def make_lif(provider, device, dtype, T, neuron="lif"):
     """-> (lif, impl): lif maps x [T, N] (requires_grad) to spikes; impl describes it for the record."""
     probe = torch.empty(0, device=device, dtype=dtype)
     reason = provider_skip_reason(provider, device)
     if reason:
         raise ProviderUnavailable(reason)
+    if neuron == "plif":
+        return make_plif(provider, device, probe, T)
     if provider == "nn":
         module = a2sg_triton.nn.LIF(T, SURROGATE, beta_init=BETA).to(device)
         return module, f"a2sg_triton.nn.LIF(backend='auto' -> {a2sg_triton.utils.resolve_backend('auto', probe)!r})"
@@ -136,6 +145,37 @@ def make_lif(provider, device, dtype, T):
         return lif, "torch.compile(a2sg_triton.reference.lif_multistep)"
     if provider == "spikingjelly":
         return make_spikingjelly_lif(device, dtype)
+    raise ValueError(f"unknown provider {provider!r}")
+
+
+def make_plif(provider, device, probe, T):
+    """make_lif for --neuron plif: w = 0 (k = 1/2), requiring grad, so every backward computes dL/dw."""
+    if provider == "nn":
+        module = a2sg_triton.nn.PLIF(T, SURROGATE, beta_init=BETA).to(device)
+        return module, f"a2sg_triton.nn.PLIF(backend='auto' -> {a2sg_triton.utils.resolve_backend('auto', probe)!r})"
+    w = torch.zeros((), device=device, requires_grad=True)
+    if provider in ("triton", "torch", "inductor"):
+        interpreted = " under the Triton interpreter" if provider == "triton" and device.type == "cpu" else ""
+        return (lambda x: a2sg_triton.plif_multistep(x, w, BETA, SURROGATE, backend=provider),
+                f"a2sg_triton.plif_multistep(backend={provider!r}){interpreted}")
+    if provider == "compile":
+        torch._dynamo.reset()  # as for LIF: a fresh dynamo cache per shape
+        return (torch.compile(lambda x: reference.plif_multistep(x, w, BETA, SURROGATE), dynamic=False),
+                "torch.compile(a2sg_triton.reference.plif_multistep)")
+    if provider == "spikingjelly":
+        try:
+            from spikingjelly.activation_based import neuron, surrogate
+        except Exception as error:
+            raise ProviderUnavailable(f"cannot import spikingjelly.activation_based: {error}") from error
+        node = neuron.ParametricLIFNode(init_tau=2.0, decay_input=True, v_reset=None, step_mode="m",
+                                        surrogate_function=surrogate.ATan()).to(device)
+
+        def plif(x):
+            node.reset()  # every call starts from v = 0 like ours
+            return node(x)
+
+        version = package_version("spikingjelly")
+        return plif, f"spikingjelly {version} ParametricLIFNode(surrogate=ATan()) on {device.type}"
     raise ValueError(f"unknown provider {provider!r}")
 
 
@@ -201,11 +241,11 @@ def make_step(lif, mode, x, grad_spikes):
     raise ValueError(f"unknown mode {mode!r}")
 
 
-def moved_bytes(mode, T, N, dtype):
+def moved_bytes(mode, T, N, dtype, neuron="lif"):
     """Bytes that must move (module docstring), the same for every provider."""
     e = DTYPES[dtype].itemsize
     fwd = T * N * (e + e + SAVED_BYTES)
-    bwd = T * N * (e + SAVED_BYTES + e)
+    bwd = T * N * (e + SAVED_BYTES + e + (e if neuron == "plif" else 0))
     return {"fwd": fwd, "bwd": bwd, "fwdbwd": fwd + bwd}[mode]
 
 
@@ -312,7 +352,7 @@ def bench_provider(provider, shape, modes, device, reps, context):
     """Times every mode of one provider at one shape; -> rows (possibly fewer: failures are printed)."""
     T, N, dtype = shape
     try:
-        lif, impl = make_lif(provider, device, DTYPES[dtype], T)
+        lif, impl = make_lif(provider, device, DTYPES[dtype], T, context["neuron"])
         x, grad_spikes = make_inputs(T, N, DTYPES[dtype], device)
         peak = warm_up_and_peak_memory(lif, x, grad_spikes)
     except Exception as error:  # one provider failing must not stop the others
@@ -325,7 +365,7 @@ def bench_provider(provider, shape, modes, device, reps, context):
         except Exception as error:
             print(f"skip {provider} {mode} at T={T} N={N} {dtype}: {type(error).__name__}: {error}")
             continue
-        n_bytes = moved_bytes(mode, T, N, dtype)
+        n_bytes = moved_bytes(mode, T, N, dtype, context["neuron"])
         gbps = n_bytes / median / 1e6
         rows.append({
             "provider": provider, "impl": impl, "mode": mode, "T": T, "N": N, "dtype": dtype,
@@ -384,6 +424,7 @@ def parse_args(argv=None):
     parser.add_argument("--dtype", nargs="+", choices=DTYPES, help="default: fp32 bf16 on CUDA, fp32 on CPU")
     parser.add_argument("--providers", nargs="+", choices=PROVIDERS, help="default: all that can run here")
     parser.add_argument("--modes", nargs="+", choices=MODES, default=MODES)
+    parser.add_argument("--neuron", choices=NEURONS, default="lif", help="lif (default) or plif")
     parser.add_argument("--quick", action="store_true", help="one small shape (T=4, smallest N, fp32)")
     parser.add_argument("--reps", type=int, help=f"CUDA: do_bench's rep in ms (default {CUDA_DEFAULT_REP_MS}); "
                                                  f"CPU: timed calls per row (default {CPU_DEFAULT_REPS})")
@@ -396,6 +437,7 @@ def main(argv=None):
     reps = args.reps or (CUDA_DEFAULT_REP_MS if device.type == "cuda" else CPU_DEFAULT_REPS)
     shapes, providers = resolve_grid(args, device)
     context = run_metadata(device)
+    context["neuron"] = args.neuron
     context["copy_gbps"] = copy_bandwidth_gbps(device, reps)
     print(f"device {context['device']}: copy bandwidth {context['copy_gbps']:.1f} GB/s; rows -> {args.out}")
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,7 @@
 import triton
 import triton.language as tl
 
-from .neuron import lif_bwd_steps, lif_step
+from .neuron import lif_bwd_steps, lif_fwd_steps
 
 
 @triton.jit
@@ -29,19 +29,8 @@ def lif_fwd_kernel(
         v = tl.load(v0_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     else:
         v = tl.zeros([BLOCK], dtype=tl.float32)
-    x_ptrs = x_ptr + offs
-    spikes_ptrs = spikes_ptr + offs
-    d_ptrs = d_ptr + offs
-    for _ in range(T):
-        x = tl.load(x_ptrs, mask=mask, other=0.0).to(tl.float32)
-        d, v = lif_step(v, x, decay, input_scale, v_th, v_reset, HARD_RESET)
-        tl.store(spikes_ptrs, (d >= 0.0).to(spikes_ptr.dtype.element_ty), mask=mask)
-        # Saving u - v_th (not u) keeps the sign exact in bf16, so backward recomputes every spike.
-        tl.store(d_ptrs, d.to(d_ptr.dtype.element_ty), mask=mask)
-        # Pointer increments stay 64-bit, so T * N may exceed 2^31.
-        x_ptrs += N
-        spikes_ptrs += N
-        d_ptrs += N
+    v = lif_fwd_steps(x_ptr + offs, spikes_ptr + offs, d_ptr + offs, v, mask, N, T, decay, input_scale, v_th, v_reset,
+                      HARD_RESET)
     if STORE_V_LAST:
         tl.store(v_last_ptr + offs, v, mask=mask)
 

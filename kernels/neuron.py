@@ -9,12 +9,36 @@ def lif_step(v, x, decay, input_scale, v_th, v_reset, HARD_RESET: tl.constexpr):
     """One LIF timestep (docs/math.md) in fp32: -> (d = u - v_th, v after the reset)."""
     u = decay * v + input_scale * x
     d = u - v_th
-    spike = d >= 0.0
+    return d, after_reset(u, d, v_th, v_reset, HARD_RESET)
+
+
+@triton.jit
+def after_reset(u, d, v_th, v_reset, HARD_RESET: tl.constexpr):
+    """v[t] from u[t] and d = u[t] - v_th (the spike is d >= 0): the reset of docs/math.md."""
     if HARD_RESET:
-        v = tl.where(spike, v_reset, u)
-    else:
-        v = tl.where(spike, u - v_th, u)
-    return d, v
+        return tl.where(d >= 0.0, v_reset, u)
+    return tl.where(d >= 0.0, u - v_th, u)
+
+
+@triton.jit
+def lif_fwd_steps(x_ptrs, spikes_ptrs, d_ptrs, v, mask, N, T, decay, input_scale, v_th, v_reset,
+                  HARD_RESET: tl.constexpr):
+    """The LIF forward of one block of neurons (docs/math.md), t = 0 ... T-1.
+
+    The pointers address step 0 of [T, N] tensors; v is v[-1]. Writes the spikes and d = u - v_th
+    (in d's dtype) and returns v[T-1].
+    """
+    for _ in range(T):
+        x = tl.load(x_ptrs, mask=mask, other=0.0).to(tl.float32)
+        d, v = lif_step(v, x, decay, input_scale, v_th, v_reset, HARD_RESET)
+        tl.store(spikes_ptrs, (d >= 0.0).to(spikes_ptrs.dtype.element_ty), mask=mask)
+        # Saving u - v_th (not u) keeps the sign exact in bf16, so backward recomputes every spike.
+        tl.store(d_ptrs, d.to(d_ptrs.dtype.element_ty), mask=mask)
+        # Pointer increments stay 64-bit, so T * N may exceed 2^31.
+        x_ptrs += N
+        spikes_ptrs += N
+        d_ptrs += N
+    return v
 
 
 @triton.jit

@@ -16,6 +16,7 @@ from triton.compiler import ASTSource
 from a2sg_triton.bitpack import BLOCK_BYTES
 from a2sg_triton.kernels.bitpack import pack_bits_kernel, unpack_bits_kernel
 from a2sg_triton.kernels.lif import lif_bwd_kernel, lif_fwd_kernel
+from a2sg_triton.kernels.plif import plif_bwd_kernel, plif_fwd_kernel
 from a2sg_triton.kernels.stats import candidate_stats_kernel
 from a2sg_triton.kernels.tdbn_lif import tdbn_fwd_kernel, tdbn_lif_bwd_kernel
 from a2sg_triton.lif import BLOCK_SIZES
@@ -82,6 +83,27 @@ def variants():
                                               "HAS_GRAD_V_LAST": False, "STORE_GRAD_V0": False, "BLOCK": block}
         yield tdbn_lif_bwd_kernel, recompute_signature, {"SURROGATE": surrogate, "HARD_RESET": False,
                                                          "DETACH_RESET": False, "BACKWARD": True, "BLOCK": block}
+    yield from plif_variants()
+
+
+def plif_variants():
+    """PLIF at the largest block: the forward with every (decay_input, reset) and its state paths on
+    and off; the backward once per surrogate with and without decay_input, cycling reset / detach."""
+    fwd_signature = {"x_ptr": "*bf16", "w_ptr": "*fp32", "v0_ptr": "*bf16", "spikes_ptr": "*bf16", "d_ptr": "*fp32",
+                     "v_last_ptr": "*fp32", "N": "i32", "T": "i32", "v_th": "fp32", "v_reset": "fp32"}
+    for decay_input, hard in FLAGS:
+        yield plif_fwd_kernel, fwd_signature, {"DECAY_INPUT": decay_input, "HAS_V0": hard, "HARD_RESET": hard,
+                                               "STORE_V_LAST": not hard, "BLOCK": BLOCK}
+    bwd_signature = {"grad_spikes_ptr": "*bf16", "d_ptr": "*bf16", "x_ptr": "*bf16", "w_ptr": "*fp32",
+                     "v0_ptr": "*bf16", "beta_ptr": "*fp32", "grad_v_last_ptr": "*fp32", "grad_x_ptr": "*bf16",
+                     "grad_v0_ptr": "*fp32", "grad_k_partial_ptr": "*fp32", "N": "i32", "T": "i32",
+                     "last_step_offset": "i64", "v_th": "fp32", "v_reset": "fp32", "h": "fp32"}
+    for surrogate, decay_input in itertools.product(range(len(SURROGATES)), [False, True]):
+        hard, detach = FLAGS[(2 * surrogate + decay_input) % len(FLAGS)]
+        yield plif_bwd_kernel, bwd_signature, {"SURROGATE": surrogate, "HARD_RESET": hard, "DETACH_RESET": detach,
+                                               "DECAY_INPUT": decay_input, "HAS_V0": decay_input,
+                                               "HAS_GRAD_V_LAST": not decay_input, "STORE_GRAD_V0": decay_input,
+                                               "BLOCK": BLOCK}
 
 
 def num_warps(fn, constexprs):

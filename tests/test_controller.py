@@ -368,10 +368,11 @@ def test_an_empty_batch_searches_nothing():
     assert x.grad.shape == x.shape and a2.history == [] and torch.equal(layer.beta, torch.full((T,), 0.5))
 
 
-def test_searching_op_is_tagged_cudagraph_unsafe():
+def test_searching_ops_are_tagged_cudagraph_unsafe():
     if not hasattr(torch.Tag, "cudagraph_unsafe"):
         pytest.skip("this torch has no cudagraph_unsafe tag")
     assert torch.Tag.cudagraph_unsafe in torch.ops.a2sg_triton.lif_bwd_search.default.tags
+    assert torch.Tag.cudagraph_unsafe in torch.ops.a2sg_triton.plif_bwd_search.default.tags
 
 
 def test_flat_tgc_keeps_beta_and_the_search_log_counts_it():
