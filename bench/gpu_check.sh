@@ -52,10 +52,11 @@ LIMIT_LIF_GRID=55
 LIMIT_SEARCH=45
 LIMIT_MEMORY=30
 if [ "$DRY" = 1 ]; then
-    # on a (possibly shared) CPU the tiny test selection is quick, while the search step's BoTorch
-    # import, first GP fit and inductor compiles take most of a minute
-    LIMIT_TESTS=150
-    LIMIT_SEARCH=238
+    # on a (possibly shared) CPU the tiny test selection is quick, while imports (setup) and the
+    # search step's first GP fit and inductor compiles take most of a minute each
+    LIMIT_SETUP=60
+    LIMIT_TESTS=120
+    LIMIT_SEARCH=228
 fi
 
 TEST_FILES=(tests/test_gpu.py tests/test_lif.py tests/test_surrogate.py tests/test_candidate_stats.py
