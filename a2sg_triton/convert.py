@@ -4,7 +4,7 @@ import copy
 
 import torch
 
-from .nn import LIF
+from .nn import LIF, PLIF
 from .surrogate import check_surrogate
 from .utils import check_beta
 
@@ -14,8 +14,9 @@ class _Unsupported(Exception):
 
 
 def from_spikingjelly(model, T, *, surrogate=None, beta_init=None, inplace=False):
-    """``model`` with every multi-step SpikingJelly 2.x ``LIFNode`` replaced by an ``nn.LIF`` computing
-    the same function, ready for ``a2sg_triton.A2SG``.
+    """``model`` with every multi-step SpikingJelly 2.x ``LIFNode`` replaced by an ``nn.LIF`` and every
+    ``ParametricLIFNode`` by an ``nn.PLIF`` (its learned ``w`` carried over) computing the same
+    function, ready for ``a2sg_triton.A2SG``.
 
     Every constant is mapped exactly (docs/porting.md): ``tau`` and ``decay_input`` become ``decay``
     and ``input_scale``; ``v_reset=None`` is the soft reset; a hard reset to ``v_reset`` becomes a
@@ -28,7 +29,7 @@ def from_spikingjelly(model, T, *, surrogate=None, beta_init=None, inplace=False
 
     Each converted layer starts every call from rest, as a SpikingJelly node does after
     ``functional.reset_net``. Anything that cannot be reproduced exactly (a single-step node, another
-    neuron class, ``ParametricLIFNode``/``ILIFNode``, an unknown surrogate, ``store_v_seq``, a neuron
+    neuron class, ``ILIFNode``, an unknown surrogate, ``store_v_seq``, a neuron
     precision setting, hooks on the node) is a ValueError naming every such module's path. Layer
     modules (``layer.Conv2d``, ``layer.BatchNorm2d``, ``layer.SeqToANNContainer``, ...) are kept: in
     multi-step mode they take [T, B, ...] like ``nn.LIF``. The converted layers are put on the
@@ -70,7 +71,7 @@ def from_spikingjelly(model, T, *, surrogate=None, beta_init=None, inplace=False
     def convert(node):
         # Its own beta: the controller rewrites each layer's in place (nor may it write the caller's).
         beta = None if beta_init is None else beta_init.clone()
-        new = _lif_from_node(node, T, surrogate, beta, neuron, sj_surrogate).to(device)
+        new = _layer_from_node(node, T, surrogate, beta, neuron, sj_surrogate).to(device)
         return new.train(node.training)
 
     if is_neuron(model):
@@ -105,30 +106,37 @@ def from_spikingjelly(model, T, *, surrogate=None, beta_init=None, inplace=False
     return model
 
 
-def _lif_from_node(node, T, surrogate, beta_init, neuron, sj_surrogate):
+def _layer_from_node(node, T, surrogate, beta_init, neuron, sj_surrogate):
     kind = type(node).__name__
-    if type(node) in (neuron.ParametricLIFNode, neuron.ILIFNode):
-        raise _Unsupported(f"{kind} is not supported yet (a2sg_triton has no nn.PLIF / nn.ILIF yet)")
-    if type(node) is not neuron.LIFNode:
-        raise _Unsupported(f"{kind} is not a neuron a2sg_triton has (only spikingjelly LIFNode is converted)")
+    if type(node) is neuron.ILIFNode:
+        raise _Unsupported("ILIFNode is not supported yet (a2sg_triton has no nn.ILIF yet)")
+    if type(node) not in (neuron.LIFNode, neuron.ParametricLIFNode):
+        raise _Unsupported(f"{kind} is not a neuron a2sg_triton has (LIFNode and ParametricLIFNode are converted)")
     if node.step_mode != "m":
-        raise _Unsupported(f"LIFNode in single-step mode (step_mode={node.step_mode!r}); only multi-step nodes "
+        raise _Unsupported(f"{kind} in single-step mode (step_mode={node.step_mode!r}); only multi-step nodes "
                            "are converted (functional.set_step_mode(model, 'm'))")
     if node.store_v_seq:
-        raise _Unsupported("LIFNode with store_v_seq=True: nn.LIF does not record v_seq")
+        raise _Unsupported(f"{kind} with store_v_seq=True: a2sg_triton's layers do not record v_seq")
     if node._neuron_precision is not None:
-        raise _Unsupported(f"LIFNode with a neuron precision setting {node._neuron_precision}")
+        raise _Unsupported(f"{kind} with a neuron precision setting {node._neuron_precision}")
     if node._forward_hooks or node._forward_pre_hooks or node._backward_hooks or node._backward_pre_hooks:
-        raise _Unsupported("LIFNode with hooks (a monitor?): they would not carry over; remove them first")
+        raise _Unsupported(f"{kind} with hooks (a monitor?): they would not carry over; remove them first")
     if surrogate is None:
         surrogate, beta_init = _surrogate_of(node.surrogate_function, sj_surrogate)
-    # SpikingJelly: h = v + (x - (v - v_reset)) / tau (decay_input) or v - (v - v_reset) / tau + x, with
-    # v_reset = 0 for the soft reset. In v - v_reset that is u = (1 - 1/tau) v + (x/tau or x), threshold
-    # v_threshold - v_reset and the hard reset to 0; spikes and surrogate inputs u - v_th are unchanged.
+    # SpikingJelly: h = v + (x - (v - v_reset)) k (decay_input) or v - (v - v_reset) k + x, k = 1/tau (LIF)
+    # or sigmoid(w) (PLIF), with v_reset = 0 for the soft reset. In v - v_reset that is
+    # u = (1 - k) v + (k x or x), threshold v_threshold - v_reset and the hard reset to 0; spikes and
+    # surrogate inputs u - v_th are unchanged.
     shift = 0.0 if node.v_reset is None else node.v_reset
-    return LIF(T, surrogate, beta_init=beta_init, decay=1.0 - 1.0 / node.tau,
-               input_scale=1.0 / node.tau if node.decay_input else 1.0, v_th=node.v_threshold - shift,
-               reset="soft" if node.v_reset is None else "hard", v_reset=0.0, detach_reset=node.detach_reset)
+    neuron_args = dict(beta_init=beta_init, v_th=node.v_threshold - shift, reset="soft" if node.v_reset is None else
+                       "hard", v_reset=0.0, detach_reset=node.detach_reset)
+    if type(node) is neuron.LIFNode:
+        return LIF(T, surrogate, decay=1.0 - 1.0 / node.tau, input_scale=1.0 / node.tau if node.decay_input else 1.0,
+                   **neuron_args)
+    layer = PLIF(T, surrogate, decay_input=node.decay_input, **neuron_args)
+    # the learned leak itself, not the initial one, in the node's dtype
+    layer.w = torch.nn.Parameter(node.w.detach().reshape(()).clone(), requires_grad=node.w.requires_grad)
+    return layer
 
 
 def _surrogate_of(fn, sj_surrogate):

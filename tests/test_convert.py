@@ -7,7 +7,7 @@ import torch
 
 import a2sg_triton
 from a2sg_triton import A2SG, surrogate_grad
-from a2sg_triton.nn import LIF
+from a2sg_triton.nn import LIF, PLIF
 
 sj = pytest.importorskip("spikingjelly.activation_based")
 from spikingjelly.activation_based import functional, layer, neuron, surrogate as sg  # noqa: E402
@@ -117,7 +117,6 @@ def hooked():
 
 @pytest.mark.parametrize("node, reason", [
     (lambda: neuron.LIFNode(), "single-step"),
-    (lambda: neuron.ParametricLIFNode(step_mode="m"), "ParametricLIFNode is not supported yet"),
     (lambda: neuron.ILIFNode(step_mode="m"), "ILIFNode is not supported yet"),
     (lambda: neuron.IFNode(step_mode="m"), "IFNode is not a neuron"),
     (lambda: neuron.SimpleLIFNode(2.0, True, step_mode="m"), "SimpleLIFNode is not a neuron"),
@@ -205,3 +204,43 @@ def test_the_converted_model_trains_under_a2sg_and_its_betas_move(surrogate):
     assert len(controller.history) == len(lifs) * T
     assert all(not torch.equal(a, m.beta) for a, m in zip(initial, lifs))
     assert all(not torch.equal(a, p) for a, p in zip(weights, model.parameters()))
+
+
+def test_plif_nodes_convert_with_their_learned_leak():
+    """ParametricLIFNode -> nn.PLIF with the node's w (not the initial one): soft and shifted hard
+    reset, both charge conventions; the same outputs and gradients (w's included) in float64."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        layer.SeqToANNContainer(torch.nn.Linear(8, 16)),
+        neuron.ParametricLIFNode(init_tau=2.0, surrogate_function=sg.Sigmoid(alpha=4.0), v_reset=None, step_mode="m"),
+        layer.SeqToANNContainer(torch.nn.Linear(16, 16)),
+        neuron.ParametricLIFNode(init_tau=3.0, decay_input=False, surrogate_function=sg.ATan(alpha=2.0),
+                                 v_threshold=0.8, v_reset=-0.2, detach_reset=True, step_mode="m"),
+    ).double()
+    with torch.no_grad():
+        model[1].w.fill_(0.3)  # as if learned: k = sigmoid(0.3), not 1 / init_tau
+        model[3].w.fill_(-1.1)
+        for linear in (model[0][0], model[2][0]):
+            linear.weight.normal_(0.1, 0.5)
+    converted = a2sg_triton.from_spikingjelly(model, T)
+    plifs = [m for m in converted if isinstance(m, PLIF)]
+    assert [(m.surrogate, m.w.item(), m.reset, m.decay_input) for m in plifs] == [
+        ("sigmoid", 0.3, "soft", True), ("atan", -1.1, "hard", False)]
+    assert plifs[1].v_th == pytest.approx(1.0) and plifs[1].v_reset == 0.0 and plifs[1].w.requires_grad
+    g = torch.Generator().manual_seed(1)
+    x, w = torch.randn(T, 5, 8, generator=g, dtype=torch.float64), torch.randn(T, 5, 16, generator=g, dtype=torch.float64)
+    results = []
+    for net in (model, converted):
+        net.zero_grad()
+        xx = x.clone().requires_grad_()
+        out = net(xx)
+        (out * w).sum().backward()
+        functional.reset_net(net)
+        results.append((out, xx.grad, {n: p.grad.clone() for n, p in net.named_parameters()}))
+    (out_sj, gx_sj, grads_sj), (out, gx, grads) = results
+    assert 0.05 < out_sj.mean().item() < 0.95 and torch.equal(out, out_sj)
+    torch.testing.assert_close(gx, gx_sj, rtol=1e-10, atol=1e-12)
+    assert grads.keys() == grads_sj.keys() and {"1.w", "3.w"} <= grads.keys()
+    for name in grads:
+        assert grads_sj[name].abs().max() > 1e-3, name
+        torch.testing.assert_close(grads[name], grads_sj[name], rtol=1e-10, atol=1e-12, msg=name)
