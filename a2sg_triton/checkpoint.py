@@ -6,12 +6,10 @@ and checks a checkpoint without writing anything; ``restore_checkpoint`` loads i
 """
 
 import json
-import random
 
-import numpy as np
 import torch
 
-from .config import RUN_IDENTITY, TrainError
+from .config import LEGACY_SETTINGS, RESUMABLE, TrainError
 from .utils import atomic_write
 
 CHECKPOINT_FORMAT = "a2sg-train/1"
@@ -28,16 +26,20 @@ def load_checkpoint(out, config, flags):
         raise TrainError(f"--resume {out}: checkpoint.pt is unreadable ({type(error).__name__}: {error})")
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise TrainError(f"--resume {out}: checkpoint.pt is not an a2sg-train checkpoint")
-    saved = state["config"]
-    for key in RUN_IDENTITY:
-        if key in flags and flags[key] != saved[key]:
-            raise TrainError(f"--resume {out}: the checkpoint is for {key}={saved[key]!r}, not {flags[key]!r}")
+    saved = {**LEGACY_SETTINGS, **state["config"]}
+    for key, value in flags.items():
+        if key not in RESUMABLE and value != saved.get(key):
+            allowed = ", ".join(f"--{name.replace('_', '-')}" for name in RESUMABLE)
+            raise TrainError(f"--resume {out}: the checkpoint is for {key}={saved.get(key)!r}, not {value!r}; a "
+                             f"resumed run keeps its settings (only {allowed} may change)")
     return state
 
 
-def restore_checkpoint(state, out, model, optimizer, scheduler, controller, data_generator):
-    """Loads a checkpoint that ``load_checkpoint`` read into the run's objects and RNGs; returns the
-    metrics so far and the epoch to continue with. The model and the A²SG controller are the
+def restore_checkpoint(state, out, model, optimizer, scheduler, controller):
+    """Loads a checkpoint that ``load_checkpoint`` read into the run's objects; returns the metrics so
+    far and the epoch to continue with. No RNG state is restored: a2sg-train seeds every RNG at the
+    start of each epoch from (seed, epoch, rank), so an epoch draws the same whether or not the run
+    stopped before it (checkpoints that carry RNG states keep them unused). The model and the A²SG controller are the
     unwrapped ones (no DDP ``module.``, no torch.compile ``_orig_mod.`` in their names), so a
     checkpoint resumes under torchrun, --compile or neither, whichever wrote it."""
     for part, target in (("model", model), ("optimizer", optimizer), ("scheduler", scheduler),
@@ -47,10 +49,6 @@ def restore_checkpoint(state, out, model, optimizer, scheduler, controller, data
         except (KeyError, ValueError, RuntimeError) as error:  # torch's messages span lines: one line here
             detail = " ".join(str(error).split())
             raise TrainError(f"--resume {out}: the checkpoint's {part} state does not fit this run ({detail})")
-    data_generator.set_state(state["rng"]["data"])
-    torch.set_rng_state(state["rng"]["torch"])
-    np.random.set_state(state["rng"]["numpy"])
-    random.setstate(state["rng"]["python"])
     return state["metrics"], state["epoch"] + 1
 
 
@@ -64,14 +62,12 @@ def prepare_out_dir(out, resume, force):
     out.mkdir(parents=True, exist_ok=True)
 
 
-def save_epoch(out, config, epoch, model, optimizer, scheduler, controller, data_generator, history):
+def save_epoch(out, config, epoch, model, optimizer, scheduler, controller, history):
     """Checkpoint first, then the metrics file that mirrors it: both always describe the same epochs."""
     atomic_write(out / "checkpoint.pt", lambda f: torch.save({
         "format": CHECKPOINT_FORMAT, "config": config, "epoch": epoch, "model": model.state_dict(),
         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
         "controller": controller.state_dict(), "metrics": history,
-        "rng": {"data": data_generator.get_state(), "torch": torch.get_rng_state(),
-                "numpy": np.random.get_state(), "python": random.getstate()},
     }, f))
     text = "".join(json.dumps(row) + "\n" for row in history)
     atomic_write(out / "metrics.jsonl", lambda f: f.write(text), binary=False)

@@ -20,8 +20,14 @@ from .utils import BACKENDS
 
 DESCRIPTION = "a2sg-train: train a spiking network with a chosen surrogate and A²SG adaptation mode."
 
-# Settings a resumed run must share with its checkpoint: anything that changes the model or the data.
-RUN_IDENTITY = ("model", "dataset", "T", "surrogate", "tau", "v_th", "h", "adapt")
+# How a run is executed, not what it trains: these may differ on --resume, and a2sg-ablate does not
+# compare them between a stored run and the one asked for.
+MACHINE_OPTIONS = ("data", "download", "device", "workers", "backend", "tensorboard", "compile", "memory_saving")
+# What --resume may change besides: --epochs extends a run, --limit-batches is for smoke runs. Any other
+# setting given with --resume must equal the run's own.
+RESUMABLE = (*MACHINE_OPTIONS, "epochs", "limit_batches")
+# Settings that a run started before they existed lacks in its config, with the value it trained with.
+LEGACY_SETTINGS = {"memory_saving": True, "decay_norm_and_bias": True, "beta_range": (0.05, 1.0)}
 
 _PAPER_CIFAR = dict(model="vgg16", T=4, epochs=310, warmup_epochs=20, batch_size=100, augment=True,
                     surrogate="asy", adapt="spatiotemporal")
@@ -45,7 +51,7 @@ PRESETS = {
 DEFAULTS = dict(PRESETS["digits"], strategy="bo", tau=2.0, v_th=1.0, h=0.5, beta_init=0.5, n_obs=100,
                 n_eval=150, radius=0.05, beta_range=(0.05, 1.0), every=1, seed=0, backend="auto", device="auto", amp="auto",
                 workers=0, data=None, download=False, limit_batches=None, tensorboard=False, compile=False,
-                memory_saving=True)
+                memory_saving=True, decay_norm_and_bias=False)
 
 
 @dataclass
@@ -84,8 +90,13 @@ def build_parser():
     arg("--batch-size", type=int)
     arg("--lr", type=float, help="peak learning rate")
     arg("--lr-start", type=float, help="learning rate at the start of the warm-up")
-    arg("--weight-decay", type=float)
-    arg("--augment", action=argparse.BooleanOptionalAction, default=None, help="CutMix + RandAugment")
+    arg("--weight-decay", type=float, help="AdamW's decoupled weight decay, on weights of 2 or more dimensions")
+    arg("--decay-norm-and-bias", action="store_true", default=None,
+        help="also decay norm scales and shifts, biases and other 1-D or scalar parameters, as runs did before "
+             "this flag existed")
+    arg("--augment", action=argparse.BooleanOptionalAction, default=None,
+        help="CutMix (needs an even --batch-size; the last, partial batch is dropped), and on cifar10, cifar100 "
+             "and imagefolder images crop, flip and RandAugment (docs/data.md); cifar10-dvs is never augmented")
     arg("--tau", type=float)
     arg("--v-th", type=float)
     arg("--h", type=float, help="asy surrogate offset (>= 0.5)")
@@ -97,7 +108,8 @@ def build_parser():
     arg("--every", type=int, help="search every this many epochs")
     arg("--seed", type=int)
     arg("--backend", choices=BACKENDS)
-    arg("--device", help="auto, cpu, cuda or cuda:N")
+    arg("--device", help="auto, cpu, cuda or cuda:N (may change on --resume, as may --data, --workers, --backend, "
+                         "--tensorboard)")
     arg("--amp", choices=("auto", "bf16", "none"), help="bf16 autocast (auto: on CUDA)")
     arg("--workers", type=int, help="data loader worker processes")
     arg("--limit-batches", type=int, help="at most this many batches per epoch and evaluation (smoke runs)")
@@ -108,7 +120,7 @@ def build_parser():
         help="spikes saved as bits and u - v_th recomputed in backward: about 0.37x the activation memory, "
              "the same gradients (default: on; not under --compile; docs/memory.md); may change on --resume")
     arg("--out", metavar="DIR", help="run folder (default: runs/<dataset>-<model>-<surrogate>-<adapt>-<time>)")
-    arg("--resume", metavar="DIR", help="continue the run in DIR from its checkpoint")
+    arg("--resume", metavar="DIR", help="continue the run in DIR from its checkpoint, with its own settings")
     arg("--force", action="store_true", help="reuse an --out folder that holds another run")
     arg("--stop-after", type=int, metavar="N", help="stop after N epochs of this invocation (resume later)")
     return p
@@ -139,6 +151,12 @@ def resolve_config(argv):
         raise TrainError(f"--beta-range must satisfy 0 < LO < HI, got {config['beta_range'][0]} {config['beta_range'][1]}")
     if config["surrogate"] == "asy" and config["h"] < 0.5:
         raise TrainError(f"--h must be >= 0.5 for the asy surrogate, got {config['h']}")
+    if args.resume:  # these would be ignored: refused, as is any other flag that changes the run (checkpoint.py)
+        for name, given in (("preset", args.preset), ("force", args.force),
+                            ("out", args.out is not None and Path(args.out) != Path(args.resume))):
+            if given:
+                raise TrainError(f"--{name} cannot be given with --resume: the run in {args.resume} continues with "
+                                 "its own settings and folder")
     if config["dataset"] != "digits" and config["data"] is None and not args.resume:
         raise TrainError(f"--dataset {config['dataset']} needs --data DIR, the folder that holds it (docs/data.md)")
     if config["data"] is not None and not Path(config["data"]).exists():
@@ -152,6 +170,7 @@ def resolve_config(argv):
     else:
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
         out = Path("runs") / f"{config['dataset']}-{config['model']}-{config['surrogate']}-{config['adapt']}-{stamp}"
+    flags = {k: config[k] for k in flags}  # as the config holds them (--beta-range: a tuple), to compare on --resume
     return config, flags, RunOptions(out, args.resume is not None, args.force, args.stop_after)
 
 

@@ -2,9 +2,10 @@
 ImageNet-style folders, plus scikit-learn's digits as an embedded default that needs no files.
 
 ``build_datasets`` returns ``(train, test, DatasetInfo)``; ``batch_mixer`` returns the paper's
-CutMix as a batch-level callable. The on-disk layouts and the augmentation recipe are in
-docs/data.md. torchvision and timm (``pip install 'a2sg-triton[vision]'``) are imported only for
-augmentation, downloads, ``imagefolder`` and CutMix.
+CutMix as a batch-level callable; ``stratified_order`` gives an order of a dataset's samples in
+which every prefix holds every class (``dataset_labels`` reads the labels). The on-disk layouts and
+the augmentation recipe are in docs/data.md. torchvision and timm (``pip install
+'a2sg-triton[vision]'``) are imported only for augmentation, downloads, ``imagefolder`` and CutMix.
 """
 
 import importlib
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, TensorDataset
+from torch.utils.data import Dataset, Subset, TensorDataset
 
 DATASETS = ("digits", "cifar10", "cifar100", "cifar10-dvs", "imagefolder")
 
@@ -57,7 +58,8 @@ def build_datasets(name, root=None, *, T=None, download=False, augment=False, se
     Samples are ``(x, label)`` with ``x`` float32 ``[C, H, W]`` (static images, which the model
     repeats over its T steps) or ``[T, C, H, W]`` (``cifar10-dvs``) and ``label`` int64.
     ``T`` is checked against the stored frames of ``cifar10-dvs`` and ignored otherwise;
-    ``augment`` affects the training split of ``cifar10``/``cifar100``/``imagefolder`` only;
+    ``augment`` (crop, flip and RandAugment) affects the training images of
+    ``cifar10``/``cifar100``/``imagefolder`` only;
     ``seed`` chooses the ``digits`` split; ``root`` is ignored for ``digits``.
     """
     if name not in DATASETS:
@@ -83,13 +85,43 @@ def batch_mixer(info, augment):
     Returns timm's ``Mixup`` configured as pure CutMix: a callable ``(x, y) -> (x, soft_targets)``
     that mixes ``x`` in place; ``soft_targets`` is float ``[B, num_classes]``, so the loss must
     accept class probabilities (``torch.nn.functional.cross_entropy`` does). timm requires an even
-    batch size (use ``drop_last=True`` or a batch size that divides the training set evenly).
+    batch size: use an even batch size and ``drop_last=True`` (a2sg-train does both).
     """
     if not augment or info.sequence:
         return None
     mixup = _vision_import("timm.data", "CutMix")
     return mixup.Mixup(mixup_alpha=0.0, cutmix_alpha=1.0, prob=1.0, label_smoothing=0.0,
                        num_classes=info.num_classes)
+
+
+def dataset_labels(dataset):
+    """The labels of ``dataset`` as an int64 tensor, read without loading the samples where the
+    dataset keeps them: ours (``labels``), torchvision's ImageFolder (``targets``), a
+    ``TensorDataset`` (its second tensor) or a ``Subset`` of one; any other dataset is read sample
+    by sample."""
+    if isinstance(dataset, Subset):
+        return dataset_labels(dataset.dataset)[torch.as_tensor(dataset.indices, dtype=torch.int64)]
+    for name in ("labels", "targets"):
+        if hasattr(dataset, name):
+            return torch.as_tensor(getattr(dataset, name), dtype=torch.int64)
+    if isinstance(dataset, TensorDataset):
+        return dataset.tensors[1].long()
+    return torch.tensor([int(dataset[i][1]) for i in range(len(dataset))], dtype=torch.int64)
+
+
+def stratified_order(labels, seed=0):
+    """A seeded order of all samples (a list of indices) in which the classes take turns: turn k holds
+    the k-th sample, in a seeded shuffle, of every class that has one, in shuffled order. So the first
+    k·C samples hold k of each of C classes (while every class has k), whatever the order of the
+    dataset: test sets stored class by class (CIFAR10-DVS, ImageFolder) give every class to an
+    instrument that takes the first n samples or to an evaluation limited to its first batches."""
+    labels = torch.as_tensor(labels, dtype=torch.int64)
+    shuffled = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
+    by_class = torch.argsort(labels[shuffled], stable=True)  # positions in shuffled, grouped by class
+    grouped = labels[shuffled][by_class]
+    turn = torch.empty_like(by_class)
+    turn[by_class] = torch.arange(len(labels)) - torch.searchsorted(grouped, grouped)  # rank within its class
+    return shuffled[torch.argsort(turn, stable=True)].tolist()
 
 
 class ImageArrayDataset(Dataset):
@@ -182,16 +214,22 @@ def _cifar(name, root, download, augment):
 
 
 def _cifar_augment(mean):
-    """Random crop 32 (padding 4), horizontal flip, then the paper's RandAugment (A.10): one op,
-    magnitude 1, magnitude std 0.4, each op applied with probability 0.5 (timm's default)."""
+    """Random crop 32 (padding 4), horizontal flip, then the paper's RandAugment."""
     transforms = _vision_import("torchvision.transforms", "augment=True")
-    auto_augment = _vision_import("timm.data.auto_augment", "augment=True")
-    hparams = dict(translate_const=int(32 * 0.45), img_mean=tuple(round(255 * m) for m in mean))
     return transforms.Compose([
         transforms.RandomCrop(32, padding=4),
         transforms.RandomHorizontalFlip(),
-        auto_augment.rand_augment_transform("rand-m1-n1-mstd0.4", hparams),
+        _rand_augment(32, mean),
     ])
+
+
+def _rand_augment(size, mean):
+    """The paper's RandAugment (A.10) on PIL images: one op, magnitude 1, magnitude std 0.4, each op
+    applied with probability 0.5 (timm's default); timm's hparams for a ``size``-px image with the
+    dataset's mean as fill colour."""
+    auto_augment = _vision_import("timm.data.auto_augment", "augment=True")
+    hparams = dict(translate_const=int(size * 0.45), img_mean=tuple(round(255 * m) for m in mean))
+    return auto_augment.rand_augment_transform("rand-m1-n1-mstd0.4", hparams)
 
 
 def _cifar10_dvs(root, T):
@@ -234,8 +272,8 @@ def _imagefolder(root, augment):
     evaluate = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(size), *normalize])
     train_tf = evaluate
     if augment:
-        train_tf = transforms.Compose([transforms.RandomResizedCrop(size),
-                                       transforms.RandomHorizontalFlip(), *normalize])
+        train_tf = transforms.Compose([transforms.RandomResizedCrop(size), transforms.RandomHorizontalFlip(),
+                                       _rand_augment(size, IMAGENET_MEAN), *normalize])
     train = datasets.ImageFolder(str(root / "train"), train_tf)
     test = datasets.ImageFolder(str(root / "val"), evaluate)
     if train.classes != test.classes:

@@ -4,8 +4,10 @@ from .config import TrainError
 from .utils import new_figure, save_figure
 
 
-def plot_run(out, history):
-    """beta.png: every layer's beta per timestep over the epochs; accuracy.png: the accuracy curves."""
+def plot_run(out, history, cutmix=False):
+    """beta.png: every layer's beta per timestep over the epochs; accuracy.png: the accuracy curves.
+    ``cutmix``: the train accuracy was measured on CutMix-mixed images against each image's own
+    label, which the legend says (it is not comparable with the test accuracy on clean images)."""
     epochs = [row["epoch"] + 1 for row in history]
     layers = list(history[0]["beta"])
     fig, axes = new_figure(columns=len(layers), panel_size=(3, 3), sharey=True)
@@ -19,11 +21,12 @@ def plot_run(out, history):
     save_figure(fig, out / "beta.png")
     fig, axes = new_figure(panel_size=(5, 3.5))
     ax = axes[0][0]
-    ax.plot(epochs, [row["train_acc"] for row in history], label="train")
+    train_label = "train (CutMix-mixed images, each against its own label)" if cutmix else "train"
+    ax.plot(epochs, [row["train_acc"] for row in history], label=train_label)
     ax.plot(epochs, [row["test_acc"] for row in history], label="test")
     ax.set_xlabel("epoch")
     ax.set_ylabel("accuracy")
-    ax.legend()
+    ax.legend(fontsize="small")
     save_figure(fig, out / "accuracy.png")
 
 

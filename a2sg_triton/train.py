@@ -15,10 +15,12 @@ figures, summary and TensorBoard log in report.py.
 import json
 import math
 import os
+import random
 import sys
 import time
 from contextlib import nullcontext
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -26,9 +28,9 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Subs
 from tqdm import tqdm
 
 from .checkpoint import load_checkpoint, prepare_out_dir, restore_checkpoint, save_epoch
-from .config import DEFAULTS, TrainError, resolve_config
+from .config import LEGACY_SETTINGS, RESUMABLE, TrainError, resolve_config
 from .controller import A2SG
-from .data import DatasetNotFoundError, batch_mixer, build_datasets
+from .data import DatasetNotFoundError, batch_mixer, build_datasets, dataset_labels, stratified_order
 from .models import build_model, model_input
 from .nn import LIF
 from .report import log_epoch, plot_run, summary, tensorboard_writer
@@ -68,6 +70,44 @@ def all_reduce_sum(values, device, world):
     tensor = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(tensor)
     return tensor.tolist()
+
+
+def broadcast_buffers(model, world):
+    """Gives every rank rank 0's buffers (BN running statistics): DDP sends them before each training
+    forward, but that forward then updates them from the rank's own batch, so after an epoch the ranks
+    differ. The test pass then evaluates, on every shard, the model that rank 0 saves."""
+    if world > 1:
+        for buffer in model.buffers():
+            dist.broadcast(buffer, 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Random number generators: seeded per (seed, epoch, rank), so resuming at an epoch is exact.
+# ---------------------------------------------------------------------------------------------
+
+
+def seed_rngs(*key):
+    """Seeds torch (every device), numpy and Python's random from ``key`` (ints, e.g. seed, epoch and
+    rank) and returns a fourth seed from it for a generator of the caller's. CutMix draws from numpy,
+    RandAugment from random; SeedSequence mixes the key, so neighbouring keys give unrelated streams."""
+    torch_seed, numpy_seed, python_seed, spare = np.random.SeedSequence(list(key)).generate_state(4).tolist()
+    torch.manual_seed(torch_seed)
+    np.random.seed(numpy_seed)
+    random.seed(python_seed)
+    return spare
+
+
+class WorkerSeeder:
+    """The training loader's ``worker_init_fn``: seeds each worker's RNGs from (seed, epoch, rank,
+    worker id). The loop sets ``epoch`` before each epoch's iterator starts its (non-persistent)
+    workers; a persistent worker would keep the stream of the epoch it started in, which a resumed run
+    starts in a different epoch."""
+
+    def __init__(self, seed, rank):
+        self.seed, self.rank, self.epoch = seed, rank, 0
+
+    def __call__(self, worker_id):
+        seed_rngs(self.seed, self.epoch, self.rank, worker_id)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -141,16 +181,25 @@ def run_epoch(model, loader, config, device, optimizer=None, mixer=None, autocas
     return float(total_loss), float(correct), float(count)
 
 
-def make_loaders(train_set, test_set, config, rank, world, data_generator):
-    common = dict(batch_size=config["batch_size"], num_workers=config["workers"],
-                  pin_memory=torch.cuda.is_available(), persistent_workers=config["workers"] > 0)
+def make_loaders(train_set, test_set, config, rank, world, data_generator, worker_seeder, mixing):
+    """The training loader (shuffled by data_generator, or a DistributedSampler under torchrun), the
+    rank's share of the test set and the sampler. ``mixing`` (CutMix) drops the last, partial batch of
+    every rank: CutMix needs an even batch. Under --limit-batches the test set is taken in
+    ``stratified_order``, so the first batches hold every class even if the set is stored class by class."""
+    common = dict(batch_size=config["batch_size"], num_workers=config["workers"], pin_memory=torch.cuda.is_available())
     if world > 1:
         sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=config["seed"])
-        test_set = Subset(test_set, range(rank, len(test_set), world))  # exact: every sample once
     else:
         sampler = RandomSampler(train_set, generator=data_generator)
-    train = DataLoader(train_set, sampler=sampler, generator=data_generator, drop_last=False, **common)
-    test = DataLoader(test_set, shuffle=False, **common)
+    train = DataLoader(train_set, sampler=sampler, generator=data_generator, drop_last=mixing,
+                       worker_init_fn=worker_seeder, **common)
+    if len(train) == 0:
+        raise TrainError(f"--batch-size {config['batch_size']} is larger than the {len(sampler)} training samples "
+                         "of a process, and with --augment the partial batch is dropped: no batch is left")
+    order = stratified_order(dataset_labels(test_set), config["seed"]) if config["limit_batches"] else range(len(test_set))
+    # every rank a stride of the order: exact, every sample once; nothing random, so the workers may persist
+    test = DataLoader(Subset(test_set, order[rank::world]), shuffle=False, persistent_workers=config["workers"] > 0,
+                      **common)
     return train, test, sampler
 
 
@@ -158,21 +207,24 @@ def train(config, flags, options):
     out = options.out
     state = load_checkpoint(out, config, flags) if options.resume else None
     if state is not None:  # the run's own settings; only the epoch count and the machine may change
-        keep = {k: flags[k] for k in ("epochs", "device", "workers", "limit_batches", "compile", "memory_saving")
-                if k in flags}
-        # a checkpoint from before --memory-saving existed trains with the default
-        config = {"memory_saving": DEFAULTS["memory_saving"], **state["config"], **keep}
+        config = {**LEGACY_SETTINGS, **state["config"], **{k: v for k, v in flags.items() if k in RESUMABLE}}
     try:
         train_set, test_set, info = build_datasets(config["dataset"], config["data"], T=config["T"],
                                                    download=config["download"], augment=config["augment"],
                                                    seed=config["seed"])
+        mixer = batch_mixer(info, config["augment"])
     except (DatasetNotFoundError, ValueError, ImportError) as error:  # the data's own checks on our input
-        raise TrainError(str(error))
+        hint = " (if the data moved, pass --data DIR with --resume)" if isinstance(error, DatasetNotFoundError) and \
+            options.resume else ""
+        raise TrainError(f"{error}{hint}")
+    if mixer is not None and config["batch_size"] % 2:
+        raise TrainError(f"--batch-size must be even with --augment (CutMix mixes each image with another of its "
+                         f"batch), got {config['batch_size']}")
     device, rank, world = setup_distributed(config)
     try:
         if rank == 0:
             prepare_out_dir(out, options.resume, options.force)
-        code = _train(config, options, state, device, rank, world, train_set, test_set, info)
+        code = _train(config, options, state, device, rank, world, train_set, test_set, info, mixer)
         if world > 1:  # tearing gloo down while rank 0 still writes its plots aborts the others
             dist.barrier()
         return code
@@ -181,31 +233,44 @@ def train(config, flags, options):
             dist.destroy_process_group()
 
 
-def _train(config, options, state, device, rank, world, train_set, test_set, info):
+def parameter_groups(model, weight_decay, decay_norm_and_bias=False):
+    """AdamW's parameter groups: weight decay on parameters of 2 or more dimensions (conv kernels,
+    linear matrices) only, as timm-style recipes do; norm scales and shifts, biases and any other
+    1-D or scalar parameter get none, since decay would pull a tdBN scale, and with it the layer's
+    input current, towards 0 over a long schedule. ``decay_norm_and_bias``: one group, all decayed."""
+    params = list(model.parameters())
+    if decay_norm_and_bias:
+        return [{"params": params, "weight_decay": weight_decay}]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    return [group for group in groups if group["params"]]
+
+
+def _train(config, options, state, device, rank, world, train_set, test_set, info, mixer):
     main_process, out = rank == 0, options.out
-    torch.manual_seed(config["seed"])
+    torch.manual_seed(config["seed"])  # the initial weights: the same on every rank
     model = build_model(config["model"], num_classes=info.num_classes, in_channels=info.in_channels, T=config["T"],
                         surrogate=config["surrogate"], tau=config["tau"], v_th=config["v_th"],
                         beta_init=config["beta_init"], h=config["h"], backend=config["backend"],
                         memory_saving=config["memory_saving"]).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config["lr"], weight_decay=config["weight_decay"])
+    optimizer = torch.optim.AdamW(parameter_groups(model, config["weight_decay"], config["decay_norm_and_bias"]),
+                                  lr=config["lr"])
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: lr_factor(epoch, config))
     wrapped = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     if config["compile"]:
         wrapped = torch.compile(wrapped)
     # on the plain model: its state names the layers as the model does, whichever wrapper trains it
     controller = A2SG(model, adapt=config["adapt"], strategy=config["strategy"], n_obs=config["n_obs"],
-                      n_eval=config["n_eval"], radius=config["radius"], beta_range=config.get("beta_range", (0.05, 1.0)),
+                      n_eval=config["n_eval"], radius=config["radius"], beta_range=config["beta_range"],
                       every=config["every"], seed=config["seed"])
-    data_generator = torch.Generator().manual_seed(config["seed"])
+    data_generator, worker_seeder = torch.Generator(), WorkerSeeder(config["seed"], rank)
     use_bf16 = config["amp"] == "bf16" or (config["amp"] == "auto" and device.type == "cuda")
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_bf16 else nullcontext
     history, start_epoch = [], 0
     if state is not None:
-        history, start_epoch = restore_checkpoint(state, out, model, optimizer, scheduler, controller,
-                                                  data_generator)
-    train_loader, test_loader, sampler = make_loaders(train_set, test_set, config, rank, world, data_generator)
-    mixer = batch_mixer(info, config["augment"])
+        history, start_epoch = restore_checkpoint(state, out, model, optimizer, scheduler, controller)
+    train_loader, test_loader, sampler = make_loaders(train_set, test_set, config, rank, world, data_generator,
+                                                      worker_seeder, mixing=mixer is not None)
     writer = tensorboard_writer(out) if config["tensorboard"] and main_process else None
     if main_process:
         atomic_write(out / "config.json", lambda f: json.dump(config, f, indent=1), binary=False)
@@ -214,13 +279,17 @@ def _train(config, options, state, device, rank, world, train_set, test_set, inf
     for epoch in range(start_epoch, end_epoch):
         if world > 1:
             sampler.set_epoch(epoch)
+        data_generator.manual_seed(seed_rngs(config["seed"], epoch, rank))
+        worker_seeder.epoch = epoch
         controller.begin_epoch(epoch)
         searched = len(controller.history)
         start = time.perf_counter()
         train_sums = run_epoch(wrapped, train_loader, config, device, optimizer, mixer, autocast,
                                progress=main_process)
+        lr = optimizer.param_groups[0]["lr"]  # the rate this epoch trained at, before the step sets the next one's
         scheduler.step()
         epoch_seconds = time.perf_counter() - start
+        broadcast_buffers(model, world)
         counter = SpikeCounter(model)
         # the plain module: the spike-counting hooks read tensors, which a compiled graph would break on
         test_sums = run_epoch(model, test_loader, config, device, autocast=autocast)
@@ -230,7 +299,7 @@ def _train(config, options, state, device, rank, world, train_set, test_set, inf
         train_loss, train_correct, train_count, test_loss, test_correct, test_count = totals[:6]
         spikes = dict(zip(names, totals[6:]))
         row = {
-            "epoch": epoch, "lr": optimizer.param_groups[0]["lr"],
+            "epoch": epoch, "lr": lr,
             "train_loss": train_loss / train_count, "train_acc": train_correct / train_count,
             "test_loss": test_loss / test_count, "test_acc": test_correct / test_count,
             "spikes_per_sample": {n: spikes[n] / test_count for n in names},
@@ -244,12 +313,12 @@ def _train(config, options, state, device, rank, world, train_set, test_set, inf
                                    (test_count * config["T"] * sum(counter.neurons.values())))
         history.append(row)
         if main_process:
-            save_epoch(out, config, epoch, model, optimizer, scheduler, controller, data_generator, history)
+            save_epoch(out, config, epoch, model, optimizer, scheduler, controller, history)
             log_epoch(writer, row)
             tqdm.write(f"epoch {epoch + 1}/{config['epochs']}  train {row['train_acc']:.4f}  test {row['test_acc']:.4f}"
                        f"  loss {row['train_loss']:.3f}  {epoch_seconds:.1f}s  search {row['search_seconds']:.2f}s")
     if main_process and history:
-        plot_run(out, history)
+        plot_run(out, history, cutmix=mixer is not None)
         print(summary(config, out, history))
     if writer is not None:
         writer.close()
