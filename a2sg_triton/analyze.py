@@ -2,7 +2,9 @@
 
 Loads RUN_DIR's config and checkpoint, rebuilds the model and the test data, and writes to
 RUN_DIR/analysis (or --out): one PNG per instrument, analysis.json with every number and
-analysis.md with the tables.
+analysis.md with the tables. The instruments see the test set in a seeded class-balanced order
+(``stratified_order``), each at most --max-batches batches of it (default 10: fast on large data;
+0 for all), on the GPU when there is one.
 """
 
 import argparse
@@ -12,11 +14,11 @@ import sys
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from . import analysis
-from .data import DatasetNotFoundError, build_datasets
+from .data import DatasetNotFoundError, build_datasets, dataset_labels, stratified_order
 from .models import build_model
 from .nn import LIF
 from .utils import atomic_write
@@ -26,8 +28,9 @@ class AnalyzeError(Exception):
     """A problem with the user's input: printed as one line, exit code 2."""
 
 
-def load_run(run_dir, device):
-    """-> (config, model with the checkpoint's weights and betas, test set, data info, controller history)."""
+def load_run(run_dir, device, data=None):
+    """-> (config, model with the checkpoint's weights and betas, test set, data info, controller history).
+    ``data``: the dataset's folder, if not the one the run trained from."""
     try:
         config = json.loads((run_dir / "config.json").read_text())
         state = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)
@@ -35,10 +38,15 @@ def load_run(run_dir, device):
         raise AnalyzeError(f"{run_dir} is not an a2sg-train run folder ({error.filename} is missing)")
     except Exception as error:  # a truncated or foreign file
         raise AnalyzeError(f"{run_dir}: cannot read the run ({type(error).__name__}: {error})")
+    if data is not None:
+        if not Path(data).is_dir():
+            raise AnalyzeError(f"--data {data}: no such folder")
+        config = dict(config, data=str(data))
     try:
         _, test_set, info = build_datasets(config["dataset"], config["data"], T=config["T"], seed=config["seed"])
     except (DatasetNotFoundError, ValueError, ImportError) as error:
-        raise AnalyzeError(str(error))
+        hint = " (if the data moved, pass --data DIR)" if isinstance(error, DatasetNotFoundError) and data is None else ""
+        raise AnalyzeError(f"{error}{hint}")
     model = build_model(config["model"], num_classes=info.num_classes, in_channels=info.in_channels, T=config["T"],
                         surrogate=config["surrogate"], tau=config["tau"], v_th=config["v_th"],
                         beta_init=config["beta_init"], h=config["h"], backend=config["backend"])
@@ -57,20 +65,29 @@ def _finite(value):
     return value
 
 
+def analysis_loader(test_set, batch_size, seed):
+    """The test set in a seeded class-balanced order: whatever prefix an instrument takes (its first
+    batches, Fisher's and t-SNE's first samples, metric-vs-β's first batch) holds every class, also
+    when the set is stored class by class (CIFAR10-DVS, ImageFolder)."""
+    order = stratified_order(dataset_labels(test_set), seed)
+    return DataLoader(Subset(test_set, order), batch_size=batch_size, shuffle=False)
+
+
 def run_all(config, model, test_set, info, history, out, device, args):
     T = config["T"]
-    loader = DataLoader(test_set, batch_size=args.batch_size, shuffle=False)
+    loader = analysis_loader(test_set, args.batch_size, config["seed"])
     lif_names = [name for name, m in model.named_modules() if isinstance(m, LIF)]
-    x0, y0 = next(iter(DataLoader(test_set, batch_size=min(args.batch_size, len(test_set)), shuffle=False)))
+    x0, y0 = next(iter(loader))
     x0, y0 = x0.to(device), y0.to(device)
-    common = dict(T=T, device=device, max_batches=args.max_batches)
+    common = dict(T=T, device=device, max_batches=args.max_batches or None)
     results = {}
 
     def spikes():
         results["spikes"] = analysis.spike_statistics(model, loader, **common)
         analysis.plot_spike_distribution(results["spikes"], out / "spike_distribution.png")
         analysis.plot_firing_rates(results["spikes"], out / "firing_rates.png")
-        results["energy"] = analysis.energy(model, results["spikes"], tuple(test_set[0][0].shape))
+        results["energy"] = analysis.energy(model, results["spikes"], tuple(test_set[0][0].shape),
+                                            first_layer=args.energy_first_layer)
 
     def membrane():
         results["membrane"] = analysis.membrane_statistics(model, loader, **common)
@@ -90,9 +107,10 @@ def run_all(config, model, test_set, info, history, out, device, args):
         analysis.plot_fisher_eigenvalues(results["fisher"], out / "fisher.png")
 
     def landscapes():
-        results["landscape_1d"] = analysis.loss_landscape_1d(model, loader, **common)
+        results["landscape_1d"] = analysis.loss_landscape_1d(model, loader, progress=True, **common)
         analysis.plot_loss_landscape_1d(results["landscape_1d"], out / "landscape_1d.png")
-        results["landscape_2d"] = analysis.loss_landscape_2d(model, loader, steps=args.landscape_steps, **common)
+        results["landscape_2d"] = analysis.loss_landscape_2d(model, loader, steps=args.landscape_steps, progress=True,
+                                                             **common)
         analysis.plot_loss_landscape_2d(results["landscape_2d"], out / "landscape_2d.png")
 
     def search():
@@ -163,9 +181,15 @@ def build_parser():
     p = argparse.ArgumentParser(prog="a2sg-analyze", description=__doc__.split("\n")[0])
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--out", metavar="DIR", help="default: RUN_DIR/analysis")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--data", metavar="DIR", help="the dataset's folder, if not the one the run trained from")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
     p.add_argument("--batch-size", type=int, default=100)
-    p.add_argument("--max-batches", type=int, default=None, help="at most this many test batches per instrument")
+    p.add_argument("--max-batches", type=int, default=10,
+                   help="at most this many test batches per instrument, in a class-balanced order (default 10: the "
+                        "landscapes alone evaluate the model 21 + steps² times; 0: the whole test set)")
+    p.add_argument("--energy-first-layer", choices=analysis.FIRST_LAYER, default="every_step",
+                   help="charge the first layer's MACs at every step (default, the usual convention) or once (its "
+                        "direct-encoded input repeats over T; static images only)")
     p.add_argument("--fisher-samples", type=int, default=64)
     p.add_argument("--landscape-steps", type=int, default=11, help="grid points per axis of the 2-D landscape")
     p.add_argument("--tsne-samples", type=int, default=300)
@@ -174,14 +198,33 @@ def build_parser():
     return p
 
 
+def resolve_device(name):
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise AnalyzeError(f"--device {name}: expected auto, cpu, cuda or cuda:N")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise AnalyzeError(f"--device {name}: CUDA is not available")
+    return device
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
+        for name, minimum in (("batch_size", 1), ("max_batches", 0), ("fisher_samples", 1), ("landscape_steps", 1),
+                              ("tsne_samples", 1)):
+            if getattr(args, name) < minimum:
+                raise AnalyzeError(f"--{name.replace('_', '-')} must be >= {minimum}, got {getattr(args, name)}")
         run_dir = Path(args.run_dir)
-        device = torch.device(args.device)
-        config, model, test_set, info, history = load_run(run_dir, device)
+        device = resolve_device(args.device)
+        config, model, test_set, info, history = load_run(run_dir, device, args.data)
         out = Path(args.out) if args.out else run_dir / "analysis"
         out.mkdir(parents=True, exist_ok=True)
+        subset = f"at most {args.max_batches} batches of {args.batch_size}" if args.max_batches else "all"
+        print(f"a2sg-analyze: on {device}; each instrument takes {subset} of the {len(test_set)} test samples, in a "
+              f"class-balanced order (seed {config['seed']}; --max-batches 0 for all)", flush=True)
         results = run_all(config, model, test_set, info, history, out, device, args)
     except AnalyzeError as error:
         print(f"a2sg-analyze: error: {error}", file=sys.stderr)

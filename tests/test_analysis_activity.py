@@ -128,6 +128,21 @@ def test_energy_hand_count():
     json.dumps(result)
 
 
+def test_energy_first_layer_once():
+    """Under direct encoding the first layer sees one image T times: "once" charges its MACs once."""
+    model = Tiny(T)
+    stats = activity.spike_statistics(model, _loader(HAND_X, HAND_Y, 2), T, "cpu")
+    every, once = (activity.energy(model, stats, (4,), first_layer=choice) for choice in ("every_step", "once"))
+    assert every["flops"] == 48 and once["flops"] == 12 and once["sops"] == every["sops"]
+    assert once["energy_mj"] == pytest.approx((4.6 * 12 + 0.9 * 13) * 1e-9)
+    assert "at every one of the T steps" in every["convention"] and "once" in once["convention"]
+    assert (every["first_layer"], once["first_layer"]) == ("every_step", "once")
+    with pytest.raises(ValueError, match="first_layer must be one of"):
+        activity.energy(model, stats, (4,), first_layer="sometimes")
+    with pytest.raises(ValueError, match="needs static input"):
+        activity.energy(model, stats, (T, 2, 8, 8), first_layer="once")
+
+
 def test_energy_digits_macs(digits):
     model, loader = digits
     stats = activity.spike_statistics(model, loader, T, "cpu", max_batches=1)

@@ -289,3 +289,49 @@ def test_plots_write_png_files(tmp_path):
         plot(tmp_path / name)
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(figures)  # no temporary file left
+
+
+def test_metric_vs_beta_marks_values_that_are_not_finite(monkeypatch):
+    """SGV = +inf (no gradient in a narrow window) is drawn as a triangle at the top edge in the
+    curve's colour and named in the legend, not left as a silent gap; "inf" from analysis.json too."""
+    figures = []
+    monkeypatch.setattr(curvature, "save_figure", lambda fig, path: figures.append(fig))
+    result = {"betas": [0.05, 0.1, 0.5, 0.9], "sgv": [float("inf"), "inf", 0.2, 0.25], "tgc": None,
+              "current_beta": 0.5}
+    curvature.plot_metric_vs_beta({"a t=3": result, "b t=3": dict(result, sgv=[0.3, 0.2, 0.2, 0.25])}, "unused.png")
+    (ax,) = figures[0].axes
+    markers = [line for line in ax.get_lines() if line.get_marker() == "^"]
+    assert len(markers) == 1 and list(markers[0].get_xdata()) == [0.05, 0.1] and markers[0].get_color() == "C0"
+    assert [text.get_text() for text in ax.get_legend().get_texts()] == [
+        "a t=3", "b t=3", "SGV not finite (mean |δ| = 0)"]
+    figures.clear()
+    curvature.plot_metric_vs_beta(result, "unused.png")  # one result: the legend explains the marker alone
+    assert [text.get_text() for text in figures[0].axes[0].get_legend().get_texts()] == [
+        "SGV not finite (mean |δ| = 0)"]
+
+
+def test_fisher_plot_shows_zero_eigenvalues_on_its_log_scale(monkeypatch):
+    figures = []
+    monkeypatch.setattr(curvature, "save_figure", lambda fig, path: figures.append(fig))
+    fisher = {"layers": {"conv1": {"lambda_max": 2.0}, "conv2": {"lambda_max": 0.0}, "fc": {"lambda_max": 0.5}}}
+    curvature.plot_fisher_eigenvalues(fisher, "unused.png")
+    (ax,) = figures[0].axes
+    heights = [bar.get_height() for bar in ax.patches]
+    assert heights == [2.0, 0.05, 0.5]  # 0 drawn at a decade below the smallest positive value
+    assert [bar.get_hatch() for bar in ax.patches] == [None, "//", None]
+    assert [text.get_text() for text in ax.texts] == ["λ = 0"]
+    assert "λ_max = 0" in ax.get_title()
+    figures.clear()
+    curvature.plot_fisher_eigenvalues({"layers": {"conv1": {"lambda_max": 2.0}}}, "unused.png")
+    assert not figures[0].axes[0].texts and not figures[0].axes[0].get_title()
+
+
+def test_landscape_2d_axes_are_not_named_for_the_surrogate_width(monkeypatch):
+    figures = []
+    monkeypatch.setattr(curvature, "save_figure", lambda fig, path: figures.append(fig))
+    plane = {"alphas": [-1.0, 0.0, 1.0], "betas": [-1.0, 0.0, 1.0],
+             "loss": [[3.0, 2.0, 3.5], [2.0, 1.0, 2.2], [3.1, 2.4, 3.9]]}
+    curvature.plot_loss_landscape_2d(plane, "unused.png")
+    ax = figures[0].axes[0]
+    assert ax.get_xlabel() == "step along direction 1 (filter-normalised)"
+    assert ax.get_ylabel() == "step along direction 2 (filter-normalised)"

@@ -7,6 +7,7 @@ import os
 import random
 import subprocess
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -341,3 +342,19 @@ def test_ddp_evaluates_with_rank_zeros_batch_norm_statistics(tmp_path):
     row = state["metrics"][-1]
     assert count == len(test_set) and row["test_acc"] > 0.5
     assert row["test_loss"] == pytest.approx(loss / count, rel=1e-9) and row["test_acc"] == correct / count
+
+
+# -- 9. The accuracy figure says what CutMix's train accuracy is -------------------------------------------------
+
+
+@pytest.mark.parametrize("cutmix, label", [(False, "train"),
+                                           (True, "train (CutMix-mixed images, each against its own label)")])
+def test_accuracy_plot_names_the_cutmix_train_accuracy(cutmix, label, monkeypatch):
+    import a2sg_triton.report as report
+
+    figures = []
+    monkeypatch.setattr(report, "save_figure", lambda fig, path: figures.append(fig))
+    history = [{"epoch": 0, "train_acc": 0.5, "test_acc": 0.6, "beta": {"lif": [0.5, 0.5]}}]
+    report.plot_run(Path("unused"), history, cutmix=cutmix)
+    legend = figures[-1].axes[0].get_legend()
+    assert [text.get_text() for text in legend.get_texts()] == [label, "test"]

@@ -21,7 +21,7 @@ from ..models import model_input
 from ..nn import LIF
 from ..utils import new_figure, save_figure
 
-__all__ = ["E_AC_PJ", "E_MAC_PJ", "energy", "membrane_potentials", "membrane_statistics", "model_input",
+__all__ = ["E_AC_PJ", "E_MAC_PJ", "FIRST_LAYER", "energy", "membrane_potentials", "membrane_statistics", "model_input",
            "plot_firing_rates", "plot_membrane_statistics", "plot_spike_deletion", "plot_spike_distribution",
            "plot_tsne", "plot_weight_histograms", "spike_deletion", "spike_statistics", "synaptic_layers", "tsne_features",
            "weight_statistics"]
@@ -32,6 +32,8 @@ E_MAC_PJ = 4.6
 E_AC_PJ = 0.9
 # The layers with weights whose operations are counted.
 SYNAPTIC = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+# How often energy() charges the first layer's MACs: at every one of the T steps, or once.
+FIRST_LAYER = ("every_step", "once")
 
 
 def membrane_potentials(lif, x):
@@ -102,12 +104,16 @@ def spike_statistics(model, loader, T, device, max_batches=None):
     }
 
 
-def energy(model, spike_stats, input_shape):
+def energy(model, spike_stats, input_shape, first_layer="every_step"):
     """Inference energy per sample, in mJ, with the usual SNN convention (45 nm, E_MAC = 4.6 pJ,
     E_AC = 0.9 pJ): E = E_MAC·FLOPs(first layer) + E_AC·SOPs(every later layer).
 
     Direct encoding feeds real values to the first Conv/Linear layer (in execution order), so its
-    MACs over the T steps count as FLOPs (also for event input). Every later Conv/Linear layer is fed
+    MACs count as FLOPs (also for event input). ``first_layer="every_step"`` (the default and the
+    usual convention) charges them at each of the T steps, as the model computes them; under direct
+    encoding that layer sees the same image at every step, so hardware that computes it once pays
+    1/T of that: ``first_layer="once"`` (static input only; event frames differ per step). The
+    result's ``convention`` says which was used. Every later Conv/Linear layer is fed
     by spikes and does one accumulate per spike and fan-out: SOPs = input firing rate × T × its MACs
     per timestep (= input spikes × fan-out, up to a conv's zero padding). The rate is the one measured
     at the layer's own input (``spike_stats["input_rates"]``), so average pooling and residual
@@ -116,6 +122,11 @@ def energy(model, spike_stats, input_shape):
     hooks on one sample of ``input_shape`` (as the loader yields it, without the batch: [C, H, W] or
     [T, C, H, W]).
     """
+    if first_layer not in FIRST_LAYER:
+        raise ValueError(f"first_layer must be one of {FIRST_LAYER}, got {first_layer!r}")
+    if first_layer == "once" and len(input_shape) == 4:
+        raise ValueError(f"first_layer='once' needs static input; input_shape {tuple(input_shape)} is a sequence "
+                         "[T, C, H, W], whose frames differ per step")
     T = spike_stats["T"]
     synaptic = synaptic_layers(model)
     macs = {}  # total over the T steps of one sample; insertion order is execution order
@@ -133,7 +144,7 @@ def energy(model, spike_stats, input_shape):
     layers = {}
     for i, (name, layer_macs) in enumerate(macs.items()):
         if i == 0:
-            rate, ops, e_pj = None, layer_macs, E_MAC_PJ
+            rate, ops, e_pj = None, layer_macs / T if first_layer == "once" else layer_macs, E_MAC_PJ
         else:
             if name not in spike_stats["input_rates"]:
                 raise ValueError(f"spike_stats has no input rate for layer {name!r}; compute it on this model")
@@ -144,8 +155,10 @@ def energy(model, spike_stats, input_shape):
     flops = sum(layer["ops"] for layer in layers.values() if layer["op"] == "MAC")
     sops = sum(layer["ops"] for layer in layers.values() if layer["op"] == "AC")
     return {
-        "convention": "E = E_MAC*FLOPs(first layer) + E_AC*SOPs(rest), 45 nm; direct encoding; "
-                      "BN folded; pooling, biases and LIF updates not counted",
+        "convention": "E = E_MAC*FLOPs(first layer) + E_AC*SOPs(rest), 45 nm; direct encoding, first layer's MACs "
+                      + ("once (its input repeats over T)" if first_layer == "once" else "at every one of the T steps")
+                      + "; BN folded; pooling, biases and LIF updates not counted",
+        "first_layer": first_layer,
         "e_mac_pj": E_MAC_PJ,
         "e_ac_pj": E_AC_PJ,
         "flops": flops,
@@ -257,7 +270,8 @@ def tsne_features(model, loader, T, device, layer, timesteps, n_samples=500, see
 
     The module's output must be [T, B, ...] (a LIF layer's spikes, or e.g. a time-folded conv);
     at step t each sample's output[t] is flattened into one feature vector. The first ``n_samples``
-    samples of the loader are embedded with ``TSNE(n_components=2, random_state=seed, init="pca",
+    samples of the loader are embedded (give it a class-balanced order, e.g. a ``Subset`` in
+    ``a2sg_triton.data.stratified_order``, if the data is stored class by class) with ``TSNE(n_components=2, random_state=seed, init="pca",
     perplexity=min(30, n-1))``. Returns ``labels`` [n] and, per timestep, ``points`` [n, 2].
     """
     from sklearn.manifold import TSNE  # heavy import, only needed here

@@ -16,9 +16,11 @@ loader are ``(x, y)`` as in training: static ``x`` [B, C, H, W] is repeated over
 """
 
 import contextlib
+import math
 
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from ..lif import lif_bwd_step
 from ..nn import LIF
@@ -93,7 +95,8 @@ def fisher_max_eigenvalue(model, loader, T, device, n_samples=64, method="auto",
     """Largest eigenvalue of each Conv/Linear layer's empirical Fisher (Eq. A8, Fig. 5c).
 
     F = (1/n) sum_i g_i g_i^T, g_i the gradient of sample i's cross-entropy (true label) w.r.t. the
-    layer's weight, over the loader's first ``n_samples`` samples; batch norm in eval mode. With
+    layer's weight, over the loader's first ``n_samples`` samples (give it a class-balanced order,
+    ``a2sg_triton.data.stratified_order``, if the data is stored class by class); batch norm in eval mode. With
     Gamma = [g_1 ... g_n]^T: ``method="gram"`` takes the exact top eigenvalue of the n×n Gram matrix
     (1/n) Gamma Gamma^T (float64; the same non-zero spectrum as F), ``"power"`` runs ``iters`` power
     iterations of v -> (1/n) Gamma^T (Gamma v) from a seeded random start and reports the Rayleigh
@@ -172,28 +175,34 @@ def _filter_normalised_direction(model, generator, layers):
     return direction
 
 
-def _landscape(model, loader, T, device, directions, steps, span, max_batches):
-    """Loss and accuracy at theta + a_1 d_1 (+ a_2 d_2) on the grid linspace(-span, span, steps)^k."""
+def _landscape(model, loader, T, device, directions, steps, span, max_batches, progress):
+    """Loss and accuracy at theta + a_1 d_1 (+ a_2 d_2) on the grid linspace(-span, span, steps)^k;
+    ``progress``: a tqdm bar over the grid points (off when stderr is not a terminal)."""
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     alphas = [0.0] if steps == 1 else [span * (2 * i / (steps - 1) - 1) for i in range(steps)]  # exact 0 mid
     batches = _take_batches(loader, max_batches)
     theta = {name: param.detach().clone() for name, param in model.named_parameters()}
+    bar = tqdm(total=steps ** len(directions), desc=f"{len(directions)}-D landscape", leave=False,
+               disable=None if progress else True)
 
     def at(coefficients):
         with torch.no_grad():
             for name, param in model.named_parameters():
                 param.copy_(theta[name] + sum(c * d[name] for c, d in zip(coefficients, directions)))
+        bar.update()
         return _evaluate(model, batches, T, device)
 
-    if len(directions) == 1:
-        points = [at((a,)) for a in alphas]
-        return alphas, [p[0] for p in points], [p[1] for p in points]
-    grid = [[at((a, b)) for b in alphas] for a in alphas]
+    with bar:
+        if len(directions) == 1:
+            points = [at((a,)) for a in alphas]
+            return alphas, [p[0] for p in points], [p[1] for p in points]
+        grid = [[at((a, b)) for b in alphas] for a in alphas]
     return alphas, [[p[0] for p in row] for row in grid], [[p[1] for p in row] for row in grid]
 
 
-def loss_landscape_1d(model, loader, T, device, steps=21, span=1.0, seed=0, max_batches=None, *, layers=None):
+def loss_landscape_1d(model, loader, T, device, steps=21, span=1.0, seed=0, max_batches=None, *, layers=None,
+                      progress=False):
     """Mean cross-entropy and accuracy at theta + alpha d, alpha in linspace(-span, span, steps) (Fig. 1).
 
     d is a filter-normalised Gaussian direction (Li et al. 2018; seeded): every filter of every weight
@@ -201,22 +210,26 @@ def loss_landscape_1d(model, loader, T, device, steps=21, span=1.0, seed=0, max_
     ``layers`` (module names) restricts the perturbation to those modules' weights, e.g. one conv
     as in Fig. 1. Batch norm in eval mode; the first ``max_batches`` batches (all when None), the
     same ones at every point. With odd ``steps`` the middle alpha is exactly 0, so its loss is the
-    model's plain loss. Returns {"alphas", "loss", "accuracy"}.
+    model's plain loss. ``progress``: a progress bar over the points. Returns {"alphas", "loss", "accuracy"}.
     """
     with _preserved(model, train=False):
         generator = torch.Generator().manual_seed(seed)
         direction = _filter_normalised_direction(model, generator, layers)
-        alphas, loss, accuracy = _landscape(model, loader, T, device, [direction], steps, span, max_batches)
+        alphas, loss, accuracy = _landscape(model, loader, T, device, [direction], steps, span, max_batches,
+                                            progress)
     return {"alphas": alphas, "loss": loss, "accuracy": accuracy}
 
 
-def loss_landscape_2d(model, loader, T, device, steps=11, span=1.0, seed=0, max_batches=None, *, layers=None):
+def loss_landscape_2d(model, loader, T, device, steps=11, span=1.0, seed=0, max_batches=None, *, layers=None,
+                      progress=False):
     """As ``loss_landscape_1d`` on the plane theta + alpha d + beta e (two independent seeded
-    directions); ``loss[i][j]`` is at (alphas[i], betas[j]). Returns {"alphas", "betas", "loss", "accuracy"}."""
+    directions; these alpha and beta are step sizes, not the surrogate width); ``loss[i][j]`` is at
+    (alphas[i], betas[j]). Returns {"alphas", "betas", "loss", "accuracy"}."""
     with _preserved(model, train=False):
         generator = torch.Generator().manual_seed(seed)
         directions = [_filter_normalised_direction(model, generator, layers) for _ in range(2)]
-        alphas, loss, accuracy = _landscape(model, loader, T, device, directions, steps, span, max_batches)
+        alphas, loss, accuracy = _landscape(model, loader, T, device, directions, steps, span, max_batches,
+                                            progress)
     return {"alphas": alphas, "betas": list(alphas), "loss": loss, "accuracy": accuracy}
 
 
@@ -294,18 +307,34 @@ def _labelled(results, single_key):
 
 def plot_fisher_eigenvalues(results, path):
     """Bars of lambda_max per layer (log scale), one bar group per label (Fig. 5c). ``results``: one
-    ``fisher_max_eigenvalue`` result or {label: result}."""
+    ``fisher_max_eigenvalue`` result or {label: result}. A log scale has no 0: a layer with
+    lambda_max <= 0 (no gradient reached it) gets a hatched bar at a floor a decade below the smallest
+    positive value, labelled "λ = 0", and the title says so."""
     runs = _labelled(results, "layers")
     names = list(next(iter(runs.values()))["layers"])
+    values = {label: [result["layers"][name]["lambda_max"] for name in names] for label, result in runs.items()}
+    positive = [v for vs in values.values() for v in vs if v > 0]
+    floor = min(positive) / 10 if positive else 1.0
     width = 0.8 / len(runs)
     fig, axes = new_figure(panel_size=(max(4.0, 0.8 * len(names) * len(runs)), 3.5))
     ax = axes[0][0]
-    for k, (label, result) in enumerate(runs.items()):
-        values = [result["layers"][name]["lambda_max"] for name in names]
-        ax.bar([i + k * width for i in range(len(names))], values, width, label=label or None)
+    zeros = False
+    for k, (label, vs) in enumerate(values.items()):
+        bars = ax.bar([i + k * width for i in range(len(names))], [v if v > 0 else floor for v in vs], width,
+                      label=label or None, color=f"C{k}")
+        for bar, v in zip(bars, vs):
+            if not v > 0:
+                zeros = True
+                bar.set_hatch("//")
+                bar.set_facecolor("none")
+                bar.set_edgecolor(f"C{k}")
+                ax.annotate("λ = 0", (bar.get_x() + bar.get_width() / 2, floor), textcoords="offset points",
+                            xytext=(0, 2), ha="center", fontsize="x-small")
     ax.set_xticks([i + width * (len(runs) - 1) / 2 for i in range(len(names))], names, rotation=45, ha="right")
     ax.set_yscale("log")
     ax.set_ylabel("largest Fisher eigenvalue")
+    if zeros:
+        ax.set_title(f"hatched: λ_max = 0 (no gradient), drawn at {floor:.1e}", fontsize="small")
     if len(runs) > 1:
         ax.legend(fontsize="small")
     save_figure(fig, path)
@@ -334,29 +363,47 @@ def plot_loss_landscape_2d(result, path, levels=20):
     loss = [list(column) for column in zip(*result["loss"])]
     contour = ax.contour(result["alphas"], result["betas"], loss, levels=levels)
     ax.clabel(contour, fontsize="x-small")
-    ax.set_xlabel("α")
-    ax.set_ylabel("β")
+    # the result's alphas and betas are steps along two directions; "β" would read as the surrogate width
+    ax.set_xlabel("step along direction 1 (filter-normalised)")
+    ax.set_ylabel("step along direction 2 (filter-normalised)")
+    ax.set_title("loss", fontsize="small")
     save_figure(fig, path)
 
 
 def plot_metric_vs_beta(results, path):
     """SGV (and TGC where present) against beta, the current beta dashed, one curve per label (Fig. 3).
     ``results``: one ``metric_vs_beta`` result or {label: result}. A label has one colour in both
-    panels (TGC has no curve at t = T-1), and each panel's legend names the curves it shows."""
+    panels (TGC has no curve at t = T-1), and each panel's legend names the curves it shows. A value
+    that is not finite (SGV = +inf where mean |delta| = 0: no gradient in the window) would leave a
+    silent gap in its curve: it is marked by a triangle at the panel's top edge, which the legend explains."""
+    from matplotlib.lines import Line2D  # matplotlib is imported only to draw, as in new_figure
+
     runs = _labelled(results, "betas")
     metrics = ["sgv"] + (["tgc"] if any(result["tgc"] is not None for result in runs.values()) else [])
     colours = {label: f"C{i}" for i, label in enumerate(runs)}
     fig, axes = new_figure(columns=len(metrics))
     for ax, metric in zip(axes[0], metrics):
+        infinite = False
         for label, result in runs.items():
-            if result[metric] is not None:
-                ax.plot(result["betas"], result[metric], color=colours[label], label=label or None)
-                ax.axvline(result["current_beta"], color=colours[label], linestyle="--")
+            if result[metric] is None:
+                continue
+            values = [float(v) for v in result[metric]]  # analysis.json stores inf as the string "inf"
+            ax.plot(result["betas"], values, color=colours[label], label=label or None)
+            ax.axvline(result["current_beta"], color=colours[label], linestyle="--")
+            gaps = [b for b, v in zip(result["betas"], values) if not math.isfinite(v)]
+            if gaps:
+                infinite = True
+                ax.plot(gaps, [1.0] * len(gaps), linestyle="none", marker="^", color=colours[label], clip_on=False,
+                        transform=ax.get_xaxis_transform())
         ax.set_title(f"{metric.upper()} (dashed: the current β)", fontsize="small")
         ax.set_xlabel("β")
         ax.set_ylabel(metric.upper())
-        if len(runs) > 1:
-            ax.legend(fontsize="small")
+        handles, labels = ax.get_legend_handles_labels()
+        if infinite:
+            handles.append(Line2D([], [], linestyle="none", marker="^", color="grey"))
+            labels.append(f"{metric.upper()} not finite (mean |δ| = 0)")
+        if len(runs) > 1 or infinite:
+            ax.legend(handles, labels, fontsize="small")
     save_figure(fig, path)
 
 
