@@ -4,9 +4,11 @@
     a2sg-ablate --preset digits-deep --seeds 3 --fisher 64 --out runs/digits-deep
     a2sg-ablate --preset paper-cifar10 --data ~/data/cifar10 --seeds 3 --out runs/c10-ablation
 
-Each (configuration, seed) is one `a2sg-train` run in OUT/<config>-seed<k>; a run that already
-finished is reused, so an interrupted ablation continues where it stopped. OUT/ablation.md and
-OUT/ablation.json hold final and best test accuracy, training loss, spikes per sample, the search's
+Each (configuration, seed) is one `a2sg-train` run in OUT/<config>-seed<k>. A folder that already
+holds a run with the requested settings (machine options such as --device or --data aside) is
+reused when finished and resumed when not, so an interrupted ablation continues where it stopped;
+one trained with other settings is refused before anything trains, or retrained with --force.
+OUT/ablation.md and OUT/ablation.json hold final and best test accuracy, training loss, spikes per sample, the search's
 share of training time, the widths left at the range ends, fallbacks and flat curves (mean ± std
 over seeds, and which means differ from BOX's beyond the seed spread), epoch time and its overhead
 against the BOX baseline, with the machine they ran on; OUT/ablation_curves.png and
@@ -26,8 +28,8 @@ import torch
 
 from . import __version__
 from .analysis import fisher_max_eigenvalue
-from .analyze import load_run
-from .config import PRESETS
+from .analyze import analysis_loader, load_run
+from .config import LEGACY_SETTINGS, MACHINE_OPTIONS, PRESETS, TrainError, resolve_config
 from .train import main as train_main
 from .utils import atomic_write, new_figure, save_figure
 
@@ -51,14 +53,32 @@ def run_name(surrogate, adapt, seed, extra=()):
     return f"{surrogate}-{adapt}{flags}-seed{seed}"
 
 
-def finished_metrics(run_dir):
-    """The run's metrics rows if it completed all its epochs, else None."""
+def read_metrics(run_dir):
+    """The run's metrics rows, [] when there are none."""
     try:
-        config = json.loads((run_dir / "config.json").read_text())
-        rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     except (OSError, ValueError):
-        return None
-    return rows if len(rows) == config["epochs"] else None
+        return []
+
+
+def plan(run_dir, requested):
+    """What to do with one run folder for the ``requested`` config: ("train", None) when it holds no
+    run, ("differs", ["lr=0.005 there, 0.001 asked", ...]) when its run has other settings (machine
+    options aside), ("reuse", rows) when that run finished, else ("resume", rows so far)."""
+    try:
+        stored = {**LEGACY_SETTINGS, **json.loads((run_dir / "config.json").read_text())}
+    except (OSError, ValueError):
+        return "train", None
+    stored, requested = json.loads(json.dumps(stored)), json.loads(json.dumps(requested))  # tuples as lists
+    differences = [f"{key}={stored.get(key)!r} there, {requested.get(key)!r} asked"
+                   for key in sorted(stored.keys() | requested.keys())
+                   if key not in MACHINE_OPTIONS and stored.get(key) != requested.get(key)]
+    if differences:
+        return "differs", differences
+    rows = read_metrics(run_dir)
+    if len(rows) == stored["epochs"]:
+        return "reuse", rows
+    return ("resume" if (run_dir / "checkpoint.pt").is_file() else "train"), rows
 
 
 def summarise(rows):
@@ -121,19 +141,21 @@ def table(results):
     return rows
 
 
-def fisher_of_middle_layer(run_dir, n_samples):
+def fisher_of_middle_layer(run_dir, n_samples, epochs):
     """λ_max of the empirical Fisher of the model's middle Conv/Linear layer (by order in the model),
-    on the run's first ``n_samples`` test samples; cached in RUN_DIR/fisher.json."""
+    on the first ``n_samples`` test samples of a2sg-analyze's class-balanced order; cached in
+    RUN_DIR/fisher.json for the run's config and ``epochs`` (a retrained or resumed run is another)."""
     cache = run_dir / "fisher.json"
+    run = {"config": json.loads((run_dir / "config.json").read_text()), "epochs": epochs}
     if cache.exists():
         cached = json.loads(cache.read_text())
-        if cached["n_samples"] == n_samples:
+        if cached["n_samples"] == n_samples and cached.get("run") == run:
             return cached["lambda_max"]
     config, model, test_set, _, _ = load_run(run_dir, "cpu")
-    loader = torch.utils.data.DataLoader(test_set, batch_size=100, shuffle=False)
+    loader = analysis_loader(test_set, 100, config["seed"])
     layers = fisher_max_eigenvalue(model, loader, config["T"], "cpu", n_samples=n_samples)["layers"]
     name = list(layers)[len(layers) // 2]
-    payload = {"n_samples": n_samples, "layer": name, "lambda_max": layers[name]["lambda_max"]}
+    payload = {"n_samples": n_samples, "run": run, "layer": name, "lambda_max": layers[name]["lambda_max"]}
     atomic_write(cache, lambda f: f.write(json.dumps(payload)), binary=False)
     return payload["lambda_max"]
 
@@ -231,6 +253,8 @@ def build_parser():
                    help="a subset of the configurations (default: all)")
     p.add_argument("--fisher", type=int, default=0, metavar="N",
                    help="also the Fisher λ_max of each run's middle layer on N test samples (default: 0, off)")
+    p.add_argument("--force", action="store_true",
+                   help="retrain a run folder that holds a run with other settings (default: refuse)")
     return p
 
 
@@ -242,29 +266,52 @@ def main(argv=None):
         print("a2sg-ablate: error: --seeds must be >= 1", file=sys.stderr)
         return 2
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     if args.fisher < 0:
         print("a2sg-ablate: error: --fisher must be >= 0", file=sys.stderr)
         return 2
-    results, curves = {}, {}
+    runs = []  # (config name, seed, run folder, the run's own a2sg-train flags, what to do)
     for name, surrogate, adapt, extra in CONFIGS:
         if args.configs and name not in args.configs:
             continue
-        results[name], curves[name] = [], []
         for seed in range(args.seeds):
             run_dir = out / run_name(surrogate, adapt, seed, extra)
-            rows = finished_metrics(run_dir)
-            if rows is None:
-                print(f"[a2sg-ablate] {name}, seed {seed} -> {run_dir}", flush=True)
-                code = train_main(["--preset", args.preset, *train_args, *extra, "--surrogate", surrogate,
-                                   "--adapt", adapt, "--seed", str(seed), "--out", str(run_dir), "--force"])
-                if code != 0:
-                    return code
-                rows = finished_metrics(run_dir)
-            summary = summarise(rows)
-            summary["fisher_lambda_max"] = fisher_of_middle_layer(run_dir, args.fisher) if args.fisher else None
-            results[name].append(summary)
-            curves[name].append(rows)
+            flags = [*train_args, *extra, "--surrogate", surrogate, "--adapt", adapt, "--seed", str(seed)]
+            try:
+                requested = resolve_config(["--preset", args.preset, *flags, "--out", str(run_dir)])[0]
+            except TrainError as error:
+                print(f"a2sg-ablate: error: {error}", file=sys.stderr)
+                return 2
+            runs.append((name, seed, run_dir, flags, plan(run_dir, requested)))
+    # before anything trains: never print a table of old rows under a command that asked for other settings
+    differing = [(run_dir, detail) for _, _, run_dir, _, (action, detail) in runs if action == "differs"]
+    if differing and not args.force:
+        run_dir, detail = differing[0]
+        more = f" (and {len(differing) - 1} more folders)" if len(differing) > 1 else ""
+        print(f"a2sg-ablate: error: {run_dir} holds a run with other settings ({'; '.join(detail)}){more}; use "
+              "another --out, or --force to retrain it", file=sys.stderr)
+        return 2
+    out.mkdir(parents=True, exist_ok=True)
+    results, curves = {}, {}
+    for name, seed, run_dir, flags, (action, detail) in runs:
+        if action == "reuse":
+            print(f"[a2sg-ablate] {name}, seed {seed}: reusing the finished run in {run_dir}", flush=True)
+        else:
+            if action == "resume":
+                print(f"[a2sg-ablate] {name}, seed {seed}: resuming {run_dir} at epoch {len(detail) + 1}", flush=True)
+                # the run's own settings, equal to these flags; --resume accepts them (and machine options)
+                train_argv = ["--resume", str(run_dir), *flags]
+            else:
+                why = f" (it held other settings: {'; '.join(detail)})" if action == "differs" else ""
+                print(f"[a2sg-ablate] {name}, seed {seed} -> {run_dir}{why}", flush=True)
+                train_argv = ["--preset", args.preset, *flags, "--out", str(run_dir), "--force"]
+            code = train_main(train_argv)
+            if code != 0:
+                return code
+        rows = read_metrics(run_dir)
+        summary = summarise(rows)
+        summary["fisher_lambda_max"] = fisher_of_middle_layer(run_dir, args.fisher, len(rows)) if args.fisher else None
+        results.setdefault(name, []).append(summary)
+        curves.setdefault(name, []).append(rows)
     rows = table(results)
     plot_ablation(out, curves)
     info = machine()

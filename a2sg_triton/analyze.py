@@ -45,7 +45,8 @@ def load_run(run_dir, device, data=None):
     try:
         _, test_set, info = build_datasets(config["dataset"], config["data"], T=config["T"], seed=config["seed"])
     except (DatasetNotFoundError, ValueError, ImportError) as error:
-        hint = " (if the data moved, pass --data DIR)" if isinstance(error, DatasetNotFoundError) and data is None else ""
+        moved = isinstance(error, DatasetNotFoundError) and data is None
+        hint = " (if the data moved, pass --data DIR)" if moved else ""
         raise AnalyzeError(f"{error}{hint}")
     model = build_model(config["model"], num_classes=info.num_classes, in_channels=info.in_channels, T=config["T"],
                         surrogate=config["surrogate"], tau=config["tau"], v_th=config["v_th"],

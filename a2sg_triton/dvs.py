@@ -1,13 +1,15 @@
 """Converts CIFAR10-DVS events into the frames that ``build_datasets("cifar10-dvs")`` reads.
 
-    python -m a2sg_triton.dvs SRC DST --T 10 [--test-fraction 0.1] [--seed 0] [--force]
+    python -m a2sg_triton.dvs SRC DST --T 10 [--test-fraction 0.1] [--split index|random [--seed 0]] [--force]
 
 SRC holds one ``.npz`` per sample with integer arrays ``t, x, y, p`` under ``SRC/<class_name>/``
 (SpikingJelly's ``events_np`` layout of the original .aedat files: 128x128 sensor, p in {0, 1}).
 Classes sorted alphabetically give the class indices. Each sample's events are split into T
 slices of equal event count (SpikingJelly's ``split_by="number"``), counted per polarity into
 ``[T, 2, 128, 128]``, resized to 48x48 by area interpolation and saved as float32 to
-``DST/{train,test}/<class_index>/<name>.npy``; the train/test split is drawn per class with the seed.
+``DST/{train,test}/<class_index>/<name>.npy``. The test samples of each class are, by default, its
+last ``round(n × test_fraction)`` files in name order: the usual 9:1 split by index (SpikingJelly's
+``split_to_train_test_set(0.9, ...)``); ``--split random`` draws them with ``--seed`` instead.
 """
 
 import argparse
@@ -24,6 +26,7 @@ from .utils import atomic_write
 
 SENSOR_SIZE = 128
 FRAME_SIZE = 48
+SPLITS = ("index", "random")
 
 
 def events_to_frames(x, y, p, T, size=SENSOR_SIZE):
@@ -48,8 +51,12 @@ def resize_frames(frames, size=FRAME_SIZE):
     return F.interpolate(torch.from_numpy(frames), size=(size, size), mode="area").numpy()
 
 
-def convert(src, dst, T, test_fraction=0.1, seed=0, force=False):
-    """Converts every ``SRC/<class_name>/*.npz``; returns ``{"train": n, "test": n}``."""
+def convert(src, dst, T, test_fraction=0.1, seed=0, force=False, split="index"):
+    """Converts every ``SRC/<class_name>/*.npz``; returns ``{"train": n, "test": n}``. Each class's
+    test samples are its last ``round(n × test_fraction)`` files in name order (``split="index"``) or
+    as many drawn by a permutation seeded with ``seed`` (``split="random"``)."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     src, dst = Path(src), Path(dst)
     if not src.is_dir():
         raise FileNotFoundError(f"SRC {src} is not a directory")
@@ -63,17 +70,19 @@ def convert(src, dst, T, test_fraction=0.1, seed=0, force=False):
         for split in ("train", "test"):
             shutil.rmtree(dst / split, ignore_errors=True)
 
-    # Per class, a seeded permutation chooses the test samples, so the split is reproducible.
     rng = np.random.default_rng(seed)
     jobs, counts = [], {"train": 0, "test": 0}
     for c, files in enumerate(per_class):
         n_test = round(len(files) * test_fraction)
         is_test = np.zeros(len(files), dtype=bool)
-        is_test[rng.permutation(len(files))[:n_test]] = True
+        if split == "index":
+            is_test[len(files) - n_test:] = True
+        else:
+            is_test[rng.permutation(len(files))[:n_test]] = True
         for f, test in zip(files, is_test):
-            split = "test" if test else "train"
-            jobs.append((f, dst / split / str(c) / f"{f.stem}.npy"))
-            counts[split] += 1
+            part = "test" if test else "train"
+            jobs.append((f, dst / part / str(c) / f"{f.stem}.npy"))
+            counts[part] += 1
 
     for src_file, out in tqdm(jobs, desc="cifar10-dvs", unit="sample"):
         with np.load(src_file) as events:
@@ -97,7 +106,10 @@ def main(argv=None):
     parser.add_argument("--T", type=int, required=True, help="number of frames per sample")
     parser.add_argument("--test-fraction", type=float, default=0.1,
                         help="fraction of each class put in test/ (default 0.1)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the train/test split (default 0)")
+    parser.add_argument("--split", choices=SPLITS, default="index",
+                        help="index (default): each class's last files in name order are its test samples, the "
+                             "usual 9:1 split; random: drawn with --seed")
+    parser.add_argument("--seed", type=int, default=0, help="seed of --split random (default 0)")
     parser.add_argument("--force", action="store_true",
                         help="replace DST/train and DST/test when DST is not empty")
     args = parser.parse_args(argv)
@@ -106,7 +118,7 @@ def main(argv=None):
     if not 0.0 <= args.test_fraction < 1.0:
         parser.error("--test-fraction must be in [0, 1)")
     try:
-        counts = convert(args.src, args.dst, args.T, args.test_fraction, args.seed, args.force)
+        counts = convert(args.src, args.dst, args.T, args.test_fraction, args.seed, args.force, args.split)
     except (OSError, ValueError) as err:
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
         return 2

@@ -196,7 +196,9 @@ def make_loaders(train_set, test_set, config, rank, world, data_generator, worke
     if len(train) == 0:
         raise TrainError(f"--batch-size {config['batch_size']} is larger than the {len(sampler)} training samples "
                          "of a process, and with --augment the partial batch is dropped: no batch is left")
-    order = stratified_order(dataset_labels(test_set), config["seed"]) if config["limit_batches"] else range(len(test_set))
+    order = range(len(test_set))
+    if config["limit_batches"]:
+        order = stratified_order(dataset_labels(test_set), config["seed"])
     # every rank a stride of the order: exact, every sample once; nothing random, so the workers may persist
     test = DataLoader(Subset(test_set, order[rank::world]), shuffle=False, persistent_workers=config["workers"] > 0,
                       **common)

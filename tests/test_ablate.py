@@ -1,8 +1,10 @@
-"""a2sg-ablate on a tiny budget: the table, the baseline overhead and reuse of finished runs."""
+"""a2sg-ablate on a tiny budget: the table, the baseline overhead, reuse of finished runs, refusing
+(or with --force retraining) runs with other settings, and resuming a half-finished run."""
 
 import json
 
 from a2sg_triton.ablate import main
+from a2sg_triton.train import main as train
 
 TINY = ["--epochs", "1", "--limit-batches", "2", "--batch-size", "16", "--n-obs", "6", "--n-eval", "6",
         "--device", "cpu", "--backend", "torch"]
@@ -37,7 +39,52 @@ def test_ablation_table_and_reuse(tmp_path, capsys):
     capsys.readouterr()
     assert main(args) == 0  # finished runs are reused, not trained again
     assert checkpoint.stat().st_mtime_ns == stamp
-    assert "[a2sg-ablate]" not in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert f"[a2sg-ablate] BOX, seed 0: reusing the finished run in {out / 'box-none-seed0'}" in printed
+    assert " -> " not in printed and "resuming" not in printed
+    # machine options may differ from the stored run's
+    assert main([*args, "--workers", "0", "--device", "cpu"]) == 0
+    assert checkpoint.stat().st_mtime_ns == stamp
+
+
+def test_a_run_with_other_settings_is_refused_or_retrained(tmp_path, capsys):
+    out = tmp_path / "abl"
+    args = ["--seeds", "1", "--out", str(out), "--configs", "BOX", "--fisher", "3", *TINY]
+    assert main(args) == 0
+    table = (out / "ablation.md").read_text()
+    capsys.readouterr()
+    assert main([*args, "--lr", "0.001"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"a2sg-ablate: error: {out / 'box-none-seed0'} holds a run with "
+                                               "other settings (lr=0.005 there, 0.001 asked)")
+    assert "--force to retrain it" in err[0]
+    assert (out / "ablation.md").read_text() == table  # the old rows are not printed under the new command
+    assert main([*args, "--lr", "0.001", "--force"]) == 0
+    assert "(it held other settings: lr=0.005 there, 0.001 asked)" in capsys.readouterr().out
+    assert json.loads((out / "box-none-seed0" / "config.json").read_text())["lr"] == 0.001
+    command = " ".join(["a2sg-ablate", *args, "--lr", "0.001", "--force"])
+    assert f"Command: `{command}`" in (out / "ablation.md").read_text()
+    # the Fisher value cached for the old run is not taken for the retrained one
+    assert json.loads((out / "box-none-seed0" / "fisher.json").read_text())["run"]["config"]["lr"] == 0.001
+
+
+def test_a_half_finished_run_is_resumed(tmp_path, capsys):
+    """Also for a configuration with extra flags (--beta-range: a tuple in the checkpoint, a list in
+    config.json), which must compare equal to the requested one."""
+    out = tmp_path / "abl"
+    run_dir = out / "asy-spatiotemporal-beta-0.2-1.0-seed0"
+    flags = [*TINY, "--epochs", "2"]
+    assert train([*flags, "--beta-range", "0.2", "1.0", "--surrogate", "asy", "--adapt", "spatiotemporal", "--seed",
+                  "0", "--out", str(run_dir), "--stop-after", "1"]) == 0
+    first = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])
+    capsys.readouterr()
+    args = ["--seeds", "1", "--out", str(out), "--configs", "A²SG, β in [0.2, 1]", *flags]
+    assert main(args) == 0
+    assert f"[a2sg-ablate] A²SG, β in [0.2, 1], seed 0: resuming {run_dir} at epoch 2" in capsys.readouterr().out
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [row["epoch"] for row in rows] == [0, 1] and rows[0] == first  # epoch 0 kept, not trained again
+    assert main(args) == 0
+    assert "reusing the finished run" in capsys.readouterr().out
 
 
 def test_bad_seeds(tmp_path, capsys):

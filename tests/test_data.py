@@ -11,8 +11,10 @@ import torch
 import torch.nn.functional as F
 
 from a2sg_triton import dvs
+from torch.utils.data import Dataset, Subset, TensorDataset
+
 from a2sg_triton.data import (CIFAR_STATS, DATASETS, DatasetInfo, DatasetNotFoundError, batch_mixer,
-                              build_datasets)
+                              build_datasets, dataset_labels, stratified_order)
 
 
 def _importable(name):
@@ -198,6 +200,36 @@ def test_paper_recipe_calls(tmp_path, monkeypatch):
                                        label_smoothing=0.0, num_classes=10))
 
 
+def test_imagefolder_augment_is_rand_augment(tmp_path, monkeypatch):
+    """With stand-ins for torchvision and timm: --augment on ImageFolder is what the help says, crop and
+    flip then the paper's RandAugment (timm's hparams for 224 px, ImageNet's mean as fill)."""
+    calls = []
+
+    def recorder(name):
+        def call(*args, **kwargs):
+            calls.append((name, args, kwargs))
+            return name
+        return call
+
+    class ImageFolder:
+        def __init__(self, root, transform):
+            self.classes, self.transform = ["ants", "bees"], transform
+
+    transforms = SimpleNamespace(**{n: recorder(n) for n in (
+        "Compose", "RandomResizedCrop", "RandomHorizontalFlip", "Resize", "CenterCrop", "ToTensor", "Normalize")})
+    monkeypatch.setitem(sys.modules, "torchvision.transforms", transforms)
+    monkeypatch.setitem(sys.modules, "torchvision.datasets", SimpleNamespace(ImageFolder=ImageFolder))
+    monkeypatch.setitem(sys.modules, "timm.data.auto_augment",
+                        SimpleNamespace(rand_augment_transform=recorder("RandAugment")))
+    for split in ("train", "val"):
+        (tmp_path / split).mkdir()
+    build_datasets("imagefolder", tmp_path, augment=True)
+    composed = [args[0] for name, args, _ in calls if name == "Compose"]
+    assert composed[-1] == ["RandomResizedCrop", "RandomHorizontalFlip", "RandAugment", "ToTensor", "Normalize"]
+    assert ("RandAugment", ("rand-m1-n1-mstd0.4", {"translate_const": 100, "img_mean": (124, 116, 104)}), {}) in calls
+    assert composed[0] == ["Resize", "CenterCrop", "ToTensor", "Normalize"]  # evaluation: never augmented
+
+
 @pytest.mark.skipif(not (HAS_TORCHVISION and HAS_TIMM), reason="needs torchvision and timm")
 def test_cifar_augment(tmp_path):
     write_cifar10(tmp_path)
@@ -283,14 +315,25 @@ def test_dvs_conversion_and_loading(tmp_path, dvs_src):
         build_datasets("cifar10-dvs", dst, T=6)
 
 
-def test_dvs_split_is_seeded(tmp_path, dvs_src):
+def test_dvs_split_is_by_index_per_class(tmp_path, dvs_src):
+    """The usual 9:1 convention (here 3:2): each class's last files in name order are its test
+    samples, whatever the seed."""
+    assert dvs.main([str(dvs_src), str(tmp_path / "a"), "--T", "2", "--test-fraction", "0.4", "--seed", "3"]) == 0
+    assert _split(tmp_path / "a")["test"] == [f"{c}/{name}_{k}.npy" for c, name in
+                                              enumerate(("airplane", "bird", "cat")) for k in (3, 4)]
+    with pytest.raises(ValueError, match="split must be one of"):
+        dvs.convert(dvs_src, tmp_path / "b", T=2, split="first")
+
+
+def test_dvs_random_split_is_seeded(tmp_path, dvs_src):
     def split(seed, name):
-        dvs.convert(dvs_src, tmp_path / name, T=2, test_fraction=0.4, seed=seed)
+        dvs.convert(dvs_src, tmp_path / name, T=2, test_fraction=0.4, seed=seed, split="random")
         return _split(tmp_path / name)
 
     first = split(0, "a")
     assert split(0, "b") == first
     assert any(split(seed, f"s{seed}") != first for seed in (1, 2, 3))
+    assert all(sum(f.startswith(f"{c}/") for f in first["test"]) == 2 for c in range(3))
 
 
 def test_dvs_cli_errors(tmp_path, dvs_src, capsys):
@@ -372,6 +415,35 @@ def test_cutmix_soft_targets():
     assert mixed.shape == x.shape and soft.shape == (8, 10)
     torch.testing.assert_close(soft.sum(1), torch.ones(8))
     F.cross_entropy(torch.randn(8, 10), soft)  # the loss accepts the soft targets
+
+
+# --- Labels and the stratified order --------------------------------------------------------------
+
+def test_stratified_order_gives_every_class_in_every_prefix():
+    labels = torch.arange(10).repeat_interleave(torch.tensor([30, 30, 30, 30, 30, 30, 30, 30, 30, 5]))
+    order = stratified_order(labels, seed=0)
+    assert sorted(order) == list(range(len(labels)))  # a permutation
+    for k in (1, 3, 5):  # the first k*10 samples: k of every class
+        assert torch.bincount(labels[order[:10 * k]], minlength=10).tolist() == [k] * 10
+    assert torch.bincount(labels[order[:59]], minlength=10).tolist() == [6] * 9 + [5]  # class 9 has only 5
+    assert stratified_order(labels, seed=0) == order and stratified_order(labels, seed=1) != order
+
+
+class Pairs(Dataset):
+    def __len__(self):
+        return 3
+
+    def __getitem__(self, i):
+        return torch.zeros(1), 2 - i
+
+
+def test_dataset_labels():
+    assert dataset_labels(TensorDataset(torch.zeros(3, 1), torch.tensor([2, 0, 1]))).tolist() == [2, 0, 1]
+    assert dataset_labels(SimpleNamespace(targets=[1, 1, 0])).tolist() == [1, 1, 0]
+    assert dataset_labels(Pairs()).tolist() == [2, 1, 0]  # read sample by sample
+    assert dataset_labels(Subset(Pairs(), [2, 0])).tolist() == [0, 2]
+    _, test, _ = build_datasets("digits")
+    assert torch.equal(dataset_labels(test), test.tensors[1])
 
 
 def test_datasets_tuple():

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 import a2sg_triton.train as train_module
 from a2sg_triton.checkpoint import CHECKPOINT_FORMAT
-from a2sg_triton.config import DEFAULTS
+from a2sg_triton.config import DEFAULTS, TrainError
 from a2sg_triton.data import build_datasets
 from a2sg_triton.models import build_model
 from a2sg_triton.train import WorkerSeeder, make_loaders, parameter_groups, run_epoch, seed_rngs
@@ -124,6 +124,13 @@ def test_mixing_loaders_give_even_batches_on_every_rank(world):
         assert sizes and set(sizes) == {32}
         counts.add(len(sizes))
     assert len(counts) == 1
+
+
+def test_no_full_batch_to_mix_is_an_error():
+    train_set = TensorDataset(torch.zeros(20, 1), torch.zeros(20, dtype=torch.int64))
+    with pytest.raises(TrainError, match="--batch-size 32 is larger than the 10 training samples of a process"):
+        make_loaders(train_set, train_set, loader_config(batch_size=32), 0, 2, torch.Generator(), WorkerSeeder(0, 0),
+                     mixing=True)
 
 
 def test_odd_batch_size_with_augment_is_refused(tmp_path, capsys, cutmix):

@@ -271,8 +271,8 @@ def tsne_features(model, loader, T, device, layer, timesteps, n_samples=500, see
     The module's output must be [T, B, ...] (a LIF layer's spikes, or e.g. a time-folded conv);
     at step t each sample's output[t] is flattened into one feature vector. The first ``n_samples``
     samples of the loader are embedded (give it a class-balanced order, e.g. a ``Subset`` in
-    ``a2sg_triton.data.stratified_order``, if the data is stored class by class) with ``TSNE(n_components=2, random_state=seed, init="pca",
-    perplexity=min(30, n-1))``. Returns ``labels`` [n] and, per timestep, ``points`` [n, 2].
+    ``a2sg_triton.data.stratified_order``, if the data is stored class by class) with
+    ``TSNE(n_components=2, random_state=seed, init="pca", perplexity=min(30, n-1))``. Returns ``labels`` [n] and, per timestep, ``points`` [n, 2].
     """
     from sklearn.manifold import TSNE  # heavy import, only needed here
 
