@@ -216,9 +216,8 @@ def train(config, flags, options):
                                                    seed=config["seed"])
         mixer = batch_mixer(info, config["augment"])
     except (DatasetNotFoundError, ValueError, ImportError) as error:  # the data's own checks on our input
-        hint = " (if the data moved, pass --data DIR with --resume)" if isinstance(error, DatasetNotFoundError) and \
-            options.resume else ""
-        raise TrainError(f"{error}{hint}")
+        moved = isinstance(error, DatasetNotFoundError) and options.resume
+        raise TrainError(f"{error}" + (" (if the data moved, pass --data DIR with --resume)" if moved else ""))
     if mixer is not None and config["batch_size"] % 2:
         raise TrainError(f"--batch-size must be even with --augment (CutMix mixes each image with another of its "
                          f"batch), got {config['batch_size']}")

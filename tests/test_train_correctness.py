@@ -315,6 +315,19 @@ def test_resume_accepts_machine_options_and_unchanged_settings(tmp_path, monkeyp
     assert checkpoint(out)["epoch"] == 1
 
 
+def test_resume_with_missing_data_points_to_the_data_option(tmp_path, capsys):
+    """The run's dataset is no longer where it was: the one-line error says how to point at it."""
+    out, gone = tmp_path / "run", tmp_path / "gone"
+    assert run([*TINY, "--stop-after", "1", "--out", out])[0] == 0
+    state = checkpoint(out)
+    state["config"].update(dataset="cifar10", data=str(gone))  # as if it had trained on CIFAR10 from there
+    torch.save(state, out / "checkpoint.pt")
+    code, captured = run(["--resume", out], capsys)
+    lines = captured.err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "cifar-10-batches-py" in lines[0]
+    assert lines[0].endswith("(if the data moved, pass --data DIR with --resume)")
+
+
 # -- 10. Evaluation under DDP uses rank 0's BN statistics -------------------------------------------------------
 
 
