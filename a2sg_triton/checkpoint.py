@@ -39,9 +39,9 @@ def restore_checkpoint(state, out, model, optimizer, scheduler, controller):
     """Loads a checkpoint that ``load_checkpoint`` read into the run's objects; returns the metrics so
     far and the epoch to continue with. No RNG state is restored: a2sg-train seeds every RNG at the
     start of each epoch from (seed, epoch, rank), so an epoch draws the same whether or not the run
-    stopped before it (checkpoints that carry RNG states keep them unused). The model and the A²SG controller are the
-    unwrapped ones (no DDP ``module.``, no torch.compile ``_orig_mod.`` in their names), so a
-    checkpoint resumes under torchrun, --compile or neither, whichever wrote it."""
+    stopped before it (older checkpoints' RNG states go unused). The model and the A²SG controller
+    are the unwrapped ones (no DDP ``module.``, no torch.compile ``_orig_mod.`` in their names), so
+    a checkpoint resumes under torchrun, --compile or neither, whichever wrote it."""
     for part, target in (("model", model), ("optimizer", optimizer), ("scheduler", scheduler),
                          ("controller", controller)):
         try:
