@@ -33,7 +33,7 @@ from .config import LEGACY_SETTINGS, MACHINE_OPTIONS, PRESETS, TrainError, resol
 from .train import main as train_main
 from .utils import atomic_write, new_figure, save_figure
 
-# (name, surrogate, adapt, extra a2sg-train flags) — Table 6's rows, TRI with ST-ASG, the unit-area
+# (name, surrogate, adapt, extra a2sg-train flags) — Table 6's rows, TRI with ST-ASG, static ASY, the unit-area
 # ASY with ST-ASG, and A²SG searching a narrower range of widths (docs/results/digits-deep-ablation.md).
 CONFIGS = (
     ("BOX", "box", "none", ()),
@@ -42,6 +42,8 @@ CONFIGS = (
     ("BOX + ST-ASG", "box", "spatiotemporal", ()),
     ("A²SG (ASY + ST-ASG)", "asy", "spatiotemporal", ()),
     ("TRI + ST-ASG", "tri", "spatiotemporal", ()),
+    ("ASY", "asy", "none", ()),
+    ("ASY-unit", "asy_unit", "none", ()),
     ("ASY-unit + ST-ASG", "asy_unit", "spatiotemporal", ()),
     ("A²SG, β in [0.2, 1]", "asy", "spatiotemporal", ("--beta-range", "0.2", "1.0")),
 )

@@ -216,3 +216,13 @@ def test_torchrun_two_processes_and_resume_across_ddp(tmp_path):
     assert run(["--resume", out, "--stop-after", "1"])[0] == 0
     torchrun("--resume", out)
     assert_unwrapped_names(checkpoint(out), 3)
+
+
+def test_digits_deep_preset_is_box_with_st_asg():
+    """The deep study's best configuration (docs/results/digits-deep-ablation.md), flags still override it."""
+    from a2sg_triton.config import resolve_config
+
+    config, _, _ = resolve_config(["--preset", "digits-deep"])
+    assert (config["model"], config["surrogate"], config["adapt"], config["beta_range"]) == (
+        "digits_vgg", "box", "spatiotemporal", (0.05, 1.0))
+    assert resolve_config(["--preset", "digits-deep", "--surrogate", "asy"])[0]["surrogate"] == "asy"
