@@ -67,8 +67,19 @@ class SearchedNeuron(torch.nn.Module):
             shape = list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise ValueError(f"{type(self).__name__} expects input [T={self.T}, B, ...], got {shape}")
 
+    @staticmethod
+    def _check_options(surrogate, h, reset, backend):
+        """The constructor checks every neuron shares."""
+        check_surrogate(surrogate, h)
+        check_reset(reset)
+        if not isinstance(backend, str) or backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+
     def _take_search(self):
         """The search key this forward passes to its op: the armed search (consumed here), else -1."""
+        if self.search_armed and getattr(self, "_is_replica", False):
+            raise RuntimeError(f"nn.{type(self).__name__} cannot search beta inside nn.DataParallel (replicas are "
+                               "discarded after each call); use DistributedDataParallel")
         if not (self.search_armed and torch.is_grad_enabled()):
             return -1
         owner = search_site_owner(self.search_key)
@@ -102,11 +113,8 @@ class LIF(SearchedNeuron):
         check_real("tau", tau)
         if tau <= 0:
             raise ValueError(f"tau must be > 0, got {tau}")
-        check_surrogate(surrogate, h)
-        check_reset(reset)
+        self._check_options(surrogate, h, reset, backend)
         check_flag("detach_reset", detach_reset)
-        if not isinstance(backend, str) or backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         self.surrogate, self.tau, self.h = surrogate, float(tau), float(h)
         self.v_th, self.v_reset = check_real("v_th", v_th), check_real("v_reset", v_reset)
         self.decay = 1.0 / tau if decay is None else check_real("decay", decay)
@@ -134,10 +142,9 @@ class LIF(SearchedNeuron):
 
     def forward(self, x):
         self._check_input(x)
-        replica = getattr(self, "_is_replica", False)
-        if replica and (self.stateful or self.search_armed):
-            raise RuntimeError("nn.LIF cannot search beta or carry a stateful membrane inside nn.DataParallel "
-                               "(replicas are discarded after each call); use DistributedDataParallel")
+        if self.stateful and getattr(self, "_is_replica", False):
+            raise RuntimeError("nn.LIF cannot carry a stateful membrane inside nn.DataParallel (replicas are "
+                               "discarded after each call); use DistributedDataParallel")
         search_key = self._take_search()
         v0 = None
         if self.stateful and self.state is not None:
@@ -199,10 +206,7 @@ class PLIF(SearchedNeuron):
         check_real("init_tau", init_tau)
         if init_tau <= 1:
             raise ValueError(f"init_tau must be > 1 (k = 1/tau lies in (0, 1)), got {init_tau}")
-        check_surrogate(surrogate, h)
-        check_reset(reset)
-        if not isinstance(backend, str) or backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        self._check_options(surrogate, h, reset, backend)
         self.surrogate, self.init_tau, self.h = surrogate, float(init_tau), float(h)
         self.decay_input = check_flag("decay_input", decay_input)
         self.v_th, self.v_reset = check_real("v_th", v_th), check_real("v_reset", v_reset)
@@ -211,9 +215,6 @@ class PLIF(SearchedNeuron):
 
     def forward(self, x):
         self._check_input(x)
-        if getattr(self, "_is_replica", False) and self.search_armed:
-            raise RuntimeError("nn.PLIF cannot search beta inside nn.DataParallel (replicas are discarded after "
-                               "each call); use DistributedDataParallel")
         return plif_multistep(x, self.w, self.beta, self.surrogate, decay_input=self.decay_input, v_th=self.v_th,
                               reset=self.reset, v_reset=self.v_reset, detach_reset=self.detach_reset, h=self.h,
                               backend=self.backend, _search_key=self._take_search())
