@@ -13,6 +13,25 @@ WINDOWED = ("box", "tri", "asy", "asy_unit")
 # in fp32; it is left out of the comparison (and the tests check that few are).
 EDGE_MARGIN = 1e-4
 
+# Odd neuron shape: 5 * 509 = 2545 neurons -> three 1024-wide blocks, the last one partial.
+NEURON_SHAPE = (5, 509)
+PER_STEP_BETA = [0.3, 0.5, 0.8, 0.45, 0.2, 0.65, 0.35]
+
+
+def make_input(T, seed=0, device=KERNEL_DEVICE, shape=NEURON_SHAPE):
+    """Membranes spread over and around the threshold so that windows and resets are exercised."""
+    g = torch.Generator().manual_seed(seed)
+    return (1.5 + 1.5 * torch.randn((T, *shape), generator=g)).to(device)
+
+
+def make_v0(seed=1, device=KERNEL_DEVICE, shape=NEURON_SHAPE):
+    g = torch.Generator().manual_seed(seed)
+    return (0.5 * torch.randn(shape, generator=g)).to(device)
+
+
+def beta_for(kind, T, device=KERNEL_DEVICE):
+    return 0.5 if kind == "scalar" else torch.tensor(PER_STEP_BETA[:T], device=device)
+
 
 def edge_neurons(x, beta, surrogate, v0=None, **neuron):
     """Bool [N]: neurons whose float64 trajectory comes within EDGE_MARGIN of an edge at any t."""

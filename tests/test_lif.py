@@ -6,27 +6,9 @@ import torch
 import a2sg_triton
 from a2sg_triton import SURROGATES
 from a2sg_triton.lif import lif_step
-from helpers import KERNEL_DEVICE, compare_to_reference
+from helpers import KERNEL_DEVICE, NEURON_SHAPE, PER_STEP_BETA, beta_for, compare_to_reference, make_input, make_v0
 
-# Odd neuron shape: 5 * 509 = 2545 neurons -> three 1024-wide blocks, the last one partial.
-NEURON_SHAPE = (5, 509)
-PER_STEP_BETA = [0.3, 0.5, 0.8, 0.45, 0.2, 0.65, 0.35]
 OTHER_NEURON = dict(decay=0.75, input_scale=1.2, v_th=0.8, v_reset=-0.1)
-
-
-def make_input(T, seed=0, device=KERNEL_DEVICE, shape=NEURON_SHAPE):
-    """Membranes spread over and around the threshold so that windows and resets are exercised."""
-    g = torch.Generator().manual_seed(seed)
-    return (1.5 + 1.5 * torch.randn((T, *shape), generator=g)).to(device)
-
-
-def make_v0(seed=1, device=KERNEL_DEVICE, shape=NEURON_SHAPE):
-    g = torch.Generator().manual_seed(seed)
-    return (0.5 * torch.randn(shape, generator=g)).to(device)
-
-
-def beta_for(kind, T, device=KERNEL_DEVICE):
-    return 0.5 if kind == "scalar" else torch.tensor(PER_STEP_BETA[:T], device=device)
 
 
 @pytest.mark.parametrize("backend", ["triton", "torch"])

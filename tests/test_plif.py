@@ -11,27 +11,10 @@ from a2sg_triton import A2SG, SURROGATES
 from a2sg_triton.lif import launch_config, lif_step
 from a2sg_triton.nn import PLIF
 from a2sg_triton.reference import plif_multistep as plif_ref
-from helpers import KERNEL_DEVICE, dyadic, edge_neurons
+from helpers import KERNEL_DEVICE, NEURON_SHAPE, beta_for, dyadic, edge_neurons, make_input, make_v0
 
-# Odd neuron shape: 5 * 509 = 2545 neurons -> several blocks, the last one partial, so dL/dk has
-# several per-program partial sums.
-NEURON_SHAPE = (5, 509)
-PER_STEP_BETA = [0.3, 0.5, 0.8, 0.45, 0.2, 0.65, 0.35]
+# NEURON_SHAPE's several blocks give dL/dk several per-program partial sums.
 W = -0.6  # k = sigmoid(w) = 0.354
-
-
-def make_input(T, seed=0, device=KERNEL_DEVICE, shape=NEURON_SHAPE):
-    g = torch.Generator().manual_seed(seed)
-    return (1.5 + 1.5 * torch.randn((T, *shape), generator=g)).to(device)
-
-
-def make_v0(seed=1, device=KERNEL_DEVICE, shape=NEURON_SHAPE):
-    g = torch.Generator().manual_seed(seed)
-    return (0.5 * torch.randn(shape, generator=g)).to(device)
-
-
-def beta_for(kind, T, device=KERNEL_DEVICE):
-    return 0.5 if kind == "scalar" else torch.tensor(PER_STEP_BETA[:T], device=device)
 
 
 def leak(w, decay_input):
