@@ -41,7 +41,8 @@ How the loop is found and counted:
   * Units per iteration come from LOOP_WORK below (BLOCK elements for LIF; BLOCK_N x BLOCK_K
     pairs for the statistics). As a check, the global-load bytes of one iteration, summed over
     all threads, must equal what LOOP_WORK says the loop reads (every element of its per-element
-    arrays once, plus its per-iteration scalars once per thread): loop_reads_ok. If a rewrite
+    arrays once, plus its per-iteration scalars once per thread): loop_reads_ok. A kernel without
+    a loop (`loopless` in LOOP_WORK) is counted whole, as its one iteration. If a rewrite
     changes what one iteration covers (unrolling, several blocks per iteration), update LOOP_WORK
     until loop_reads_ok holds again; the report warns while it does not.
 """
@@ -91,11 +92,15 @@ LOOP_WORK = {
     "lif_fwd_kernel": lambda c: dict(elements="BLOCK", candidates=None, reads=["x_ptr"], uniform=[]),
     "lif_bwd_kernel": lambda c: dict(elements="BLOCK", candidates=None, reads=["grad_spikes_ptr", "d_ptr"],
                                      uniform=["beta_ptr"]),
-    # no loop: one pass over a block of bytes (8 spikes each) or of elements (channel values gathered)
-    "pack_bits_kernel": lambda c: dict(elements="BLOCK", candidates=None, reads=["x_ptr"] * 8, uniform=[]),
-    "unpack_bits_kernel": lambda c: dict(elements="BLOCK", candidates=None, reads=["packed_ptr"], uniform=[]),
+    # loopless: the whole kernel is one pass over a block of bytes (8 spikes each) or of elements
+    # (channel values gathered), counted as the one iteration
+    "pack_bits_kernel": lambda c: dict(elements="BLOCK", candidates=None, reads=["x_ptr"] * 8, uniform=[],
+                                       loopless=True),
+    "unpack_bits_kernel": lambda c: dict(elements="BLOCK", candidates=None, reads=["packed_ptr"], uniform=[],
+                                         loopless=True),
     "tdbn_fwd_kernel": lambda c: dict(elements="BLOCK", candidates=None,
-                                      reads=["y_ptr", "mean_ptr", "scale_ptr", "bias_ptr"], uniform=[]),
+                                      reads=["y_ptr", "mean_ptr", "scale_ptr", "bias_ptr"], uniform=[],
+                                      loopless=True),
     # the recompute loop over T, or with BACKWARD the larger LIF backward loop after it (lif_bwd_kernel's)
     "tdbn_lif_bwd_kernel": lambda c: dict(elements="BLOCK", candidates=None, reads=["y_ptr"], uniform=[])
     if not c["BACKWARD"] else dict(elements="BLOCK", candidates=None, reads=["grad_spikes_ptr", "d_ptr"],
@@ -299,8 +304,11 @@ def analyse(fn, signature, constexprs, capability):
                       + threads * sum(ITEMSIZE[signature[a].lstrip("*")] for a in work["uniform"]))
 
     p_items, s_items = ptx_items(ptx), sass_items(sass)
-    loop, nested = steady_loop(p_items, PTX_BRANCH)
-    s_loop, s_nested = steady_loop(s_items, SASS_BRANCH, sass=True)
+    if work.get("loopless"):  # the whole kernel is the one iteration
+        (loop, nested), (s_loop, s_nested) = (p_items, 0), (s_items, 0)
+    else:
+        loop, nested = steady_loop(p_items, PTX_BRANCH)
+        s_loop, s_nested = steady_loop(s_items, SASS_BRANCH, sass=True)
     total, s_total = count(p_items), count(s_items, sass=True)
     row = {
         "kernel": name, "variant": variant_name(signature, constexprs), "arch": f"sm_{capability}",

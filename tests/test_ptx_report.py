@@ -42,3 +42,16 @@ def test_report_counts_the_loop(tmp_path):
     # the LIF forward's loop over T: one timestep of BLOCK fp16 inputs, no cross-thread traffic
     assert fwd["unit"] == "element" and fwd["loop_reads_expected"] == 1024 * 2
     assert fwd["loop_shfl"] == fwd["loop_bar"] == 0 and fwd["loop_ptx_per_unit"] > 1
+
+
+@pytest.mark.skipif(not HAS_CUDA_BACKEND, reason="this triton has no CUDA backend")
+def test_a_loopless_kernel_is_counted_whole_and_passes(tmp_path):
+    """pack_bits has no loop: its whole body is the one iteration, whose loads LOOP_WORK predicts."""
+    out = tmp_path / "ptx.jsonl"
+    command = [sys.executable, str(ROOT / "bench" / "ptx_report.py"), "--kernels", "pack_bits_kernel", "--arch", "90",
+               "--match", "^fp32,", "--jobs", "1", "--out", str(out)]
+    result = subprocess.run(command, env={k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"},
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    (row,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert row["loop_found"] and row["loop_reads_ok"] and row["loop_ptx"] == row["ptx_instructions"]
