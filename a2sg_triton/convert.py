@@ -4,7 +4,7 @@ import copy
 
 import torch
 
-from .nn import LIF, PLIF
+from .nn import ILIF, LIF, PLIF
 from .surrogate import check_surrogate
 from .utils import check_beta
 
@@ -14,9 +14,9 @@ class _Unsupported(Exception):
 
 
 def from_spikingjelly(model, T, *, surrogate=None, beta_init=None, inplace=False):
-    """``model`` with every multi-step SpikingJelly 2.x ``LIFNode`` replaced by an ``nn.LIF`` and every
-    ``ParametricLIFNode`` by an ``nn.PLIF`` (its learned ``w`` carried over) computing the same
-    function, ready for ``a2sg_triton.A2SG``.
+    """``model`` with every multi-step SpikingJelly 2.x ``LIFNode`` replaced by an ``nn.LIF``, every
+    ``ParametricLIFNode`` by an ``nn.PLIF`` (its learned ``w`` carried over) and every ``ILIFNode`` by
+    an ``nn.ILIF`` computing the same function, ready for ``a2sg_triton.A2SG``.
 
     Every constant is mapped exactly (docs/porting.md): ``tau`` and ``decay_input`` become ``decay``
     and ``input_scale``; ``v_reset=None`` is the soft reset; a hard reset to ``v_reset`` becomes a
@@ -25,12 +25,15 @@ def from_spikingjelly(model, T, *, surrogate=None, beta_init=None, inplace=False
     node's surrogate: ``ATan(alpha)`` -> ``atan`` with beta = 1/alpha, ``Sigmoid(alpha)`` ->
     ``sigmoid`` with beta = 2/alpha, ``PiecewiseQuadratic(alpha)`` -> ``tri`` with beta = 1/alpha,
     ``PiecewiseLeakyReLU(w, c=0)`` -> ``box`` with beta = w. A name of ``a2sg_triton.SURROGATES``
-    switches every node to that surrogate with width ``beta_init`` (default 0.5).
+    switches every node to that surrogate with width ``beta_init`` (default 0.5). An ``ILIFNode``'s
+    rectangular straight-through estimator becomes ``box`` with beta = v_threshold / 2 at every
+    timestep and level (with a surrogate name, every level of step t gets ``beta_init``'s width t).
 
     Each converted layer starts every call from rest, as a SpikingJelly node does after
     ``functional.reset_net``. Anything that cannot be reproduced exactly (a single-step node, another
-    neuron class, ``ILIFNode``, an unknown surrogate, ``store_v_seq``, a neuron
-    precision setting, hooks on the node) is a ValueError naming every such module's path. Layer
+    neuron class, an unknown surrogate, an ``ILIFNode`` gradient window other than its default,
+    ``store_v_seq``, a neuron precision setting, hooks on the node) is a ValueError naming every such
+    module's path. Layer
     modules (``layer.Conv2d``, ``layer.BatchNorm2d``, ``layer.SeqToANNContainer``, ...) are kept: in
     multi-step mode they take [T, B, ...] like ``nn.LIF``. The converted layers are put on the
     device of the model's parameters and buffers. ``inplace=False`` converts a deep copy and leaves
@@ -108,10 +111,9 @@ def from_spikingjelly(model, T, *, surrogate=None, beta_init=None, inplace=False
 
 def _layer_from_node(node, T, surrogate, beta_init, neuron, sj_surrogate):
     kind = type(node).__name__
-    if type(node) is neuron.ILIFNode:
-        raise _Unsupported("ILIFNode is not supported yet (a2sg_triton has no nn.ILIF yet)")
-    if type(node) not in (neuron.LIFNode, neuron.ParametricLIFNode):
-        raise _Unsupported(f"{kind} is not a neuron a2sg_triton has (LIFNode and ParametricLIFNode are converted)")
+    if type(node) not in (neuron.LIFNode, neuron.ParametricLIFNode, neuron.ILIFNode):
+        raise _Unsupported(f"{kind} is not a neuron a2sg_triton has (LIFNode, ParametricLIFNode and ILIFNode are "
+                           "converted)")
     if node.step_mode != "m":
         raise _Unsupported(f"{kind} in single-step mode (step_mode={node.step_mode!r}); only multi-step nodes "
                            "are converted (functional.set_step_mode(model, 'm'))")
@@ -121,6 +123,8 @@ def _layer_from_node(node, T, surrogate, beta_init, neuron, sj_surrogate):
         raise _Unsupported(f"{kind} with a neuron precision setting {node._neuron_precision}")
     if node._forward_hooks or node._forward_pre_hooks or node._backward_hooks or node._backward_pre_hooks:
         raise _Unsupported(f"{kind} with hooks (a monitor?): they would not carry over; remove them first")
+    if type(node) is neuron.ILIFNode:
+        return _ilif_from_node(node, T, surrogate, beta_init, sj_surrogate)
     if surrogate is None:
         surrogate, beta_init = _surrogate_of(node.surrogate_function, sj_surrogate)
     # SpikingJelly: h = v + (x - (v - v_reset)) k (decay_input) or v - (v - v_reset) k + x, k = 1/tau (LIF)
@@ -137,6 +141,27 @@ def _layer_from_node(node, T, surrogate, beta_init, neuron, sj_surrogate):
     # the learned leak itself, not the initial one, in the node's dtype
     layer.w = torch.nn.Parameter(node.w.detach().reshape(()).clone(), requires_grad=node.w.requires_grad)
     return layer
+
+
+def _ilif_from_node(node, T, surrogate, beta_init, sj_surrogate):
+    """ILIFNode -> nn.ILIF: h = (1 - 1/tau) v + x is decay = 1 - 1/tau, input_scale = 1; D is its
+    MultiLevelSpikeCount's max_spike_count. Its rectangular straight-through estimator (dq/du = 1/v_th
+    on 0 <= u / v_th <= D) is box with beta = v_th / 2 at every (t, level): the D windows tile that
+    interval. A ``surrogate`` name gives every level of step t the width beta_init[t]."""
+    fn = node.surrogate_function
+    if type(fn) is not sj_surrogate.MultiLevelSpikeCount or not fn.spiking:
+        raise _Unsupported(f"ILIFNode with surrogate {fn!r} (a spiking MultiLevelSpikeCount is needed)")
+    D = fn.max_spike_count
+    if surrogate is None:
+        if (fn.grad_min, fn.grad_max) != (0.0, float(D)):
+            raise _Unsupported(f"ILIFNode with grad_window=({fn.grad_min}, {fn.grad_max}): box windows at the "
+                               f"D levels express only the default window (0, {D}) (convert with surrogate='box' "
+                               "etc. to switch to ours)")
+        surrogate, beta_init = "box", node.v_threshold / 2
+    else:
+        beta_init = beta_init[:, None].expand(T, D)
+    return ILIF(T, D, surrogate, decay=1.0 - 1.0 / node.tau, input_scale=1.0, v_th=node.v_threshold,
+                beta_init=beta_init, detach_reset=node.detach_reset)
 
 
 def _surrogate_of(fn, sj_surrogate):

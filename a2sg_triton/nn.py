@@ -6,6 +6,7 @@ import weakref
 import torch
 
 from . import memory
+from .ilif import check_ilif_constants, ilif_multistep
 from .lif import lif_membrane, lif_multistep
 from .plif import plif_multistep
 from .surrogate import check_surrogate
@@ -35,15 +36,17 @@ def register_search_site(key, controller, name, layer):
 
 class SearchedNeuron(torch.nn.Module):
     """A multistep neuron layer that ``a2sg_triton.A2SG`` adapts: T steps, the surrogate width buffer
-    ``beta`` of shape [T] (kept fp32, saved in ``state_dict``) and an A²SG search site."""
+    ``beta`` of shape [T] (kept fp32, saved in ``state_dict``) and an A²SG search site. ``levels`` = D
+    makes ``beta`` [T, D], one width per timestep and level (``ILIF``)."""
 
-    def __init__(self, T, beta_init):
+    def __init__(self, T, beta_init, levels=None):
         super().__init__()
         if isinstance(T, bool) or not isinstance(T, int) or T < 1:
             raise ValueError(f"T must be an int >= 1, got {T!r}")
         self.T = T
         # a copy: the controller writes the buffer in place, which must not reach the caller's tensor
-        self.register_buffer("beta", check_beta(beta_init, T, torch.device("cpu"), torch.float32).clone())
+        self.register_buffer("beta", check_beta(beta_init, T, torch.device("cpu"), torch.float32,
+                                                   levels=levels).clone())
         # Set by a2sg_triton.A2SG: the layer's search site, and whether the next backward searches.
         self.search_key = -1
         self.search_armed = False
@@ -223,3 +226,35 @@ class PLIF(SearchedNeuron):
         return (f"T={self.T}, surrogate={self.surrogate!r}, init_tau={self.init_tau}, "
                 f"decay_input={self.decay_input}, v_th={self.v_th}, reset={self.reset!r}, "
                 f"detach_reset={self.detach_reset}, backend={self.backend!r}")
+
+
+class ILIF(SearchedNeuron):
+    """Multistep I-LIF neuron on [T, B, ...] input (SpikeYOLO's integer LIF; docs/math.md): each step
+    emits an integer count q = round(clip(u / v_th, 0, D)) and subtracts v_th q (soft reset).
+
+    The defaults are SpikingJelly's ``ILIFNode()`` (tau = 4/3: decay 0.25, input_scale 1, D = 4).
+    The surrogate derivative sums one window per level at (i - 1/2) v_th; the width buffer ``beta``
+    has shape [T, D], one width per timestep and level (``beta_init``: a float, [D] or [T, D]); box
+    with beta = v_th / 2 is SpikingJelly's rectangular straight-through estimator.
+    """
+
+    def __init__(self, T, D=4, surrogate="box", *, decay=0.25, input_scale=1.0, v_th=1.0, beta_init=0.5, h=0.5,
+                 detach_reset=False, backend="auto"):
+        check_ilif_constants(D, v_th)
+        super().__init__(T, beta_init, levels=D)
+        self._check_options(surrogate, h, "soft", backend)
+        self.D, self.surrogate, self.h = D, surrogate, float(h)
+        self.decay, self.input_scale = check_real("decay", decay), check_real("input_scale", input_scale)
+        self.v_th = float(v_th)
+        self.detach_reset, self.backend = check_flag("detach_reset", detach_reset), backend
+
+    def forward(self, x):
+        self._check_input(x)
+        return ilif_multistep(x, self.beta, self.surrogate, D=self.D, decay=self.decay, input_scale=self.input_scale,
+                              v_th=self.v_th, detach_reset=self.detach_reset, h=self.h, backend=self.backend,
+                              _search_key=self._take_search())
+
+    def extra_repr(self):
+        return (f"T={self.T}, D={self.D}, surrogate={self.surrogate!r}, decay={self.decay}, "
+                f"input_scale={self.input_scale}, v_th={self.v_th}, detach_reset={self.detach_reset}, "
+                f"backend={self.backend!r}")

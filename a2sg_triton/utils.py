@@ -105,32 +105,37 @@ def check_reset(reset):
     return reset == "hard"
 
 
-def check_beta(beta, T, device, dtype):
-    """beta as a float or a tensor of shape [T] (or 0-d) -> [T] tensor of ``dtype``.
+def check_beta(beta, T, device, dtype, levels=None):
+    """beta as a float or a tensor of shape [T] (or 0-d) -> [T] tensor of ``dtype``; with ``levels`` = D
+    (I-LIF: one width per timestep and level) a float or a tensor of shape [D] or [T, D] -> [T, D].
 
-    A tensor that is already right (contiguous [T] of ``dtype``) is used as it is, not copied:
+    A tensor that is already right (contiguous [T] or [T, D] of ``dtype``) is used as it is, not copied:
     backward keeps it, and autograd's version counter refuses a backward after it was changed in
     place. Values of a tensor beta are checked when it lives on the CPU; on a GPU that check would
     force a device-to-host sync on every call, so there only its shape, dtype and device are checked.
     """
+    shape = (T,) if levels is None else (T, levels)
     if isinstance(beta, torch.Tensor):
         check_tensor("beta", beta, device=device)
         if beta.requires_grad:
             raise ValueError("beta must not require grad: the surrogate width is not learnable here (A2SG "
                              "searches it); pass beta.detach()")
-        if beta.dim() > 1 or (beta.dim() == 1 and beta.shape[0] != T):
+        if levels is None and (beta.dim() > 1 or (beta.dim() == 1 and beta.shape[0] != T)):
             raise ValueError(f"beta must be a float or a tensor of shape [T] = [{T}], got shape {list(beta.shape)}")
+        if levels is not None and beta.dim() > 0 and beta.shape not in ((levels,), shape):
+            raise ValueError(f"beta must be a float or a tensor of shape [D] = [{levels}] or [T, D] = "
+                             f"[{T}, {levels}], got shape {list(beta.shape)}")
         if beta.device.type == "cpu" and not is_compiling():
             low, high = torch.aminmax(beta)
             if not (bool(low > 0) and bool(high < math.inf)):  # NaN fails both
                 raise ValueError(f"beta must be finite and > 0, got {beta.tolist()}")
-        if beta.dtype == dtype and beta.dim() == 1 and beta.is_contiguous():
+        if beta.dtype == dtype and beta.shape == shape and beta.is_contiguous():
             return beta
-        return beta.to(dtype).expand(T).contiguous()
+        return beta.to(dtype).expand(shape).contiguous()
     value = check_real("beta", beta)
     if value <= 0:
         raise ValueError(f"beta must be > 0, got {value}")
-    return torch.full((T,), value, dtype=dtype, device=device)
+    return torch.full(shape, value, dtype=dtype, device=device)
 
 
 def check_save_dtype(save_dtype):

@@ -21,6 +21,12 @@ a2sg_triton.plif_multistep / nn.PLIF / the compiled reference.plif_multistep aga
 ParametricLIFNode(init_tau=2, v_reset=None, ATan()), with w requiring grad on every side. Its
 backward also reads x (for dL/dw), so it moves T*N*e bytes more.
 
+--neuron ilif times I-LIF (integer counts 0 ... D = 4, decay 0.25, input_scale 1, v_th 1, soft
+reset): a2sg_triton.ilif_multistep / nn.ILIF / the compiled reference.ilif_multistep with box windows
+of beta = 1/2 at every level, against SpikingJelly's ILIFNode(step_mode="m") (tau = 4/3,
+MultiLevelSpikeCount(4)), whose rectangular straight-through estimator that is. It saves u (not
+u - v_th) and moves the same bytes as LIF.
+
 Bandwidth model, the same for every provider so that GB/s compare: with e = bytes per element of x
 (4 for fp32, 2 for bf16) and 4 bytes for the saved u - v_th (our op saves it in fp32),
   fwd    moves T*N*(e + e + 4)  read x, write spikes and u - v_th
@@ -39,6 +45,7 @@ run, at small sizes.
     python bench/bench_lif.py --quick          # one small shape
     python bench/bench_lif.py --T 8 --N 22 --dtype bf16 --providers triton spikingjelly --modes fwdbwd
     python bench/bench_lif.py --neuron plif --quick
+    python bench/bench_lif.py --neuron ilif --quick
 """
 
 import argparse
@@ -73,7 +80,7 @@ PROVIDERS = ("triton", "torch", "inductor", "nn", "compile", "spikingjelly")
 OURS = ("triton", "inductor", "nn", "torch")  # compared against spikingjelly in the summary
 CUDA_ONLY_PROVIDERS = ("triton",)
 MODES = ("fwd", "bwd", "fwdbwd")
-NEURONS = ("lif", "plif")
+NEURONS = ("lif", "plif", "ilif")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 # Default grids; --T / --N (log2) / --dtype override them.
@@ -82,6 +89,8 @@ CPU_GRID = {"T": (4,), "log2_N": (8, 14, 20), "dtype": ("fp32",)}  # 2^8: launch
 QUICK_T, QUICK_DTYPE = 4, "fp32"  # --quick: this T and dtype, and the grid's smallest N
 
 SURROGATE, BETA = "atan", 0.5  # equals SpikingJelly's ATan(alpha=2)
+# --neuron ilif: box windows of beta = v_th / 2 at D levels equal SpikingJelly's MultiLevelSpikeCount(D)
+ILIF_SURROGATE, ILIF_D = "box", 4
 SAVED_BYTES = 4  # our op saves u - v_th in fp32 (save_dtype=None)
 COPY_BYTES = {"cuda": 2**28, "cpu": 2**24}
 CPU_DEFAULT_REPS = 20  # CPU: timed calls per row
@@ -130,6 +139,8 @@ def make_lif(provider, device, dtype, T, neuron="lif"):
         raise ProviderUnavailable(reason)
     if neuron == "plif":
         return make_plif(provider, device, probe, T)
+    if neuron == "ilif":
+        return make_ilif(provider, device, probe, T)
     if provider == "nn":
         module = a2sg_triton.nn.LIF(T, SURROGATE, beta_init=BETA).to(device)
         return module, f"a2sg_triton.nn.LIF(backend='auto' -> {a2sg_triton.utils.resolve_backend('auto', probe)!r})"
@@ -176,6 +187,38 @@ def make_plif(provider, device, probe, T):
 
         version = package_version("spikingjelly")
         return plif, f"spikingjelly {version} ParametricLIFNode(surrogate=ATan()) on {device.type}"
+    raise ValueError(f"unknown provider {provider!r}")
+
+
+def make_ilif(provider, device, probe, T):
+    """make_lif for --neuron ilif: D = 4 levels, box windows of beta = 1/2 (SpikingJelly's STE)."""
+    ilif = dict(D=ILIF_D, decay=0.25, input_scale=1.0, v_th=1.0)
+    if provider == "nn":
+        module = a2sg_triton.nn.ILIF(T, ILIF_D, ILIF_SURROGATE, beta_init=BETA).to(device)
+        return module, f"a2sg_triton.nn.ILIF(backend='auto' -> {a2sg_triton.utils.resolve_backend('auto', probe)!r})"
+    if provider in ("triton", "torch", "inductor"):
+        interpreted = " under the Triton interpreter" if provider == "triton" and device.type == "cpu" else ""
+        return (functools.partial(a2sg_triton.ilif_multistep, beta=BETA, surrogate=ILIF_SURROGATE, backend=provider,
+                                  **ilif),
+                f"a2sg_triton.ilif_multistep(backend={provider!r}){interpreted}")
+    if provider == "compile":
+        torch._dynamo.reset()  # as for LIF: a fresh dynamo cache per shape
+        return (torch.compile(functools.partial(reference.ilif_multistep, beta=BETA, surrogate=ILIF_SURROGATE, **ilif),
+                              dynamic=False), "torch.compile(a2sg_triton.reference.ilif_multistep)")
+    if provider == "spikingjelly":
+        try:
+            from spikingjelly.activation_based import neuron, surrogate
+        except Exception as error:
+            raise ProviderUnavailable(f"cannot import spikingjelly.activation_based: {error}") from error
+        node = neuron.ILIFNode(tau=4.0 / 3.0, surrogate_function=surrogate.MultiLevelSpikeCount(ILIF_D),
+                               step_mode="m").to(device)
+
+        def ilif_node(x):
+            node.reset()  # every call starts from v = 0 like ours
+            return node(x)
+
+        version = package_version("spikingjelly")
+        return ilif_node, f"spikingjelly {version} ILIFNode(MultiLevelSpikeCount({ILIF_D})) on {device.type}"
     raise ValueError(f"unknown provider {provider!r}")
 
 
@@ -369,7 +412,8 @@ def bench_provider(provider, shape, modes, device, reps, context):
         gbps = n_bytes / median / 1e6
         rows.append({
             "provider": provider, "impl": impl, "mode": mode, "T": T, "N": N, "dtype": dtype,
-            "surrogate": SURROGATE, "median_ms": median, "p20_ms": p20, "p80_ms": p80, "bytes": n_bytes,
+            "surrogate": ILIF_SURROGATE if context["neuron"] == "ilif" else SURROGATE, "median_ms": median,
+            "p20_ms": p20, "p80_ms": p80, "bytes": n_bytes,
             "gbps": gbps, "frac_copy_bw": gbps / context["copy_gbps"], "peak_mem_bytes": peak, **context,
             "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(),
         })
@@ -424,7 +468,7 @@ def parse_args(argv=None):
     parser.add_argument("--dtype", nargs="+", choices=DTYPES, help="default: fp32 bf16 on CUDA, fp32 on CPU")
     parser.add_argument("--providers", nargs="+", choices=PROVIDERS, help="default: all that can run here")
     parser.add_argument("--modes", nargs="+", choices=MODES, default=MODES)
-    parser.add_argument("--neuron", choices=NEURONS, default="lif", help="lif (default) or plif")
+    parser.add_argument("--neuron", choices=NEURONS, default="lif", help="lif (default), plif or ilif")
     parser.add_argument("--quick", action="store_true", help="one small shape (T=4, smallest N, fp32)")
     parser.add_argument("--reps", type=int, help=f"CUDA: do_bench's rep in ms (default {CUDA_DEFAULT_REP_MS}); "
                                                  f"CPU: timed calls per row (default {CPU_DEFAULT_REPS})")

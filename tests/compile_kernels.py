@@ -15,6 +15,7 @@ from triton.compiler import ASTSource
 
 from a2sg_triton.bitpack import BLOCK_BYTES
 from a2sg_triton.kernels.bitpack import pack_bits_kernel, unpack_bits_kernel
+from a2sg_triton.kernels.ilif import ilif_bwd_kernel, ilif_fwd_kernel
 from a2sg_triton.kernels.lif import lif_bwd_kernel, lif_fwd_kernel
 from a2sg_triton.kernels.plif import plif_bwd_kernel, plif_fwd_kernel
 from a2sg_triton.kernels.stats import candidate_stats_kernel
@@ -84,6 +85,7 @@ def variants():
         yield tdbn_lif_bwd_kernel, recompute_signature, {"SURROGATE": surrogate, "HARD_RESET": False,
                                                          "DETACH_RESET": False, "BACKWARD": True, "BLOCK": block}
     yield from plif_variants()
+    yield from ilif_variants()
 
 
 def plif_variants():
@@ -103,6 +105,26 @@ def plif_variants():
         yield plif_bwd_kernel, bwd_signature, {"SURROGATE": surrogate, "HARD_RESET": hard, "DETACH_RESET": detach,
                                                "DECAY_INPUT": decay_input, "HAS_V0": decay_input,
                                                "HAS_GRAD_V_LAST": not decay_input, "STORE_GRAD_V0": decay_input,
+                                               "BLOCK": BLOCK}
+
+
+def ilif_variants():
+    """I-LIF at the largest block, every flag combination: the forward per input dtype (and u saved in
+    bf16 once), the backward per surrogate (D and beta are runtime arguments, no variants)."""
+    for dtype, save, (has_v0, store) in itertools.product(("fp32", "fp16", "bf16"), ("fp32", "bf16"), FLAGS):
+        if save == "bf16" and dtype != "bf16":
+            continue
+        signature = {"x_ptr": f"*{dtype}", "v0_ptr": f"*{dtype}", "q_ptr": f"*{dtype}", "u_ptr": f"*{save}",
+                     "v_last_ptr": "*fp32", "N": "i32", "T": "i32", "D": "i32", "decay": "fp32",
+                     "input_scale": "fp32", "v_th": "fp32"}
+        yield ilif_fwd_kernel, signature, {"HAS_V0": has_v0, "STORE_V_LAST": store, "BLOCK": BLOCK}
+    bwd_signature = {"grad_q_ptr": "*bf16", "u_ptr": "*bf16", "beta_ptr": "*fp32", "grad_v_last_ptr": "*fp32",
+                     "grad_x_ptr": "*bf16", "grad_v0_ptr": "*fp32", "N": "i32", "T": "i32", "D": "i32",
+                     "last_step_offset": "i64", "decay": "fp32", "input_scale": "fp32", "v_th": "fp32", "h": "fp32"}
+    for surrogate, detach, (has_grad_v_last, store) in itertools.product(range(len(SURROGATES)), [False, True],
+                                                                         FLAGS):
+        yield ilif_bwd_kernel, bwd_signature, {"SURROGATE": surrogate, "DETACH_RESET": detach,
+                                               "HAS_GRAD_V_LAST": has_grad_v_last, "STORE_GRAD_V0": store,
                                                "BLOCK": BLOCK}
 
 

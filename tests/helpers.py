@@ -3,6 +3,7 @@
 import torch
 
 import a2sg_triton
+from a2sg_triton.ilif import ilif_fwd_torch
 from a2sg_triton.lif import lif_step
 from a2sg_triton.utils import math_dtype
 from a2sg_triton.reference import lif_multistep as lif_ref
@@ -71,18 +72,21 @@ def run_lif(fn, x, beta, surrogate, v0, w_s, w_v, dtype, **kwargs):
 
 
 def compare_to_reference(x, beta, surrogate, *, v0=None, with_v=True, dtype=torch.float32, backend="triton",
-                         seed=0, **neuron):
-    """Runs the op and the float64 reference and asserts forward equality and gradient closeness."""
+                         seed=0, op=a2sg_triton.lif_multistep, ref_op=lif_ref, edges=edge_neurons, **neuron):
+    """Runs the op and the float64 reference and asserts forward equality and gradient closeness.
+
+    op / ref_op / edges: another neuron's op (default ``lif_multistep``), its reference and its
+    ``edge_neurons``, all taking (x, beta, surrogate, v0=..., **neuron) as LIF's do."""
     g = torch.Generator().manual_seed(seed)
     w_s = dyadic(x.shape, g, x.device)
     w_v = dyadic(x.shape[1:], g, x.device) if with_v else None
     # The reference sees exactly the values the op sees (x and v0 rounded to dtype first).
     x = x.to(dtype)
     v0 = None if v0 is None else v0.to(dtype)
-    ref = run_lif(lif_ref, x, beta, surrogate, v0, w_s, w_v, torch.float64, **neuron)
-    out = run_lif(a2sg_triton.lif_multistep, x, beta, surrogate, v0, w_s, w_v, dtype, backend=backend, **neuron)
+    ref = run_lif(ref_op, x, beta, surrogate, v0, w_s, w_v, torch.float64, **neuron)
+    out = run_lif(op, x, beta, surrogate, v0, w_s, w_v, dtype, backend=backend, **neuron)
 
-    keep = ~edge_neurons(x, beta, surrogate, v0, **neuron).reshape(x.shape[1:])
+    keep = ~edges(x, beta, surrogate, v0, **neuron).reshape(x.shape[1:])
     assert keep.float().mean() > 0.95, "too many neurons sit on an edge for a meaningful comparison"
     spikes, spikes_ref = out[0], ref[0]
     assert spikes.dtype == dtype and spikes.shape == x.shape
@@ -103,3 +107,19 @@ def compare_to_reference(x, beta, surrogate, *, v0=None, with_v=True, dtype=torc
         atol = rtol * max(want.abs().max().item(), 1.0)
         torch.testing.assert_close(got.double()[mask], want, rtol=rtol, atol=atol, msg=lambda m: f"{name}: {m}")
     return ref, out
+
+
+def ilif_edge_neurons(x, beta, surrogate, v0=None, *, D=4, decay=0.25, input_scale=1.0, v_th=1.0, **_):
+    """edge_neurons for I-LIF: bool [N], the neurons whose float64 membrane u comes within EDGE_MARGIN
+    of a level threshold theta_i = (i - 1/2) v_th (where the count steps) or, for windowed
+    surrogates, of a window edge theta_i +- beta[t, i], at any t."""
+    T = x.shape[0]
+    x = x.double().reshape(T, -1)
+    beta = torch.as_tensor(beta, dtype=torch.float64, device=x.device).expand(T, D)
+    v0 = None if v0 is None else v0.double().reshape(-1)
+    _, u, _ = ilif_fwd_torch(x, v0, D, decay, input_scale, v_th, False, torch.float64)
+    distance = (u[..., None] - (torch.arange(D, dtype=torch.float64, device=x.device) + 0.5) * v_th).abs()
+    near = distance < EDGE_MARGIN  # [T, N, D]
+    if surrogate in WINDOWED:
+        near |= (distance - beta[:, None, :]).abs() < EDGE_MARGIN
+    return near.any(-1).any(0)

@@ -7,7 +7,7 @@ import torch
 
 import a2sg_triton
 from a2sg_triton import A2SG, surrogate_grad
-from a2sg_triton.nn import LIF, PLIF
+from a2sg_triton.nn import ILIF, LIF, PLIF
 
 sj = pytest.importorskip("spikingjelly.activation_based")
 from spikingjelly.activation_based import functional, layer, neuron, surrogate as sg  # noqa: E402
@@ -117,7 +117,9 @@ def hooked():
 
 @pytest.mark.parametrize("node, reason", [
     (lambda: neuron.LIFNode(), "single-step"),
-    (lambda: neuron.ILIFNode(step_mode="m"), "ILIFNode is not supported yet"),
+    (lambda: neuron.ILIFNode(surrogate_function=sg.MultiLevelSpikeCount(4, grad_window=(0.0, 3.0)), step_mode="m"),
+     r"ILIFNode with grad_window=\(0.0, 3.0\)"),
+    (lambda: neuron.ILIFNode(), "ILIFNode in single-step"),
     (lambda: neuron.IFNode(step_mode="m"), "IFNode is not a neuron"),
     (lambda: neuron.SimpleLIFNode(2.0, True, step_mode="m"), "SimpleLIFNode is not a neuron"),
     (lambda: neuron.LIFNode(surrogate_function=sg.Erf(), step_mode="m"), "Erf"),
@@ -244,3 +246,52 @@ def test_plif_nodes_convert_with_their_learned_leak():
     for name in grads:
         assert grads_sj[name].abs().max() > 1e-3, name
         torch.testing.assert_close(grads[name], grads_sj[name], rtol=1e-10, atol=1e-12, msg=name)
+
+
+def test_ilif_nodes_convert_to_box_windows_of_half_a_threshold():
+    """ILIFNode -> nn.ILIF (decay = 1 - 1/tau, input_scale 1, D = max_spike_count, box with beta =
+    v_threshold / 2 at every timestep and level): the same counts and gradients in float64 (the
+    window edges, u an integer multiple of v_th, are not hit by these inputs)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        layer.SeqToANNContainer(torch.nn.Linear(8, 16)),
+        neuron.ILIFNode(step_mode="m"),
+        layer.SeqToANNContainer(torch.nn.Linear(16, 16)),
+        neuron.ILIFNode(tau=2.0, v_threshold=0.75, surrogate_function=sg.MultiLevelSpikeCount(2, grad_window=(0, 2)),
+                        detach_reset=True, step_mode="m"),
+    ).double()
+    with torch.no_grad():
+        for linear in (model[0][0], model[2][0]):
+            linear.weight.normal_(0.2, 0.6)
+    converted = a2sg_triton.from_spikingjelly(model, T)
+    ilifs = [m for m in converted if isinstance(m, ILIF)]
+    assert [(m.D, m.surrogate, m.decay, m.input_scale, m.v_th, m.detach_reset) for m in ilifs] == [
+        (4, "box", 0.25, 1.0, 1.0, False), (2, "box", 0.5, 1.0, 0.75, True)]
+    assert torch.equal(ilifs[0].beta, torch.full((T, 4), 0.5)) and torch.equal(ilifs[1].beta, torch.full((T, 2), 0.375))
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(T, 5, 8, generator=g, dtype=torch.float64)
+    w = torch.randn(T, 5, 16, generator=g, dtype=torch.float64)
+    results = []
+    for net in (model, converted):
+        net.zero_grad()
+        xx = x.clone().requires_grad_()
+        out = net(xx)
+        (out * w).sum().backward()
+        functional.reset_net(net)
+        results.append((out, xx.grad, {n: p.grad.clone() for n, p in net.named_parameters()}))
+    (out_sj, gx_sj, grads_sj), (out, gx, grads) = results
+    assert torch.equal(out, out_sj) and out_sj.max() == 2 and 0.1 < (out_sj > 0).double().mean() < 0.9
+    torch.testing.assert_close(gx, gx_sj, rtol=1e-10, atol=1e-12)
+    assert grads.keys() == grads_sj.keys()
+    for name in grads:
+        assert grads_sj[name].abs().max() > 1e-3, name
+        torch.testing.assert_close(grads[name], grads_sj[name], rtol=1e-10, atol=1e-12, msg=name)
+
+
+def test_ilif_nodes_with_a_surrogate_name_get_beta_init_per_timestep_at_every_level():
+    beta = torch.tensor([0.2, 0.3, 0.4, 0.5])
+    converted = a2sg_triton.from_spikingjelly(neuron.ILIFNode(step_mode="m"), T, surrogate="asy", beta_init=beta)
+    assert converted.surrogate == "asy" and torch.equal(converted.beta, beta[:, None].expand(T, 4))
+    with torch.no_grad():
+        converted.beta.fill_(1.0)  # what the controller does: the caller's tensor is not touched
+    assert torch.equal(beta, torch.tensor([0.2, 0.3, 0.4, 0.5]))
