@@ -1,4 +1,4 @@
-"""The A²SG controller: searches every LIF (and PLIF) layer's per-timestep beta inside its own backward (Alg. A1).
+"""The A²SG controller: searches every LIF, PLIF and I-LIF layer's widths inside its own backward (Alg. A1).
 
 At an armed iteration each ``nn.LIF`` layer's backward runs ``a2sg_triton::lif_bwd_search``
 instead of the plain LIF backward. Autograd reaches the layers top-down, as Alg. A1 needs. For
@@ -6,6 +6,8 @@ t = T-1 ... 0 the op evaluates the candidate widths with the fused statistics ke
 ``search_beta`` choose beta_t, computes delta[t] with it (the TGC reference and the carry for t-1)
 and so produces this iteration's gradients with the new betas, which it then writes into the
 layer's ``beta`` buffer. The op is opaque to torch.compile, so a compiled model searches too.
+PLIF searches as LIF with its current leak; I-LIF searches per (t, level), the level playing the
+timestep's part (``A2SG.search_levels_backward``).
 """
 
 import csv
@@ -20,6 +22,7 @@ from typing import Optional
 
 import torch
 
+from .ilif import ILIF_BWD, ilif_bwd_fake
 from .lif import lif_bwd_fake
 from .plif import PLIF_BWD, plif_bwd_fake
 from .stats import CANDIDATE_STATS, DELTA_STATS
@@ -28,7 +31,7 @@ from .search import GPState, SearchConfig, search_beta
 from .utils import atomic_write, math_dtype, unwrap_model
 
 ADAPT_MODES = ("none", "spatial", "temporal", "spatiotemporal")
-HISTORY_FIELDS = ("epoch", "layer", "t", "metric", "beta", "previous_beta", "best_beta", "best_value",
+HISTORY_FIELDS = ("epoch", "layer", "t", "level", "metric", "beta", "previous_beta", "best_beta", "best_value",
                   "metric_at_beta", "predicted", "fell_back", "flat", "gp_seconds", "seconds")
 
 _next_key = itertools.count()
@@ -40,7 +43,7 @@ def _forget_sites(keys):
 
 
 class A2SG:
-    """Adaptive surrogate widths for every ``a2sg_triton.nn.LIF`` and ``nn.PLIF`` in ``model``.
+    """Adaptive surrogate widths for every ``a2sg_triton.nn.LIF``, ``nn.PLIF`` and ``nn.ILIF`` in ``model``.
 
     Call ``begin_epoch(epoch)`` before each epoch's first iteration: when ``epoch % every == 0``
     the next backward of every layer searches its beta vector (modes as in docs/search.md: "none",
@@ -74,7 +77,7 @@ class A2SG:
         self.adapt, self.every, self.seed, self.process_group = adapt, every, seed, process_group
         self.layers = {name: m for name, m in model.named_modules() if isinstance(m, SearchedNeuron)}
         if not self.layers:
-            raise ValueError("model has no a2sg_triton.nn.LIF or nn.PLIF layer to adapt")
+            raise ValueError("model has no a2sg_triton.nn.LIF, nn.PLIF or nn.ILIF layer to adapt")
         # Fresh keys for this controller's own layers: a key never outlives its controller, and a
         # compiled graph that bakes one in stays valid across epochs.
         keys = [next(_next_key) for _ in self.layers]
@@ -82,7 +85,9 @@ class A2SG:
             register_search_site(key, self, name, layer)
         weakref.finalize(self, _forget_sites, keys)
         self.generator = torch.Generator().manual_seed(seed)
-        self.gp_states = {(name, t): GPState() for name, layer in self.layers.items() for t in range(layer.T)}
+        # one GP per searched width: (name, t) for a [T] beta, (name, t, level - 1) for I-LIF's [T, D]
+        self.gp_states = {(name, *index): GPState() for name, layer in self.layers.items()
+                          for index in itertools.product(*map(range, layer.beta.shape))}
         self._history = []
         # History rows whose device-side values (the previous beta_t and the metric at the chosen
         # beta) are not on the host yet: (row, float64 tensor [2]). They come along with the next
@@ -104,7 +109,7 @@ class A2SG:
         rows = self.history[since:]
         lo, hi = self.config.beta_range
         margin = 0.01 * (hi - lo)
-        betas = torch.cat([layer.beta.detach().double().cpu() for layer in self.layers.values()])
+        betas = torch.cat([layer.beta.detach().double().cpu().flatten() for layer in self.layers.values()])
         return {"searches": len(rows), "fell_back": sum(bool(r["fell_back"]) for r in rows),
                 "flat": sum(bool(r.get("flat")) for r in rows),  # rows saved before "flat" existed lack it
                 "at_lower_end": int((betas <= lo + margin).sum()), "at_upper_end": int((betas >= hi - margin).sum()),
@@ -147,13 +152,17 @@ class A2SG:
 
     def metric_at(self, t, T):
         """'sgv', 'tgc' or None (keep beta_t) for timestep t of T under this controller's mode."""
-        last = t == T - 1
+        return self._metric(first=t == T - 1)
+
+    def _metric(self, first):
+        """The metric of a search site: ``first`` is the site each backward visits first (t = T-1;
+        for I-LIF, t = T-1 at the top level D), every later site is judged against the one before it."""
         if self.adapt == "spatial":
             return "sgv"
         if self.adapt == "temporal":
-            return None if last else "tgc"
+            return None if first else "tgc"
         if self.adapt == "spatiotemporal":
-            return "sgv" if last else "tgc"
+            return "sgv" if first else "tgc"
         return None
 
     # -- the search backward ------------------------------------------------------------------
@@ -167,58 +176,48 @@ class A2SG:
         (``DELTA_STATS``) that also writes grad_x[t] and yields the statistics recorded as
         metric_at_beta; the widths stay on the device (a kept beta_t is never read on the host).
         """
-        layer = self.layers[name]
         T, N = grad_spikes.shape
         if N == 0:  # no neuron (an empty batch): no statistics, nothing to search
             return torch.empty_like(grad_spikes), grad_spikes.new_empty((0,), dtype=math_dtype(grad_spikes.dtype))
-        stats_fn, step_fn = CANDIDATE_STATS[backend], DELTA_STATS[backend]
-        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-        old_beta = beta.detach()
-        new_beta = old_beta.clone()  # chosen widths are written in on the device, no host round trip
+        site = _SiteSearch(self, name, beta, surrogate_id, v_th, hard_reset, v_reset, detach_reset, h, input_scale,
+                           backend)
         grad_x = torch.empty_like(grad_spikes)
         carry, carry_scale, ref = grad_v_last, 1.0, None  # the carry is carry_scale * carry = decay * delta[t+1]
-
         for t in reversed(range(T)):
-            d_t, grad_s_t = d[t], grad_spikes[t]
-            metric = self.metric_at(t, T)
-            tgc = metric == "tgc"
-            row = None
-            if metric is not None:
-                start = time.perf_counter()
-
-                def evaluate(betas):
-                    stats = stats_fn(d_t, grad_s_t, carry, ref if tgc else None, betas, surrogate_id, 0.0, v_th,
-                                     hard_reset, v_reset, detach_reset, h, carry_scale=carry_scale)
-                    if distributed:
-                        stats.all_reduce(self.process_group)
-                    return self._fetch(stats.tgc() if tgc else stats.sgv())
-
-                result = search_beta(evaluate, maximize=tgc, config=self.config, generator=self.generator,
-                                     current=None, gp_state=self.gp_states[(name, t)])
-                if result.beta is not None:
-                    new_beta[t] = result.beta
-                row = {"epoch": self.epoch, "layer": name, "t": t, "metric": metric, "beta": result.beta,
-                       "previous_beta": None, "best_beta": result.best_beta, "best_value": result.best_value,
-                       "metric_at_beta": None, "predicted": result.predicted, "fell_back": result.fell_back,
-                       "flat": result.flat, "gp_seconds": result.gp_seconds}
-            delta, stats = step_fn(d_t, grad_s_t, carry, carry_scale, ref if tgc else None, new_beta[t:t + 1],
-                                   surrogate_id, v_th, hard_reset, v_reset, detach_reset, h, input_scale, grad_x[t])
-            if row is not None:
-                if distributed:
-                    stats.all_reduce(self.process_group)
-                row["seconds"] = time.perf_counter() - start
-                self._history.append(row)
-                self._pending.append((row, torch.stack([old_beta[t].to(torch.float64),
-                                                        (stats.tgc() if tgc else stats.sgv())[0]])))
+            delta = site.search((t,), d[t], grad_spikes[t], carry, carry_scale, ref, 0.0, grad_x[t])
             # A tensor decay (PLIF's 1 - k, never read on the host) scales the carry itself: the kernels
             # take the scale as a host scalar.
             carry, carry_scale, ref = (decay * delta, 1.0, delta) if isinstance(decay, torch.Tensor) else (
                 delta, decay, delta)
-
-        with torch.no_grad():
-            layer.beta.copy_(new_beta)
+        site.write_betas()
         grad_v0 = decay * carry if need_grad_v0 else carry.new_empty(0)
         return grad_x, grad_v0
+
+    def search_levels_backward(self, name, grad_counts, u, beta, grad_v_last, surrogate_id, levels, decay, v_th,
+                               detach_reset, h, backend):
+        """The I-LIF search (docs/neurons.md): the level plays the timestep's part. Sites are visited
+        t = T-1 ... 0 and, within t, level i = D ... 1; site (t, i) searches beta[t, i-1] on
+        delta_i[t], the local gradient with the window of level i alone (threshold offset
+        (i - 1/2) v_th), and the next site's TGC reference is that delta_i[t]. The carry into t-1 is
+        decay * delta[t] with every level's chosen window: delta[t] = sum_i delta_i[t] - (D-1) c[t],
+        since each delta_i[t] holds the carry c[t] once. Writes the chosen widths into the layer."""
+        T, N = grad_counts.shape
+        if N == 0:
+            return
+        site = _SiteSearch(self, name, beta, surrogate_id, v_th, False, 0.0, detach_reset, h, 1.0, backend)
+        scratch = torch.empty_like(grad_counts[0])  # the statistics pass writes a gradient nobody reads
+        carry, ref = grad_v_last, None
+        for t in reversed(range(T)):
+            carry_scale = 1.0 if t == T - 1 else decay
+            delta = None
+            for level in range(levels, 0, -1):
+                ref = site.search((t, level - 1), u[t], grad_counts[t], carry, carry_scale, ref,
+                                  (level - 0.5) * v_th, scratch)
+                delta = ref if delta is None else delta + ref
+            if carry is not None and levels > 1:
+                delta = delta - ((levels - 1) * carry_scale) * carry.to(delta.dtype)
+            carry = delta
+        site.write_betas()
 
     # -- checkpoints and export ---------------------------------------------------------------
 
@@ -229,7 +228,7 @@ class A2SG:
             "betas": {name: layer.beta.detach().cpu().clone() for name, layer in self.layers.items()},
             "armed": {name: layer.search_armed for name, layer in self.layers.items()},
             "rng": self.generator.get_state(),
-            "gp_states": {f"{name}/{t}": s.state_dict() for (name, t), s in self.gp_states.items()},
+            "gp_states": {_gp_key(key): s.state_dict() for key, s in self.gp_states.items()},
             "history": [dict(row) for row in self.history],
         }
 
@@ -257,8 +256,8 @@ class A2SG:
                 self.layers[name].search_armed = state["armed"][name]
         self.epoch = state["epoch"]
         self.generator.set_state(state["rng"])
-        for (name, t), gp_state in self.gp_states.items():
-            gp_state.load_state_dict(state["gp_states"][f"{name}/{t}"])
+        for key, gp_state in self.gp_states.items():
+            gp_state.load_state_dict(state["gp_states"][_gp_key(key)])
         self._history, self._pending = [dict(row) for row in state["history"]], []
 
     def export_history(self, path):
@@ -275,6 +274,73 @@ class A2SG:
         else:
             raise ValueError(f"path must end in .json or .csv, got {path!r}")
         atomic_write(path, lambda f: f.write(text), binary=False)
+
+
+def _gp_key(key):
+    """A gp_states key as the state_dict writes it: "name/t" or "name/t/column"."""
+    return "/".join(map(str, key))
+
+
+class _SiteSearch:
+    """One layer's armed backward, one search site at a time: the chosen widths gather in a copy of
+    beta on the device and reach the layer's buffer at the end (``write_betas``)."""
+
+    def __init__(self, controller, name, beta, surrogate_id, v_th, hard_reset, v_reset, detach_reset, h,
+                 input_scale, backend):
+        self.controller, self.name, self.layer = controller, name, controller.layers[name]
+        self.old_beta = beta.detach()
+        self.new_beta = self.old_beta.clone()  # chosen widths are written in on the device, no host round trip
+        self.stats_fn, self.step_fn = CANDIDATE_STATS[backend], DELTA_STATS[backend]
+        self.neuron = (v_th, hard_reset, v_reset, detach_reset, h)
+        self.surrogate_id, self.input_scale = surrogate_id, input_scale
+        self.distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        self.first = True
+
+    def search(self, index, u, grad_s, carry, carry_scale, ref, th_offset, grad_x):
+        """Searches the width beta[index] (index (t,) or (t, level - 1)) on the local gradient of the
+        window centred at u = th_offset (LIF passes d = u - v_th and 0; I-LIF u and (i - 1/2) v_th),
+        unless the mode keeps it; returns that local gradient with the width now chosen (and writes
+        input_scale times it into grad_x)."""
+        controller = self.controller
+        metric = controller._metric(self.first)
+        self.first = False
+        tgc = metric == "tgc"
+        v_th, hard_reset, v_reset, detach_reset, h = self.neuron
+        row = None
+        if metric is not None:
+            start = time.perf_counter()
+
+            def evaluate(betas):
+                stats = self.stats_fn(u, grad_s, carry, ref if tgc else None, betas, self.surrogate_id, th_offset, v_th,
+                                      hard_reset, v_reset, detach_reset, h, carry_scale=carry_scale)
+                if self.distributed:
+                    stats.all_reduce(controller.process_group)
+                return controller._fetch(stats.tgc() if tgc else stats.sgv())
+
+            result = search_beta(evaluate, maximize=tgc, config=controller.config, generator=controller.generator,
+                                 current=None, gp_state=controller.gp_states[(self.name, *index)])
+            if result.beta is not None:
+                self.new_beta[index] = result.beta
+            row = {"epoch": controller.epoch, "layer": self.name, "t": index[0],
+                   "level": index[1] + 1 if len(index) > 1 else None, "metric": metric, "beta": result.beta,
+                   "previous_beta": None, "best_beta": result.best_beta, "best_value": result.best_value,
+                   "metric_at_beta": None, "predicted": result.predicted, "fell_back": result.fell_back,
+                   "flat": result.flat, "gp_seconds": result.gp_seconds}
+        delta, stats = self.step_fn(u, grad_s, carry, carry_scale, ref if tgc else None,
+                                    self.new_beta[index].reshape(1), self.surrogate_id, v_th, hard_reset, v_reset,
+                                    detach_reset, h, self.input_scale, grad_x, th_offset)
+        if row is not None:
+            if self.distributed:
+                stats.all_reduce(controller.process_group)
+            row["seconds"] = time.perf_counter() - start
+            controller._history.append(row)
+            controller._pending.append((row, torch.stack([self.old_beta[index].to(torch.float64),
+                                                          (stats.tgc() if tgc else stats.sgv())[0]])))
+        return delta
+
+    def write_betas(self):
+        with torch.no_grad():
+            self.layer.beta.copy_(self.new_beta)
 
 
 def _plain_name(name):
@@ -349,3 +415,24 @@ def plif_bwd_search_op(grad_spikes: torch.Tensor, d: torch.Tensor, x: Optional[t
 @plif_bwd_search_op.register_fake
 def _(*args):
     return plif_bwd_fake(*args[:-1])  # the plain backward's shapes; search_key changes none
+
+
+@torch.library.custom_op("a2sg_triton::ilif_bwd_search", mutates_args=(), **CUDAGRAPH_UNSAFE)
+def ilif_bwd_search_op(grad_counts: torch.Tensor, u: torch.Tensor, beta: torch.Tensor,
+                       grad_v_last: Optional[torch.Tensor], surrogate_id: int, levels: int, decay: float,
+                       input_scale: float, v_th: float, detach_reset: bool, h: float, need_grad_v0: bool, backend: str,
+                       search_key: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The I-LIF backward of an armed layer: searches its [T, D] widths site by site
+    (``A2SG.search_levels_backward``), writes them into the layer, then runs the plain I-LIF backward
+    with them (one extra fused pass per armed iteration, as for PLIF)."""
+    controller, name = _controller_for(search_key)
+    controller.search_levels_backward(name, grad_counts, u, beta, grad_v_last, surrogate_id, levels, decay, v_th,
+                                      detach_reset, h, backend)
+    beta = controller.layers[name].beta.to(device=beta.device, dtype=beta.dtype)
+    return ILIF_BWD[backend](grad_counts, u, beta, grad_v_last, surrogate_id, levels, decay, input_scale, v_th,
+                             detach_reset, h, need_grad_v0)
+
+
+@ilif_bwd_search_op.register_fake
+def _(*args):
+    return ilif_bwd_fake(*args[:-1])  # the plain backward's shapes; search_key changes none

@@ -240,12 +240,13 @@ def candidate_stats_triton(u, grad_s, carry, ref, betas, surrogate_id, th_offset
 
 
 def delta_stats_triton(d, grad_s, carry, carry_scale, ref, beta, surrogate_id, v_th, hard_reset, v_reset,
-                       detach_reset, h, input_scale, grad_x):
-    """delta[t] of one width in one pass: d = u - v_th, grad_s, carry (times carry_scale), ref: flat
-    [N]; beta: [1] on d's device. Writes input_scale * delta into grad_x ([N], contiguous) and returns
-    (delta [N] fp32, its CandidateStats against ref)."""
+                       detach_reset, h, input_scale, grad_x, th_offset=0.0):
+    """delta[t] of one width in one pass: d = u - v_th (d - th_offset the window's centre offset:
+    an I-LIF level), grad_s, carry (times carry_scale), ref: flat [N]; beta: [1] on d's device.
+    Writes input_scale * delta into grad_x ([N], contiguous) and returns (delta [N] fp32, its
+    CandidateStats against ref)."""
     delta = torch.empty(d.shape, dtype=torch.float32, device=d.device)
-    stats = _stats_kernel(d, grad_s, carry, ref, beta, surrogate_id, 0.0, carry_scale, v_th, hard_reset, v_reset,
+    stats = _stats_kernel(d, grad_s, carry, ref, beta, surrogate_id, th_offset, carry_scale, v_th, hard_reset, v_reset,
                           detach_reset, h, grad_x=grad_x, delta=delta, input_scale=input_scale)
     return delta, stats
 
@@ -314,12 +315,12 @@ def _sums_to_stats(betas, u, ref, sums):
 
 
 def delta_stats_torch(d, grad_s, carry, carry_scale, ref, beta, surrogate_id, v_th, hard_reset, v_reset,
-                      detach_reset, h, input_scale, grad_x):
+                      detach_reset, h, input_scale, grad_x, th_offset=0.0):
     """``delta_stats_triton`` in torch ops: lif_bwd_step with the width beta ([1]), then the
     statistics of that very delta."""
     dtype = math_dtype(d.dtype)
     carry = None if carry is None else carry_scale * carry.to(dtype)
-    delta = lif_bwd_step(d.to(dtype), grad_s.to(dtype), carry, beta.to(dtype), SURROGATES[surrogate_id], v_th,
+    delta = lif_bwd_step(d.to(dtype) - th_offset, grad_s.to(dtype), carry, beta.to(dtype), SURROGATES[surrogate_id], v_th,
                          hard_reset, v_reset, detach_reset, h)
     grad_x.copy_(input_scale * delta)
     ref = None if ref is None else ref.to(dtype)

@@ -9,7 +9,7 @@ import torch
 
 import a2sg_triton
 from a2sg_triton import A2SG, metrics
-from a2sg_triton.nn import LIF
+from a2sg_triton.nn import LIF, SearchedNeuron
 from helpers import KERNEL_DEVICE
 
 T = 4
@@ -31,7 +31,7 @@ def batch(seed=1, device="cpu", n=12):
 
 
 def betas(model):
-    return [m.beta.clone() for m in model.modules() if isinstance(m, LIF)]
+    return [m.beta.clone() for m in model.modules() if isinstance(m, SearchedNeuron)]
 
 
 def step(model, x):

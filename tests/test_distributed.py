@@ -8,7 +8,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from a2sg_triton import A2SG
-from test_controller import SEARCH, batch, betas, two_layer_model
+from a2sg_triton.nn import ILIF
+from test_controller import SEARCH, T, batch, betas, two_layer_model
 
 WORLD = 2
 
@@ -18,10 +19,18 @@ def loss_of(model, x):
     return (out * torch.linspace(-1, 1, out.shape[-1])).sum()  # a sum: the ranks' deltas concatenate exactly
 
 
-def _rank_main(rank, init_file, out_dir):
+def model_of(kind):
+    """The controller tests' two LIF layers, or the same net with two-level I-LIF neurons."""
+    model = two_layer_model()
+    if kind == "ilif":
+        model[1], model[3] = ILIF(T, 2, backend="torch"), ILIF(T, 2, backend="torch")
+    return model
+
+
+def _rank_main(rank, kind, init_file, out_dir):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     try:
-        model = two_layer_model()
+        model = model_of(kind)
         ddp = torch.nn.parallel.DistributedDataParallel(model)
         a2 = A2SG(ddp, **SEARCH)
         a2.begin_epoch(0)
@@ -33,11 +42,12 @@ def _rank_main(rank, init_file, out_dir):
         dist.destroy_process_group()
 
 
-def test_ranks_choose_identical_betas_equal_to_one_process(tmp_path):
-    mp.spawn(_rank_main, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD, join=True)
+@pytest.mark.parametrize("kind", ["lif", "ilif"])
+def test_ranks_choose_identical_betas_equal_to_one_process(tmp_path, kind):
+    mp.spawn(_rank_main, args=(kind, str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
 
-    model = two_layer_model()
+    model = model_of(kind)
     a2 = A2SG(model, **SEARCH)
     a2.begin_epoch(0)
     loss_of(model, batch(n=12)).backward()
