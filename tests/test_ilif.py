@@ -85,11 +85,10 @@ def test_outputs_fully_written(nan_outputs, backend):
 
 
 def test_inductor_matches_reference():
-    """The inductor backend: both directions with state, then a second size without (dynamic N)."""
-    compare_ilif(make_input(3, device="cpu"), beta_for("step_level", 3, 4, "cpu"), "asy", v0=make_v0(device="cpu"),
-                 backend="inductor")
-    compare_ilif(make_input(3, device="cpu", shape=(3, 97)), beta_for("step_level", 3, 4, "cpu"), "asy",
-                 with_v=False, backend="inductor")
+    """The inductor backend, both directions with state (one variant: compiling costs seconds; the
+    compiled wrapper's other paths, dynamic N among them, are LIF's, tested in test_lif.py)."""
+    compare_ilif(make_input(3, device="cpu"), beta_for("step_level", 3, 2, "cpu"), "asy", D=2,
+                 v0=make_v0(device="cpu"), backend="inductor")
 
 
 @pytest.mark.parametrize("backend", ["triton", "torch"])
