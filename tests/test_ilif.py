@@ -85,11 +85,10 @@ def test_outputs_fully_written(nan_outputs, backend):
 
 
 def test_inductor_matches_reference():
-    """The inductor backend: both directions with state, then a second size without (dynamic N)."""
-    compare_ilif(make_input(3, device="cpu"), beta_for("step_level", 3, 4, "cpu"), "asy", v0=make_v0(device="cpu"),
-                 backend="inductor")
-    compare_ilif(make_input(3, device="cpu", shape=(3, 97)), beta_for("step_level", 3, 4, "cpu"), "asy",
-                 with_v=False, backend="inductor")
+    """The inductor backend, both directions with state (one variant: compiling costs seconds; the
+    compiled wrapper's other paths, dynamic N among them, are LIF's, tested in test_lif.py)."""
+    compare_ilif(make_input(3, device="cpu"), beta_for("step_level", 3, 2, "cpu"), "asy", D=2,
+                 v0=make_v0(device="cpu"), backend="inductor")
 
 
 @pytest.mark.parametrize("backend", ["triton", "torch"])
@@ -178,8 +177,9 @@ def test_non_contiguous_input_and_no_mutation(backend):
 @pytest.mark.parametrize("detach_reset", [False, True], ids=["attached", "detached"])
 def test_bf16_saved_u_keeps_box_gradients(detach_reset):
     """save_dtype=bf16 on the GPU: the same counts; box's F depends on u only through which windows
-    hold it, so the gradients are those of the fp32 save except where u lies within bf16 rounding
-    of a window edge (an integer multiple of v_th at beta = v_th / 2; left out, and few)."""
+    hold it, so the gradients are those of the fp32 save bit for bit, but for the neurons whose u
+    (the kernel's own, rounded to bf16) crosses or lands on a window edge k v_th (beta = v_th / 2): left
+    out (3% of the neurons over these 4 steps on the CPU's torch backend)."""
     x = make_input(4, device="cuda")
     w = torch.randn(x.shape, generator=torch.Generator().manual_seed(3)).cuda()
     results = {}
@@ -189,8 +189,12 @@ def test_bf16_saved_u_keeps_box_gradients(detach_reset):
                                             save_dtype=save_dtype)
         (counts * w).sum().backward()
         results[save_dtype] = counts, xx.grad
-    _, u, _ = ilif_fwd_torch(x.reshape(4, -1), None, 4, 0.25, 1.0, 1.0, False, torch.float32)
-    near = ((u - u.round()).abs() < u.abs() * 2**-7 + 1e-6).any(0).reshape(x.shape[1:])
+    _, u, _ = ILIF_FWD["triton"](x.reshape(4, -1), None, 4, 0.25, 1.0, 1.0, False, torch.float32)
+
+    def window(u):  # the box window (0 ... 3) that holds u; -1 outside (0, 4) and on an edge k (bf16 often rounds to k)
+        return torch.where((u > 0) & (u < 4) & (u != u.floor()), u.floor(), -1.0)
+
+    near = (window(u) != window(u.bfloat16().float())).any(0).reshape(x.shape[1:])
     assert near.float().mean() < 0.05
     assert torch.equal(results[torch.bfloat16][0], results[None][0])
     torch.testing.assert_close(results[torch.bfloat16][1][:, ~near], results[None][1][:, ~near], rtol=0, atol=0)
