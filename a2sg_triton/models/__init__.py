@@ -1,4 +1,5 @@
-"""Spiking model zoo: VGG16, ResNet-19, ResNet-18, VGGSNN, a small and a deep digits CNN (docs/models.md).
+"""Spiking model zoo: VGG16, ResNet-19, ResNet-18, VGGSNN, a small and a deep digits CNN, Spikformer
+(docs/models.md).
 
 Every model takes [T, B, C, H, W] and returns logits [B, num_classes], the mean over T of the
 per-timestep classifier outputs; ``direct_encode`` repeats static images over T. Every spiking
@@ -9,11 +10,13 @@ finds them all.
 from .layers import (NEURONS, NeuronConfig, SpikingClassifier, TdBatchNorm2d, TimeDistributed, check_count, conv_bn,
                      conv_bn_lif, direct_encode, model_input)
 from .resnet import BasicBlock, ResNet, resnet18, resnet19
+from .spikformer import Spikformer, spikformer, spikformer_4_384
 from .vgg import VGG, VGG_SPECS, digits_cnn, digits_vgg, vgg16, vgg_accepts, vggsnn
 from ..utils import check_flag
 
 _BUILDERS = {"vgg16": vgg16, "resnet19": resnet19, "resnet18": resnet18, "vggsnn": vggsnn,
-             "digits_cnn": digits_cnn, "digits_vgg": digits_vgg}
+             "digits_cnn": digits_cnn, "digits_vgg": digits_vgg, "spikformer": spikformer,
+             "spikformer-4-384": spikformer_4_384}
 MODELS = tuple(_BUILDERS)
 
 
@@ -25,7 +28,7 @@ def _check_name(name):
 def accepts_image_size(name, image_size):
     """Whether the model ``name`` (one of MODELS) runs on square images of side ``image_size``.
 
-    The ResNets pool globally and take any size. A VGG-style model needs a map for each of its 2×2
+    The ResNets and Spikformers pool globally and take any size. A VGG-style model needs a map for each of its 2×2
     poolings and the classifier width that its natural input size sets (docs/models.md).
     """
     _check_name(name)
@@ -50,7 +53,7 @@ def build_model(name, *, num_classes, in_channels, T, surrogate="asy", tau=2.0, 
     return model
 
 
-__all__ = ["MODELS", "NEURONS", "BasicBlock", "accepts_image_size", "NeuronConfig", "ResNet",
+__all__ = ["MODELS", "NEURONS", "BasicBlock", "accepts_image_size", "NeuronConfig", "ResNet", "Spikformer",
            "SpikingClassifier", "TdBatchNorm2d", "TimeDistributed", "VGG", "build_model", "conv_bn", "conv_bn_lif",
-           "digits_cnn", "digits_vgg", "direct_encode", "model_input", "resnet18", "resnet19",
-           "vgg16", "vggsnn"]
+           "digits_cnn", "digits_vgg", "direct_encode", "model_input", "resnet18", "resnet19", "spikformer",
+           "spikformer_4_384", "vgg16", "vggsnn"]
