@@ -2,8 +2,8 @@
 
 ``memory_saving()`` is a context manager for the forward pass. Inside it:
 
-- **Spikes are kept as bits.** Every tensor that an ``nn.LIF`` layer emits is marked as spikes; when
-  an op saves a marked tensor (or a view of it) for backward -- a conv or linear layer its input,
+- **Spikes are kept as bits.** Every tensor that an ``nn.LIF`` or ``nn.PLIF`` layer emits is marked
+  as spikes; when an op saves a marked tensor (or a view of it) for backward -- a conv or linear layer its input,
   average pooling its input -- autograd keeps it bit-packed (``a2sg_triton.bitpack``), 1 bit per
   element instead of 32, and unpacks it exactly in backward. Nothing is inspected: the mark comes
   from the layer that made the spikes, so no pass over the data decides what is binary, and a
@@ -190,7 +190,7 @@ def memory_saving(enabled=True, *, backend="auto"):
 
 def mark_spikes(spikes):
     """Marks ``spikes`` (elements exactly 0 or 1, not checked) so that what autograd saves of it is
-    kept as bits, inside ``memory_saving``; returns it. ``nn.LIF`` marks its output itself. Only a
+    kept as bits, inside ``memory_saving``; returns it. ``nn.LIF`` and ``nn.PLIF`` mark their output themselves. Only a
     contiguous tensor, or a view of one, is packed (others are saved as they are)."""
     check_tensor("spikes", spikes)
     context = active()

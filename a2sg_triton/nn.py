@@ -200,7 +200,8 @@ class PLIF(SearchedNeuron):
 
     ``decay_input``: u[t] = (1 - k) v[t-1] + k x[t] (SpikingJelly's ParametricLIFNode), else
     (1 - k) v[t-1] + x[t]. The width beta is a buffer of shape [T] that the A²SG controller rewrites,
-    as for ``LIF``.
+    as for ``LIF``. Inside ``a2sg_triton.memory.memory_saving`` its spikes are saved as bits where a
+    later layer saves them; it keeps its own u - v_th (the tdBN -> LIF recomputation is LIF's only).
     """
 
     def __init__(self, T, surrogate="box", *, init_tau=2.0, decay_input=True, v_th=1.0, beta_init=0.5, h=0.5,
@@ -218,9 +219,13 @@ class PLIF(SearchedNeuron):
 
     def forward(self, x):
         self._check_input(x)
-        return plif_multistep(x, self.w, self.beta, self.surrogate, decay_input=self.decay_input, v_th=self.v_th,
-                              reset=self.reset, v_reset=self.v_reset, detach_reset=self.detach_reset, h=self.h,
-                              backend=self.backend, _search_key=self._take_search())
+        out = plif_multistep(x, self.w, self.beta, self.surrogate, decay_input=self.decay_input, v_th=self.v_th,
+                             reset=self.reset, v_reset=self.v_reset, detach_reset=self.detach_reset, h=self.h,
+                             backend=self.backend, _search_key=self._take_search())
+        context = None if is_compiling() else memory.active()
+        if context is not None:  # spikes kept as bits; u - v_th is kept too (no tdBN recomputation for PLIF)
+            context.mark_spikes(out)
+        return out
 
     def extra_repr(self):
         return (f"T={self.T}, surrogate={self.surrogate!r}, init_tau={self.init_tau}, "

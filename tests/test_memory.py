@@ -14,7 +14,7 @@ from a2sg_triton import lif as lif_module
 from a2sg_triton.lif import LIF_BWD, LIF_FWD
 from a2sg_triton.memory import SavedTensors, SavedView, mark_spikes, memory_saving
 from a2sg_triton.models import VGG, NeuronConfig, ResNet, TdBatchNorm2d, TimeDistributed, build_model, direct_encode
-from a2sg_triton.nn import LIF
+from a2sg_triton.nn import LIF, PLIF
 from a2sg_triton.tdbn_lif import tdbn_lif_bwd, tdbn_lif_ref, tdbn_output_torch, tdbn_output_triton
 from helpers import KERNEL_DEVICE
 
@@ -311,12 +311,12 @@ def _compare(got, want, exact_buffers=True):
     _compare_buffers(got[3], want[3], exact_buffers)
 
 
-def small_model(kind, backend, dtype=torch.float32):
+def small_model(kind, backend, dtype=torch.float32, neuron="lif"):
     """The zoo's VGG and ResNet classes at a few channels (the zoo's models are made of these units):
     a VGG with pooling between convs, and a ResNet with its stem, an identity block, a block with a
     conv shortcut and resnet19's FC-tdBN-LIF head."""
     torch.manual_seed(0)
-    neuron = NeuronConfig(T, "asy", backend=backend)
+    neuron = NeuronConfig(T, "asy", backend=backend, neuron=neuron)
     if kind == "vgg":
         model = VGG((4, "A", 8, 8), 10, 1, 8, neuron)
     else:
@@ -351,6 +351,25 @@ def test_zoo_units_same_outputs_and_gradients_float64(kind):
     for cudnn in CUDNN_CASES:
         with torch.backends.cudnn.flags(enabled=cudnn):
             _compare(_outputs_and_grads(model, x), _outputs_and_grads(plain, x), exact_buffers=not cudnn)
+
+
+@pytest.mark.parametrize("kind", ["vgg", "resnet"])
+def test_plif_models_save_spikes_as_bits_and_keep_their_own_d(kind):
+    """neuron="plif": the same outputs and gradients with memory saving on; the spikes go to bits, but
+    every PLIF keeps its u - v_th and its input x [T, N] (decay_input: dL/dk needs x; the recomputation
+    is LIF's only)."""
+    plain = small_model(kind, "torch", neuron="plif")
+    model = copy.deepcopy(plain)
+    model.memory_saving = True
+    x = direct_encode(2 * torch.rand(3, 1, 8, 8, device=KERNEL_DEVICE), T)
+    _compare(_outputs_and_grads(model, x), _outputs_and_grads(plain, x))
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for n, p in model.named_parameters() if n.endswith(".w"))
+    with Kept() as meter:
+        model(x)
+    plifs = [m for m in model.modules() if isinstance(m, PLIF)]
+    kept_d = [t for t in meter.kept if isinstance(t, torch.Tensor) and t.dim() == 2 and t.shape[0] == T]
+    assert plifs and len(kept_d) == 2 * len(plifs)
+    assert any(isinstance(t, SavedView) for t in meter.kept)
 
 
 def test_vgg16_keeps_less_than_0_4_with_the_same_outputs():

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from .. import memory
-from ..nn import LIF
+from ..nn import LIF, PLIF
 from ..tdbn_lif import TdBNFunction, TdBNRecipe, tdbn_backend, tdbn_statistics
 from ..utils import BACKENDS, check_flag, is_compiling
 
@@ -20,9 +20,17 @@ from ..utils import BACKENDS, check_flag, is_compiling
 RESIDUAL_ALPHA = 1 / math.sqrt(2)
 
 
+# The neurons a zoo model can be built with (``NeuronConfig.neuron``, ``build_model(neuron=...)``).
+NEURONS = ("lif", "plif")
+
+
 @dataclass(frozen=True)
 class NeuronConfig:
-    """The settings shared by every LIF layer of a model; tdBN scales to the same ``v_th``."""
+    """The settings shared by every spiking layer of a model; tdBN scales to the same ``v_th``.
+
+    ``neuron``: "lif" (``nn.LIF``, leak 1/tau) or "plif" (``nn.PLIF``, a learnable leak that starts
+    at 1/tau). ``make()`` builds one layer; ``v_th`` overrides the threshold of that one layer.
+    """
 
     T: int
     surrogate: str = "asy"
@@ -31,10 +39,18 @@ class NeuronConfig:
     beta_init: float = 0.5
     h: float = 0.5
     backend: str = "auto"
+    neuron: str = "lif"
 
-    def lif(self):
-        return LIF(self.T, self.surrogate, tau=self.tau, v_th=self.v_th, beta_init=self.beta_init, h=self.h,
-                   backend=self.backend)
+    def __post_init__(self):
+        if not isinstance(self.neuron, str) or self.neuron not in NEURONS:
+            raise ValueError(f"neuron must be one of {NEURONS}, got {self.neuron!r}")
+
+    def make(self, v_th=None):
+        v_th = self.v_th if v_th is None else v_th
+        common = dict(v_th=v_th, beta_init=self.beta_init, h=self.h, backend=self.backend)
+        if self.neuron == "plif":
+            return PLIF(self.T, self.surrogate, init_tau=self.tau, **common)
+        return LIF(self.T, self.surrogate, tau=self.tau, **common)
 
 
 class TimeDistributed(nn.Sequential):
@@ -94,9 +110,9 @@ def conv_bn(in_channels, out_channels, kernel_size, stride=1, *, alpha=1.0, v_th
 
 
 def conv_bn_lif(in_channels, out_channels, neuron, stride=1):
-    """conv3x3-tdBN-LIF, the unit every model here is made of."""
+    """conv3x3-tdBN-neuron (LIF or PLIF, ``neuron.make()``), the unit every CNN here is made of."""
     return nn.Sequential(conv_bn(in_channels, out_channels, 3, stride, v_th=neuron.v_th, backend=neuron.backend),
-                         neuron.lif())
+                         neuron.make())
 
 
 class SpikingClassifier(nn.Module):

@@ -17,14 +17,14 @@ class BasicBlock(nn.Module):
         super().__init__()
         self.residual = nn.Sequential(
             conv_bn(in_channels, channels, 3, stride, v_th=neuron.v_th, backend=neuron.backend),
-            neuron.lif(),
+            neuron.make(),
             conv_bn(channels, channels, 3, alpha=RESIDUAL_ALPHA, v_th=neuron.v_th, backend=neuron.backend),
         )
         self.shortcut = nn.Identity()
         if stride != 1 or in_channels != channels:
             self.shortcut = conv_bn(in_channels, channels, 1, stride, alpha=RESIDUAL_ALPHA, v_th=neuron.v_th,
                                     backend=neuron.backend)
-        self.lif = neuron.lif()
+        self.lif = neuron.make()
 
     def forward(self, x):
         return self.lif(residual_add(self.residual(x), self.shortcut(x)))
@@ -53,7 +53,7 @@ class ResNet(SpikingClassifier):
             # FC-tdBN-LIF, the FC as a 1x1 conv on the pooled Cx1x1 map. Without the BN the pooled
             # spike rates (a few %) never bring this LIF near its threshold: no gradient at all
             # would reach the layers below at initialisation.
-            head += [conv_bn(channels, hidden, 1, v_th=neuron.v_th, backend=neuron.backend), neuron.lif()]
+            head += [conv_bn(channels, hidden, 1, v_th=neuron.v_th, backend=neuron.backend), neuron.make()]
             channels = hidden
         head += [nn.Flatten(2), nn.Linear(channels, num_classes)]
         self.classifier = nn.Sequential(*head)
