@@ -30,6 +30,8 @@ SPECS = {
     "digits_vgg": (1, 8, 12, 0, 78_106),
     "spikformer": (1, 8, 12, 0, 112_450),
     "spikformer-4-384": (3, 32, 33, 0, 9_310_906),
+    "sdt3": (1, 8, 23, 0, 216_602),
+    "sdt3-10m": (3, 32, 105, 0, 9_775_762),
 }
 
 
@@ -52,8 +54,8 @@ def _loss_and_grads(model, images, T):
 
 def test_model_names():
     assert MODELS == ("vgg16", "resnet19", "resnet18", "vggsnn", "digits_cnn", "digits_vgg", "spikformer",
-                      "spikformer-4-384")
-    assert NEURONS == ("lif", "plif")
+                      "spikformer-4-384", "sdt3", "sdt3-10m")
+    assert NEURONS == ("lif", "plif", "ilif")
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -169,8 +171,8 @@ def test_bad_arguments():
     good = {"num_classes": 10, "in_channels": 1, "T": 2}
     with pytest.raises(ValueError, match=r"unknown model 'vgg11'; expected one of \('vgg16', 'resnet19'"):
         build_model("vgg11", **good)
-    for neuron in ("ilif", "LIF", None):
-        with pytest.raises(ValueError, match=r"neuron must be one of \('lif', 'plif'\), got"):
+    for neuron in ("izhikevich", "LIF", None):
+        with pytest.raises(ValueError, match=r"neuron must be one of \('lif', 'plif', 'ilif'\), got"):
             build_model("digits_cnn", **good, neuron=neuron)
     with pytest.raises(ValueError, match="init_tau must be > 1"):
         build_model("digits_cnn", **good, neuron="plif", tau=1.0)
@@ -189,12 +191,14 @@ def test_bad_arguments():
 
 
 def test_accepted_image_sizes():
-    """The VGGs take the sizes whose poolings leave their natural map; the ResNets take any size."""
+    """The VGGs take the sizes whose poolings leave their natural map; the ResNets, Spikformers and
+    sdt3s take any size."""
     accepted = {name: [s for s in range(1, 100) if accepts_image_size(name, s)] for name in MODELS}
     assert accepted == {"vgg16": list(range(32, 64)), "resnet19": list(range(1, 100)),
                         "resnet18": list(range(1, 100)), "vggsnn": list(range(48, 64)), "digits_cnn": [8, 9],
                         "digits_vgg": [8, 9, 10, 11], "spikformer": list(range(1, 100)),
-                        "spikformer-4-384": list(range(1, 100))}
+                        "spikformer-4-384": list(range(1, 100)), "sdt3": list(range(1, 100)),
+                        "sdt3-10m": list(range(1, 100))}
     model = build_model("digits_cnn", num_classes=10, in_channels=1, T=1, backend="torch")
     assert model(direct_encode(torch.rand(2, 1, 9, 9), 1)).shape == (2, 10)  # the edge of what it takes
     with pytest.raises(RuntimeError):
@@ -267,9 +271,10 @@ def test_spikformer_every_layer_is_searched(neuron):
     out, grad_images, grads = _loss_and_grads(model, 2 * torch.rand(4, 1, 8, 8), T=2)
     assert out.shape == (4, 10)
     assert all(torch.isfinite(g).all() for g in grads.values()) and grad_images.abs().sum() > 0
-    assert sorted((row["layer"], row["t"]) for row in a2.history) == sorted(
-        (name, t) for name in a2.layers for t in range(2))
-    assert any(not torch.equal(m.beta, torch.full((2,), 0.5)) for m in neurons)
+    assert sorted((row["layer"], row["t"], row["level"]) for row in a2.history) == sorted(
+        (name, t, level) for name, m in a2.layers.items() for t in range(2)
+        for level in (range(1, m.D + 1) if neuron == "ilif" else [None]))
+    assert any(not torch.equal(m.beta, torch.full_like(m.beta, 0.5)) for m in neurons)
 
 
 def test_spikformer_bad_arguments():

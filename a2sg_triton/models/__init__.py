@@ -1,22 +1,23 @@
-"""Spiking model zoo: VGG16, ResNet-19, ResNet-18, VGGSNN, a small and a deep digits CNN, Spikformer
-(docs/models.md).
+"""Spiking model zoo: VGG16, ResNet-19, ResNet-18, VGGSNN, a small and a deep digits CNN, Spikformer,
+sdt3 (a spike-driven transformer after E-SpikeFormer; docs/models.md).
 
 Every model takes [T, B, C, H, W] and returns logits [B, num_classes], the mean over T of the
 per-timestep classifier outputs; ``direct_encode`` repeats static images over T. Every spiking
-layer is an ``a2sg_triton.nn.LIF`` (or ``nn.PLIF`` with ``neuron="plif"``), so ``a2sg_triton.A2SG(model)``
-finds them all.
+layer is an ``a2sg_triton.nn.LIF`` (``nn.PLIF`` with ``neuron="plif"``, ``nn.ILIF`` with ``neuron="ilif"``), so
+``a2sg_triton.A2SG(model)`` finds them all.
 """
 
 from .layers import (NEURONS, NeuronConfig, SpikingClassifier, TdBatchNorm2d, TimeDistributed, check_count, conv_bn,
                      conv_bn_lif, direct_encode, model_input)
 from .resnet import BasicBlock, ResNet, resnet18, resnet19
+from .sdt3 import SDT3, sdt3, sdt3_10m
 from .spikformer import Spikformer, spikformer, spikformer_4_384
 from .vgg import VGG, VGG_SPECS, digits_cnn, digits_vgg, vgg16, vgg_accepts, vggsnn
 from ..utils import check_flag
 
 _BUILDERS = {"vgg16": vgg16, "resnet19": resnet19, "resnet18": resnet18, "vggsnn": vggsnn,
              "digits_cnn": digits_cnn, "digits_vgg": digits_vgg, "spikformer": spikformer,
-             "spikformer-4-384": spikformer_4_384}
+             "spikformer-4-384": spikformer_4_384, "sdt3": sdt3, "sdt3-10m": sdt3_10m}
 MODELS = tuple(_BUILDERS)
 
 
@@ -28,7 +29,7 @@ def _check_name(name):
 def accepts_image_size(name, image_size):
     """Whether the model ``name`` (one of MODELS) runs on square images of side ``image_size``.
 
-    The ResNets and Spikformers pool globally and take any size. A VGG-style model needs a map for each of its 2×2
+    The ResNets, Spikformers and sdt3s pool globally and take any size. A VGG-style model needs a map for each of its 2×2
     poolings and the classifier width that its natural input size sets (docs/models.md).
     """
     _check_name(name)
@@ -37,15 +38,16 @@ def accepts_image_size(name, image_size):
 
 
 def build_model(name, *, num_classes, in_channels, T, surrogate="asy", tau=2.0, v_th=1.0, beta_init=0.5, h=0.5,
-                backend="auto", memory_saving=True, neuron="lif"):
+                backend="auto", memory_saving=True, neuron="lif", levels=4):
     """The model ``name`` (one of MODELS) with every spiking layer built as
     ``LIF(T, surrogate, tau=tau, v_th=v_th, beta_init=beta_init, h=h, backend=backend)``, or with
-    ``neuron="plif"`` as ``PLIF(T, surrogate, init_tau=tau, ...)`` (NEURONS; docs/models.md);
+    ``neuron="plif"`` as ``PLIF(T, surrogate, init_tau=tau, ...)``, with ``neuron="ilif"`` as
+    ``ILIF(T, levels, surrogate, decay=1/tau, ...)`` (NEURONS; docs/models.md);
     ``memory_saving``: bit-packed spikes and tdBN -> LIF recomputation (docs/memory.md)."""
     _check_name(name)
     for arg, value in (("num_classes", num_classes), ("in_channels", in_channels), ("T", T)):
         check_count(arg, value)
-    neuron = NeuronConfig(T, surrogate, tau, v_th, beta_init, h, backend, neuron)
+    neuron = NeuronConfig(T, surrogate, tau, v_th, beta_init, h, backend, neuron, levels)
     neuron.make()  # checks the neuron arguments before anything is built
     check_flag("memory_saving", memory_saving)
     model = _BUILDERS[name](num_classes, in_channels, neuron)
@@ -53,7 +55,7 @@ def build_model(name, *, num_classes, in_channels, T, surrogate="asy", tau=2.0, 
     return model
 
 
-__all__ = ["MODELS", "NEURONS", "BasicBlock", "accepts_image_size", "NeuronConfig", "ResNet", "Spikformer",
+__all__ = ["MODELS", "NEURONS", "BasicBlock", "accepts_image_size", "NeuronConfig", "ResNet", "SDT3", "Spikformer",
            "SpikingClassifier", "TdBatchNorm2d", "TimeDistributed", "VGG", "build_model", "conv_bn", "conv_bn_lif",
-           "digits_cnn", "digits_vgg", "direct_encode", "model_input", "resnet18", "resnet19", "spikformer",
-           "spikformer_4_384", "vgg16", "vggsnn"]
+           "digits_cnn", "digits_vgg", "direct_encode", "model_input", "resnet18", "resnet19", "sdt3", "sdt3_10m",
+           "spikformer", "spikformer_4_384", "vgg16", "vggsnn"]

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from .. import memory
-from ..nn import LIF, PLIF
+from ..nn import ILIF, LIF, PLIF
 from ..tdbn_lif import TdBNFunction, TdBNRecipe, tdbn_backend, tdbn_statistics
 from ..utils import BACKENDS, check_flag, is_compiling
 
@@ -21,15 +21,16 @@ RESIDUAL_ALPHA = 1 / math.sqrt(2)
 
 
 # The neurons a zoo model can be built with (``NeuronConfig.neuron``, ``build_model(neuron=...)``).
-NEURONS = ("lif", "plif")
+NEURONS = ("lif", "plif", "ilif")
 
 
 @dataclass(frozen=True)
 class NeuronConfig:
     """The settings shared by every spiking layer of a model; tdBN scales to the same ``v_th``.
 
-    ``neuron``: "lif" (``nn.LIF``, leak 1/tau) or "plif" (``nn.PLIF``, a learnable leak that starts
-    at 1/tau). ``make()`` builds one layer; ``v_th`` overrides the threshold of that one layer.
+    ``neuron``: "lif" (``nn.LIF``, leak 1/tau), "plif" (``nn.PLIF``, a learnable leak that starts
+    at 1/tau) or "ilif" (``nn.ILIF``, counts 0 … ``levels``, decay 1/tau as LIF's, input scale 1).
+    ``make()`` builds one layer; ``v_th`` overrides the threshold of that one layer.
     """
 
     T: int
@@ -40,16 +41,20 @@ class NeuronConfig:
     h: float = 0.5
     backend: str = "auto"
     neuron: str = "lif"
+    levels: int = 4
 
     def __post_init__(self):
         if not isinstance(self.neuron, str) or self.neuron not in NEURONS:
             raise ValueError(f"neuron must be one of {NEURONS}, got {self.neuron!r}")
+        check_count("levels", self.levels)
 
     def make(self, v_th=None):
         v_th = self.v_th if v_th is None else v_th
         common = dict(v_th=v_th, beta_init=self.beta_init, h=self.h, backend=self.backend)
         if self.neuron == "plif":
             return PLIF(self.T, self.surrogate, init_tau=self.tau, **common)
+        if self.neuron == "ilif":
+            return ILIF(self.T, self.levels, self.surrogate, decay=1.0 / self.tau, **common)
         return LIF(self.T, self.surrogate, tau=self.tau, **common)
 
 
@@ -103,9 +108,10 @@ class TdBatchNorm2d(nn.BatchNorm2d):
         return f"{super().extra_repr()}, alpha={self.alpha:.4g}, v_th={self.v_th:g}"
 
 
-def conv_bn(in_channels, out_channels, kernel_size, stride=1, *, alpha=1.0, v_th=1.0, backend="auto"):
+def conv_bn(in_channels, out_channels, kernel_size, stride=1, *, alpha=1.0, v_th=1.0, backend="auto", groups=1):
     """conv (same padding, no bias: the BN shift replaces it) then tdBN, folded over time."""
-    conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding=kernel_size // 2, bias=False)
+    conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding=kernel_size // 2, groups=groups,
+                     bias=False)
     return TimeDistributed(conv, TdBatchNorm2d(out_channels, alpha, v_th, backend))
 
 
