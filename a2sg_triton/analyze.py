@@ -18,9 +18,10 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from . import analysis
+from .config import LEGACY_SETTINGS
 from .data import DatasetNotFoundError, build_datasets, dataset_labels, stratified_order
 from .models import build_model
-from .nn import LIF
+from .nn import SearchedNeuron
 from .utils import atomic_write
 
 
@@ -32,7 +33,7 @@ def load_run(run_dir, device, data=None):
     """-> (config, model with the checkpoint's weights and betas, test set, data info, controller history).
     ``data``: the dataset's folder, if not the one the run trained from."""
     try:
-        config = json.loads((run_dir / "config.json").read_text())
+        config = {**LEGACY_SETTINGS, **json.loads((run_dir / "config.json").read_text())}
         state = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)
     except FileNotFoundError as error:
         raise AnalyzeError(f"{run_dir} is not an a2sg-train run folder ({error.filename} is missing)")
@@ -50,7 +51,7 @@ def load_run(run_dir, device, data=None):
         raise AnalyzeError(f"{error}{hint}")
     model = build_model(config["model"], num_classes=info.num_classes, in_channels=info.in_channels, T=config["T"],
                         surrogate=config["surrogate"], tau=config["tau"], v_th=config["v_th"],
-                        beta_init=config["beta_init"], h=config["h"], backend=config["backend"])
+                        beta_init=config["beta_init"], h=config["h"], backend=config["backend"], neuron=config["neuron"])
     model.load_state_dict(state["model"])
     return config, model.to(device).eval(), test_set, info, state["controller"]["history"]
 
@@ -77,7 +78,7 @@ def analysis_loader(test_set, batch_size, seed):
 def run_all(config, model, test_set, info, history, out, device, args):
     T = config["T"]
     loader = analysis_loader(test_set, args.batch_size, config["seed"])
-    lif_names = [name for name, m in model.named_modules() if isinstance(m, LIF)]
+    lif_names = [name for name, m in model.named_modules() if isinstance(m, SearchedNeuron)]
     x0, y0 = next(iter(loader))
     x0, y0 = x0.to(device), y0.to(device)
     common = dict(T=T, device=device, max_batches=args.max_batches or None)

@@ -13,7 +13,7 @@ from typing import Optional
 
 from .controller import ADAPT_MODES
 from .data import DATASETS, IMAGE_SIZES
-from .models import MODELS, accepts_image_size
+from .models import MODELS, NEURONS, accepts_image_size
 from .search import STRATEGIES
 from .surrogate import SURROGATES
 from .utils import BACKENDS
@@ -27,7 +27,8 @@ MACHINE_OPTIONS = ("data", "download", "device", "workers", "backend", "tensorbo
 # setting given with --resume must equal the run's own.
 RESUMABLE = (*MACHINE_OPTIONS, "epochs", "limit_batches")
 # Settings that a run started before they existed lacks in its config, with the value it trained with.
-LEGACY_SETTINGS = {"memory_saving": True, "decay_norm_and_bias": True, "beta_range": (0.05, 1.0)}
+LEGACY_SETTINGS = {"memory_saving": True, "decay_norm_and_bias": True, "beta_range": (0.05, 1.0), "neuron": "lif",
+                   "rmp_loss": 0.0}
 
 _PAPER_CIFAR = dict(model="vgg16", T=4, epochs=310, warmup_epochs=20, batch_size=100, augment=True,
                     surrogate="asy", adapt="spatiotemporal")
@@ -45,6 +46,14 @@ PRESETS = {
     # Paper A.10.
     "paper-cifar10": dict(_PAPER_CIFAR, dataset="cifar10", lr=6e-3, lr_start=1e-5, weight_decay=2e-2),
     "paper-cifar100": dict(_PAPER_CIFAR, dataset="cifar100", lr=5e-3, lr_start=1e-4, weight_decay=4e-2),
+    # Table 7: VGG16 on CIFAR-10 with PLIF neurons, otherwise paper-cifar10.
+    "paper-cifar10-plif": dict(_PAPER_CIFAR, dataset="cifar10", lr=6e-3, lr_start=1e-5, weight_decay=2e-2,
+                               neuron="plif"),
+    # Table 8: RMP-loss "instead of tdBN" on CIFAR-100, otherwise paper-cifar100. Our VGG16's tdBN at
+    # v_th = 1 is the plain time-folded BatchNorm an RMP-loss network uses, so the difference is the
+    # loss term; lambda 0.1 is our choice (docs/training.md, "RMP-loss").
+    "paper-cifar100-rmp": dict(_PAPER_CIFAR, dataset="cifar100", lr=5e-3, lr_start=1e-4, weight_decay=4e-2,
+                               rmp_loss=0.1),
     "paper-cifar10-dvs": dict(model="vggsnn", dataset="cifar10-dvs", T=4, epochs=200, warmup_epochs=20,
                               batch_size=32, lr=6e-3, lr_start=1e-5, weight_decay=2e-2, augment=False,
                               surrogate="asy", adapt="spatiotemporal"),
@@ -52,7 +61,7 @@ PRESETS = {
 DEFAULTS = dict(PRESETS["digits"], strategy="bo", tau=2.0, v_th=1.0, h=0.5, beta_init=0.5, n_obs=100,
                 n_eval=150, radius=0.05, beta_range=(0.05, 1.0), every=1, seed=0, backend="auto", device="auto", amp="auto",
                 workers=0, data=None, download=False, limit_batches=None, tensorboard=False, compile=False,
-                memory_saving=True, decay_norm_and_bias=False)
+                memory_saving=True, decay_norm_and_bias=False, neuron="lif", rmp_loss=0.0)
 
 
 @dataclass
@@ -98,6 +107,11 @@ def build_parser():
     arg("--augment", action=argparse.BooleanOptionalAction, default=None,
         help="CutMix (needs an even --batch-size; the last, partial batch is dropped), and on cifar10, cifar100 "
              "and imagefolder images crop, flip and RandAugment (docs/data.md); cifar10-dvs is never augmented")
+    arg("--neuron", choices=NEURONS, help="spiking neuron of every layer: lif, or plif (learnable leak starting at "
+                                          "1/tau; docs/models.md)")
+    arg("--rmp-loss", type=float, metavar="LAMBDA",
+        help="add LAMBDA times the RMP-loss over every neuron's membrane to the training loss (default 0: off; "
+             "docs/training.md)")
     arg("--tau", type=float)
     arg("--v-th", type=float)
     arg("--h", type=float, help="asy surrogate offset (>= 0.5)")
@@ -150,6 +164,11 @@ def resolve_config(argv):
     config["beta_range"] = tuple(config["beta_range"])
     if not 0 < config["beta_range"][0] < config["beta_range"][1]:
         raise TrainError(f"--beta-range must satisfy 0 < LO < HI, got {config['beta_range'][0]} {config['beta_range'][1]}")
+    if not 0 <= config["rmp_loss"] < float("inf"):
+        raise TrainError(f"--rmp-loss must be a finite number >= 0, got {config['rmp_loss']}")
+    if config["neuron"] == "plif" and config["tau"] <= 1:
+        raise TrainError(f"--tau must be > 1 with --neuron plif (its initial leak 1/tau lies in (0, 1)), got "
+                         f"{config['tau']}")
     if config["surrogate"] == "asy" and config["h"] < 0.5:
         raise TrainError(f"--h must be >= 0.5 for the asy surrogate, got {config['h']}")
     if args.resume:  # these would be ignored: refused, as is any other flag that changes the run (checkpoint.py)

@@ -8,7 +8,7 @@ import torch
 from . import memory
 from .ilif import check_ilif_constants, ilif_multistep
 from .lif import lif_membrane, lif_multistep
-from .plif import plif_multistep
+from .plif import _leak, plif_membrane, plif_multistep
 from .surrogate import check_surrogate
 from .tdbn_lif import lif_recomputed
 from .utils import BACKENDS, check_beta, check_flag, check_real, check_reset, check_save_dtype, is_compiling
@@ -32,6 +32,11 @@ def register_search_site(key, controller, name, layer):
     SEARCH_SITES.pop(layer.search_key, None)  # the layer's previous controller loses it
     SEARCH_SITES[key] = (weakref.ref(controller), name, weakref.ref(layer))
     layer.search_key, layer.search_armed = key, False
+
+
+def _analysis_backend(x, backend):
+    """float64 input runs the eager backend in float64 (the kernels compute in fp32)."""
+    return "torch" if isinstance(x, torch.Tensor) and x.dtype == torch.float64 else backend
 
 
 class SearchedNeuron(torch.nn.Module):
@@ -179,9 +184,12 @@ class LIF(SearchedNeuron):
         """u - v_th [T, ...] of this layer for input currents x [T, ...], from its own forward (same
         backend and kernel, v0 = 0): its spikes are exactly ``membrane(x) >= 0``. float64 input runs
         the eager backend in float64 (the kernels compute in fp32)."""
-        backend = "torch" if isinstance(x, torch.Tensor) and x.dtype == torch.float64 else self.backend
         return lif_membrane(x, decay=self.decay, input_scale=self.input_scale, v_th=self.v_th, reset=self.reset,
-                            v_reset=self.v_reset, backend=backend)
+                            v_reset=self.v_reset, backend=_analysis_backend(x, self.backend))
+
+    def leak(self, dtype=torch.float32):
+        """(decay, input_scale) of u[t] = decay v[t-1] + input_scale x[t]: floats (``dtype`` is for PLIF's)."""
+        return self.decay, self.input_scale
 
     def extra_repr(self):
         # decay/input_scale given explicitly (another library's convention) replace the paper's tau
@@ -226,6 +234,16 @@ class PLIF(SearchedNeuron):
         if context is not None:  # spikes kept as bits; u - v_th is kept too (no tdBN recomputation for PLIF)
             context.mark_spikes(out)
         return out
+
+    def membrane(self, x):
+        """u - v_th [T, ...] for input currents x [T, ...] with the current leak, from the layer's own
+        forward (v0 = 0): its spikes are exactly ``membrane(x) >= 0`` (as ``LIF.membrane``)."""
+        return plif_membrane(x, self.w.detach(), decay_input=self.decay_input, v_th=self.v_th, reset=self.reset,
+                             v_reset=self.v_reset, backend=_analysis_backend(x, self.backend))
+
+    def leak(self, dtype=torch.float32):
+        """(decay, input_scale) = (1 - k, k or 1) as 0-d tensors of ``dtype``, differentiable in w."""
+        return _leak(self.w, dtype, self.decay_input)
 
     def extra_repr(self):
         return (f"T={self.T}, surrogate={self.surrogate!r}, init_tau={self.init_tau}, "

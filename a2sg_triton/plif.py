@@ -319,3 +319,17 @@ def plif_multistep(x, w, beta, surrogate="box", *, decay_input=True, v_th=1.0, r
     if return_v:
         return spikes, from_flat(v_last[None], (1, *x.shape[1:]), order)[0]
     return spikes
+
+
+def plif_membrane(x, w, *, decay_input=True, v_th=1.0, reset="soft", v_reset=0.0, v0=None, backend="auto"):
+    """d = u - v_th [T, *] for input currents x [T, *] and the leak parameter w, computed by
+    ``plif_multistep``'s own forward (same backend and kernel, no autograd): its spikes are exactly
+    ``d >= 0``. fp32 (float64 for float64 x). For analysis, as ``lif_membrane``."""
+    _, hard_reset = _check_plif_args(x, w, 1.0, "box", decay_input, v_th, reset, v_reset, False, 0.5, v0, False,
+                                     None)
+    backend = resolve_backend(backend, x)
+    order = dense_order(x)
+    with torch.no_grad():
+        _, d, _ = PLIF_FWD[backend](to_flat(x, order), w, None if v0 is None else to_flat(v0[None], order)[0],
+                                    decay_input, float(v_th), hard_reset, float(v_reset), False, math_dtype(x.dtype))
+    return from_flat(d, x.shape, order)

@@ -3,21 +3,29 @@
 from .config import TrainError
 from .utils import new_figure, save_figure
 
+BETA_COLUMNS = 6  # beta.png: one panel per spiking layer, this many to a row
+
 
 def plot_run(out, history, cutmix=False):
-    """beta.png: every layer's beta per timestep over the epochs; accuracy.png: the accuracy curves.
+    """beta.png: every spiking layer's beta per timestep over the epochs (a panel each, titled with the
+    layer's name); accuracy.png: the accuracy curves.
     ``cutmix``: the train accuracy was measured on CutMix-mixed images against each image's own
     label, which the legend says (it is not comparable with the test accuracy on clean images)."""
     epochs = [row["epoch"] + 1 for row in history]
     layers = list(history[0]["beta"])
-    fig, axes = new_figure(columns=len(layers), panel_size=(3, 3), sharey=True)
-    for ax, name in zip(axes[0], layers):
+    columns = min(len(layers), BETA_COLUMNS)
+    fig, axes = new_figure(-(-len(layers) // columns), columns, panel_size=(3, 3), sharey=True)
+    panels = axes.flatten()
+    for ax, name in zip(panels, layers):
         for t in range(len(history[0]["beta"][name])):
             ax.plot(epochs, [row["beta"][name][t] for row in history], label=f"t={t}")
-        ax.set_title(f"LIF {name}")
+        ax.set_title(name, fontsize="small")
         ax.set_xlabel("epoch")
-    axes[0][0].set_ylabel("β")
-    axes[0][-1].legend(fontsize="small")
+    for ax in panels[len(layers):]:
+        ax.set_visible(False)
+    for row in axes:
+        row[0].set_ylabel("β")
+    panels[len(layers) - 1].legend(fontsize="small")
     save_figure(fig, out / "beta.png")
     fig, axes = new_figure(panel_size=(5, 3.5))
     ax = axes[0][0]
@@ -35,7 +43,8 @@ def summary(config, out, history):
     total = sum(row["epoch_seconds"] for row in history)
     search = sum(row["search_seconds"] for row in history)
     return "\n".join([
-        f"{config['model']} on {config['dataset']}, {config['surrogate']} + {config['adapt']}, T={config['T']}",
+        f"{config['model']} on {config['dataset']}, {config['neuron']}, {config['surrogate']} + {config['adapt']}, "
+        f"T={config['T']}" + (f", RMP-loss lambda {config['rmp_loss']:g}" if config["rmp_loss"] else ""),
         f"test accuracy {last['test_acc']:.4f} (best {best['test_acc']:.4f} at epoch {best['epoch'] + 1})",
         f"spikes per sample {sum(last['spikes_per_sample'].values()):.1f}, "
         f"mean firing rate {last['firing_rate_mean']:.4f}",
@@ -69,8 +78,10 @@ def log_epoch(writer, row):
     """One metrics row as TensorBoard scalars; nothing without a writer."""
     if writer is None:
         return
-    for key in ("train_loss", "train_acc", "test_loss", "test_acc", "lr", "firing_rate_mean", "search_seconds"):
-        writer.add_scalar(key, row[key], row["epoch"])
+    for key in ("train_loss", "train_acc", "test_loss", "test_acc", "lr", "firing_rate_mean", "search_seconds",
+                "train_rmp_loss"):
+        if key in row:
+            writer.add_scalar(key, row[key], row["epoch"])
     for name, betas in row["beta"].items():
         for t, beta in enumerate(betas):
             writer.add_scalar(f"beta/{name}/t{t}", beta, row["epoch"])

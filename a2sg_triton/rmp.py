@@ -25,7 +25,6 @@ from contextlib import contextmanager
 import torch
 
 from .nn import LIF, PLIF, SearchedNeuron
-from .plif import _leak
 from .utils import math_dtype, unwrap_model
 
 Membrane = namedtuple("Membrane", "layer u spikes")
@@ -37,13 +36,10 @@ def membrane_potential(layer, x, spikes):
     PLIF's w: the layer's recurrence with the spikes it emitted,
     u[t] = decay v[t-1] + input_scale x[t], v[t] = u[t] - v_th s[t] (soft) or (1 - s[t]) u[t] + s[t] v_reset (hard),
     the spikes detached in the reset when the layer detaches its reset."""
-    dtype = math_dtype(x.dtype)
-    if isinstance(layer, PLIF):
-        decay, input_scale = _leak(layer.w, dtype, layer.decay_input)
-    elif isinstance(layer, LIF):
-        decay, input_scale = layer.decay, layer.input_scale
-    else:
+    if not isinstance(layer, (LIF, PLIF)):
         raise TypeError(f"layer must be an a2sg_triton.nn.LIF or nn.PLIF, got {type(layer).__name__}")
+    dtype = math_dtype(x.dtype)
+    decay, input_scale = layer.leak(dtype)
     reset_spikes = (spikes.detach() if layer.detach_reset else spikes).to(dtype)
     v, us = 0.0, []
     for t in range(x.shape[0]):

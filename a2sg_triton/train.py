@@ -32,8 +32,9 @@ from .config import LEGACY_SETTINGS, RESUMABLE, TrainError, resolve_config
 from .controller import A2SG
 from .data import DatasetNotFoundError, batch_mixer, build_datasets, dataset_labels, stratified_order
 from .models import build_model, model_input
-from .nn import LIF
+from .nn import SearchedNeuron
 from .report import log_epoch, plot_run, summary, tensorboard_writer
+from .rmp import record_membranes, rmp_loss
 from .utils import atomic_write
 
 POSTFIX_EVERY = 50  # iterations between updates of a shown progress bar's loss / accuracy (a host sync each)
@@ -126,10 +127,10 @@ def lr_factor(epoch, config):
 
 
 class SpikeCounter:
-    """Counts the spikes every LIF layer emits (forward hooks), per layer."""
+    """Counts the spikes every spiking layer (LIF, PLIF: ``SearchedNeuron``) emits (forward hooks), per layer."""
 
     def __init__(self, model):
-        self.layers = {name: m for name, m in model.named_modules() if isinstance(m, LIF)}
+        self.layers = {name: m for name, m in model.named_modules() if isinstance(m, SearchedNeuron)}
         self.spikes = {name: 0.0 for name in self.layers}
         self.neurons = {name: 0 for name in self.layers}  # per sample and timestep
         self.handles = [m.register_forward_hook(self._hook(name)) for name, m in self.layers.items()]
@@ -146,17 +147,21 @@ class SpikeCounter:
 
 
 def run_epoch(model, loader, config, device, optimizer=None, mixer=None, autocast=nullcontext, progress=False):
-    """One pass over loader; trains when an optimizer is given. Returns summed loss, correct, count."""
+    """One pass over loader; trains when an optimizer is given. Returns summed cross-entropy, correct,
+    count and summed RMP-loss (0 unless training with --rmp-loss, which adds lambda times it to the
+    loss that is minimised)."""
     training = optimizer is not None
     model.train(training)
+    rmp = config["rmp_loss"] if training else 0.0
     # summed on the device: reading them every iteration would sync with the host for logging only
     total_loss = torch.zeros((), dtype=torch.float64, device=device)
+    total_rmp = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.float64, device=device)
     count = 0
     limit = config["limit_batches"] or len(loader)
     # disable=None: tqdm turns itself off when stderr is not a terminal (CI logs, pipes)
     bar = tqdm(loader, total=min(limit, len(loader)), leave=False, disable=None if progress else True, desc="train")
-    with torch.set_grad_enabled(training):
+    with torch.set_grad_enabled(training), (record_membranes(model) if rmp else nullcontext()) as membranes:
         for i, (x, y) in enumerate(bar):
             if i >= limit:
                 break
@@ -169,8 +174,14 @@ def run_epoch(model, loader, config, device, optimizer=None, mixer=None, autocas
                 logits = model(x)
                 loss = F.cross_entropy(logits.float(), target)
             if training:
+                objective = loss
+                if rmp:
+                    regulariser = rmp_loss(membranes)
+                    membranes.clear()
+                    objective = loss + rmp * regulariser
+                    total_rmp += regulariser.detach() * y.shape[0]
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                objective.backward()
                 optimizer.step()
             total_loss += loss.detach() * y.shape[0]
             correct += (logits.argmax(1) == y).sum()
@@ -178,7 +189,7 @@ def run_epoch(model, loader, config, device, optimizer=None, mixer=None, autocas
             if not bar.disable and i % POSTFIX_EVERY == 0:  # a shown bar's numbers: one host sync per POSTFIX_EVERY
                 bar.set_postfix(loss=f"{total_loss.item() / count:.3f}", acc=f"{correct.item() / count:.3f}",
                                 refresh=False)
-    return float(total_loss), float(correct), float(count)
+    return float(total_loss), float(correct), float(count), float(total_rmp)
 
 
 def make_loaders(train_set, test_set, config, rank, world, data_generator, worker_seeder, mixing):
@@ -253,7 +264,7 @@ def _train(config, options, state, device, rank, world, train_set, test_set, inf
     model = build_model(config["model"], num_classes=info.num_classes, in_channels=info.in_channels, T=config["T"],
                         surrogate=config["surrogate"], tau=config["tau"], v_th=config["v_th"],
                         beta_init=config["beta_init"], h=config["h"], backend=config["backend"],
-                        memory_saving=config["memory_saving"]).to(device)
+                        memory_saving=config["memory_saving"], neuron=config["neuron"]).to(device)
     optimizer = torch.optim.AdamW(parameter_groups(model, config["weight_decay"], config["decay_norm_and_bias"]),
                                   lr=config["lr"])
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: lr_factor(epoch, config))
@@ -296,12 +307,14 @@ def _train(config, options, state, device, rank, world, train_set, test_set, inf
         test_sums = run_epoch(model, test_loader, config, device, autocast=autocast)
         counter.remove()
         names = list(counter.layers)
-        totals = all_reduce_sum([*train_sums, *test_sums, *(float(counter.spikes[n]) for n in names)], device, world)
-        train_loss, train_correct, train_count, test_loss, test_correct, test_count = totals[:6]
-        spikes = dict(zip(names, totals[6:]))
+        totals = all_reduce_sum([*train_sums, *test_sums[:3], *(float(counter.spikes[n]) for n in names)], device,
+                                world)
+        train_loss, train_correct, train_count, train_rmp, test_loss, test_correct, test_count = totals[:7]
+        spikes = dict(zip(names, totals[7:]))
         row = {
             "epoch": epoch, "lr": lr,
             "train_loss": train_loss / train_count, "train_acc": train_correct / train_count,
+            **({"train_rmp_loss": train_rmp / train_count} if config["rmp_loss"] else {}),
             "test_loss": test_loss / test_count, "test_acc": test_correct / test_count,
             "spikes_per_sample": {n: spikes[n] / test_count for n in names},
             "firing_rate": {n: spikes[n] / (test_count * config["T"] * counter.neurons[n]) for n in names},

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from a2sg_triton.analysis import activity
 from a2sg_triton.models import build_model, direct_encode
-from a2sg_triton.nn import LIF
+from a2sg_triton.nn import LIF, PLIF
 
 T = 4
 
@@ -163,6 +163,26 @@ def test_membrane_potentials_reproduce_spikes(neuron):
     u, spikes = activity.membrane_potentials(lif, x), lif(x)
     assert u.shape == x.shape and spikes.sum() > 0
     assert torch.equal(spikes.bool(), u >= lif.v_th)
+
+
+def test_membrane_potentials_reproduce_plif_spikes():
+    plif = PLIF(T, init_tau=3.0, v_th=0.8, reset="hard", backend="torch")
+    with torch.no_grad():
+        plif.w.fill_(0.3)  # k = sigmoid(0.3), not the initial 1/3
+    x = torch.randn(T, 64, 5, generator=torch.Generator().manual_seed(1)) * 2
+    u, spikes = activity.membrane_potentials(plif, x), plif(x)
+    assert u.shape == x.shape and spikes.sum() > 0
+    assert torch.equal(spikes.bool(), u >= plif.v_th)
+    k = torch.sigmoid(torch.tensor(0.3, dtype=torch.float64))
+    torch.testing.assert_close(u[0], k * x[0].double())  # u[0] = k x[0] from v = 0
+
+
+def test_statistics_count_every_plif_layer():
+    torch.manual_seed(0)
+    model = build_model("digits_cnn", num_classes=10, in_channels=1, T=T, backend="torch", neuron="plif")
+    loader = _loader(torch.rand(8, 1, 8, 8) * 4, torch.randint(0, 10, (8,)), 4)
+    assert list(activity.spike_statistics(model, loader, T, "cpu")["layers"]) == ["features.0.1", "features.2.1"]
+    assert list(activity.membrane_statistics(model, loader, T, "cpu")) == ["features.0.1", "features.2.1"]
 
 
 def test_membrane_potentials_in_digits(digits):

@@ -17,13 +17,18 @@ from a2sg_triton.reference import lif_multistep as lif_ref
 T = 4
 
 
-def digits_model(surrogate="asy", seed=0):
-    """digits_cnn whose batch norms hold the statistics of a random batch, so it also spikes in eval mode."""
+def digits_model(surrogate="asy", seed=0, neuron="lif"):
+    """digits_cnn whose batch norms hold the statistics of a random batch, so it also spikes in eval mode.
+    With PLIF neurons each leak is moved off its initial 1/2 (k = sigmoid(0.4))."""
     torch.manual_seed(seed)
-    model = build_model("digits_cnn", num_classes=10, in_channels=1, T=T, surrogate=surrogate, backend="torch")
+    model = build_model("digits_cnn", num_classes=10, in_channels=1, T=T, surrogate=surrogate, backend="torch",
+                        neuron=neuron)
     for module in model.modules():
         if isinstance(module, nn.BatchNorm2d):
             module.momentum = None  # cumulative average: one forward sets the running statistics
+        if isinstance(module, a2sg_triton.nn.PLIF):
+            with torch.no_grad():
+                module.w.fill_(0.4)
     with torch.no_grad():
         model(a2sg_triton.models.direct_encode(torch.rand(64, 1, 8, 8) * 4, T))
     return model
@@ -162,10 +167,10 @@ def test_loss_landscape_2d_grid_and_restoration_on_error():
 # -- 3. SGV and TGC against beta ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("surrogate", ["asy", "tri"])
+@pytest.mark.parametrize("surrogate, neuron", [("asy", "lif"), ("tri", "lif"), ("asy", "plif")])
 @pytest.mark.parametrize("layer_name, t", [("features.0.1", 0), ("features.2.1", 1), ("features.2.1", T - 1)])
-def test_metric_vs_beta_matches_brute_force(surrogate, layer_name, t):
-    model = digits_model(surrogate)
+def test_metric_vs_beta_matches_brute_force(surrogate, neuron, layer_name, t):
+    model = digits_model(surrogate, neuron=neuron)
     lif = dict(model.named_modules())[layer_name]
     with torch.no_grad():
         lif.beta.copy_(torch.tensor([0.3, 0.7, 0.45, 0.6]))
@@ -185,14 +190,18 @@ def test_metric_vs_beta_matches_brute_force(surrogate, layer_name, t):
     loss = nn.functional.cross_entropy(model(a2sg_triton.models.direct_encode(x, T)), y)
     handle.remove()
     grad_s = torch.autograd.grad(loss, captured["out"])[0].double()
+    # PLIF is LIF with decay 1 - k and input_scale k
+    with torch.no_grad():
+        decay, input_scale = (float(v) for v in lif.leak(torch.float64))
+    assert decay == input_scale == 0.5 if neuron == "lif" else input_scale == pytest.approx(1 / (1 + np.exp(-0.4)))
     for k, beta in enumerate(betas):
         beta_vector = lif.beta.double().clone()
         beta_vector[t] = beta
         inputs = captured["x"].double().requires_grad_()
-        spikes = lif_ref(inputs, beta_vector, surrogate, decay=lif.decay, input_scale=lif.input_scale,
+        spikes = lif_ref(inputs, beta_vector, surrogate, decay=decay, input_scale=input_scale,
                          v_th=lif.v_th, reset=lif.reset, v_reset=lif.v_reset, detach_reset=lif.detach_reset, h=lif.h)
         (spikes * grad_s).sum().backward()
-        delta = inputs.grad / lif.input_scale
+        delta = inputs.grad / input_scale
         assert result["sgv"][k] == pytest.approx(float(sgv(delta[t])), rel=1e-9)
         if t < T - 1:
             assert result["tgc"][k] == pytest.approx(float(tgc(delta[t], delta[t + 1])), rel=1e-9, abs=1e-12)
@@ -205,7 +214,7 @@ def test_metric_vs_beta_matches_brute_force(surrogate, layer_name, t):
 def test_metric_vs_beta_rejects_a_non_lif_layer():
     model = digits_model()
     x, y = digits_loader(n_batches=1)[0]
-    with pytest.raises(ValueError, match="not an a2sg_triton.nn.LIF"):
+    with pytest.raises(ValueError, match="not an a2sg_triton.nn.LIF or nn.PLIF layer"):
         curvature.metric_vs_beta(model, x, y, "features.0.0.0", 0, [0.5])
     with pytest.raises(ValueError, match="t must be"):
         curvature.metric_vs_beta(model, x, y, "features.0.1", T, [0.5])

@@ -226,3 +226,76 @@ def test_digits_deep_preset_is_box_with_st_asg():
     assert (config["model"], config["surrogate"], config["adapt"], config["beta_range"]) == (
         "digits_vgg", "box", "spatiotemporal", (0.05, 1.0))
     assert resolve_config(["--preset", "digits-deep", "--surrogate", "asy"])[0]["surrogate"] == "asy"
+
+
+# -- the neuron and RMP-loss flags ---------------------------------------------------------------
+
+
+def test_neuron_and_rmp_flags_parse_and_default_off():
+    from a2sg_triton.config import resolve_config
+
+    config, flags, _ = resolve_config([])
+    assert (config["neuron"], config["rmp_loss"]) == ("lif", 0.0) and not flags
+    config, flags, _ = resolve_config(["--neuron", "plif", "--rmp-loss", "0.25"])
+    assert (config["neuron"], config["rmp_loss"]) == ("plif", 0.25) == (flags["neuron"], flags["rmp_loss"])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--neuron", "ilif"], "argument --neuron: invalid choice: 'ilif'"),
+    (["--rmp-loss", "-0.1"], "--rmp-loss must be a finite number >= 0, got -0.1"),
+    (["--rmp-loss", "nan"], "--rmp-loss must be a finite number >= 0, got nan"),
+    (["--rmp-loss", "inf"], "--rmp-loss must be a finite number >= 0, got inf"),
+    (["--neuron", "plif", "--tau", "1"], "--tau must be > 1 with --neuron plif"),
+])
+def test_bad_neuron_and_rmp_flags_are_one_line(args, message, tmp_path, capsys):
+    code, captured = run([*args, "--out", tmp_path / "x"], capsys)
+    lines = captured.err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and message in lines[0]
+    assert not (tmp_path / "x").exists()
+
+
+def test_table_7_and_8_presets(tmp_path):
+    """paper-cifar10-plif is paper-cifar10 with PLIF neurons; paper-cifar100-rmp is paper-cifar100 with
+    the RMP-loss term (docs/training.md)."""
+    from a2sg_triton.config import resolve_config
+
+    def preset(name):
+        return resolve_config(["--preset", name, "--data", str(tmp_path)])[0]
+
+    plif, rmp = preset("paper-cifar10-plif"), preset("paper-cifar100-rmp")
+    assert (plif["model"], plif["dataset"], plif["neuron"], plif["rmp_loss"]) == ("vgg16", "cifar10", "plif", 0.0)
+    assert (rmp["model"], rmp["dataset"], rmp["neuron"], rmp["rmp_loss"]) == ("vgg16", "cifar100", "lif", 0.1)
+    assert plif == dict(preset("paper-cifar10"), neuron="plif")
+    assert rmp == dict(preset("paper-cifar100"), rmp_loss=0.1)
+
+
+def test_plif_run_with_rmp_loss(tmp_path, capsys):
+    """--neuron plif --rmp-loss: every PLIF layer is counted, searched and logged, the RMP term is logged and
+    changes the training; --rmp-loss 0 is the run without the flag, bit for bit."""
+    runs = {}
+    for name, extra in (("plain", []), ("zero", ["--rmp-loss", "0"]), ("rmp", ["--rmp-loss", "0.5"])):
+        assert run([*TINY, "--epochs", "1", "--neuron", "plif", "--out", tmp_path / name, *extra])[0] == 0
+        runs[name] = checkpoint(tmp_path / name)
+    captured = capsys.readouterr()
+    assert "digits_cnn on digits, plif, asy + spatiotemporal, T=4, RMP-loss lambda 0.5" in captured.out
+    row = runs["rmp"]["metrics"][0]
+    assert set(row["beta"]) == set(row["spikes_per_sample"]) == {"features.0.1", "features.2.1"}
+    assert row["search"]["searches"] == 8 and any(b != 0.5 for betas in row["beta"].values() for b in betas)
+    assert row["train_rmp_loss"] > 0 and "train_rmp_loss" not in runs["plain"]["metrics"][0]
+    assert runs["rmp"]["config"]["neuron"] == "plif" and runs["rmp"]["config"]["rmp_loss"] == 0.5
+    assert {k for k in runs["rmp"]["model"] if k.endswith(".w")} == {"features.0.1.w", "features.2.1.w"}
+    for key, value in runs["plain"]["model"].items():
+        assert torch.equal(value, runs["zero"]["model"][key]), key
+    assert not all(torch.equal(value, runs["rmp"]["model"][key]) for key, value in runs["plain"]["model"].items())
+
+
+def test_checkpoint_from_before_the_neuron_flags_resumes(tmp_path):
+    out = tmp_path / "run"
+    assert run([*TINY, "--stop-after", "1", "--out", out])[0] == 0
+    state = checkpoint(out)
+    for key in ("neuron", "rmp_loss"):
+        del state["config"][key]
+    torch.save(state, out / "checkpoint.pt")
+    assert run(["--resume", out, "--neuron", "lif"])[0] == 0
+    state = checkpoint(out)
+    assert state["epoch"] == 1 and (state["config"]["neuron"], state["config"]["rmp_loss"]) == ("lif", 0.0)

@@ -1,4 +1,5 @@
-"""Activity analysis of a spiking model built from ``a2sg_triton.nn.LIF``: spike counts and their
+"""Activity analysis of a spiking model built from ``a2sg_triton.nn.LIF`` or ``nn.PLIF`` layers (every
+``SearchedNeuron`` counts as a spiking layer; "LIF layer" below means any of them): spike counts and their
 distribution (the paper's Table A1), energy, membrane statistics (Table A2's RMD, Eq. A10, and
 Theorem 2's condition, Fig. 4), weight histograms (Fig. 7), spike deletion (Table A3) and t-SNE of
 a layer's output per timestep (Fig. 6), with a ``plot_*`` helper for each.
@@ -18,7 +19,7 @@ import torch
 from torch import nn
 
 from ..models import model_input
-from ..nn import LIF
+from ..nn import SearchedNeuron
 from ..utils import new_figure, save_figure
 
 __all__ = ["E_AC_PJ", "E_MAC_PJ", "FIRST_LAYER", "energy", "membrane_potentials", "membrane_statistics", "model_input",
@@ -38,7 +39,7 @@ FIRST_LAYER = ("every_step", "once")
 
 def membrane_potentials(lif, x):
     """The membrane potential u [T, ...] (float64) of ``lif`` for its input currents x [T, ...] with
-    v[-1] = 0: u - v_th from the layer's own forward (``LIF.membrane``, whose ``>= 0`` are exactly
+    v[-1] = 0: u - v_th from the layer's own forward (``LIF.membrane``, ``PLIF.membrane``, whose ``>= 0`` are exactly
     its spikes) plus v_th, so within one float64 rounding of the u the layer computed.
     """
     return lif.membrane(x).double() + lif.v_th
@@ -410,7 +411,7 @@ def plot_tsne(tsne, path):
 
 
 def _lifs(model):
-    return {name: m for name, m in model.named_modules() if isinstance(m, LIF)}
+    return {name: m for name, m in model.named_modules() if isinstance(m, SearchedNeuron)}
 
 
 def synaptic_layers(model):

@@ -3,14 +3,14 @@
 - ``fisher_max_eigenvalue``: largest eigenvalue of each layer's empirical Fisher (Eq. A8, Fig. 5c).
 - ``loss_landscape_1d`` / ``loss_landscape_2d``: loss along filter-normalised random directions
   (Li et al. 2018, Fig. 1).
-- ``metric_vs_beta``: SGV and TGC of one LIF layer at one timestep as functions of beta (Fig. 3).
+- ``metric_vs_beta``: SGV and TGC of one LIF or PLIF layer at one timestep as functions of beta (Fig. 3).
 - ``search_history_metrics``: the series of an ``A2SG.history`` per layer, timestep and metric
   (Figs. 3, 5, A3, A4).
 - ``plot_*``: PNG figures of the above (matplotlib, Agg), written atomically.
 
 Every function returns JSON-serialisable dicts and lists and leaves the model as it found it: its
-``state_dict`` bit for bit, every module's training flag and every LIF layer's armed A²SG search
-are restored afterwards, even on error (while it runs, no LIF layer searches). Batches from a
+``state_dict`` bit for bit, every module's training flag and every spiking layer's (LIF, PLIF) armed
+A²SG search are restored afterwards, even on error (while it runs, no layer searches). Batches from a
 loader are ``(x, y)`` as in training: static ``x`` [B, C, H, W] is repeated over T
 (``direct_encode``), sequences [B, T, ...] are made time-major.
 """
@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..lif import lif_bwd_step
-from ..nn import LIF
+from ..nn import LIF, PLIF, SearchedNeuron
 from ..stats import candidate_stats
 from ..utils import new_figure, save_figure
 from ..models import model_input
@@ -39,11 +39,11 @@ GRAM_MAX_ELEMENTS = 2**24
 
 @contextlib.contextmanager
 def _preserved(model, train=None):
-    """Runs the body with ``model.train(train)`` (None: modes unchanged) and no LIF search armed;
+    """Runs the body with ``model.train(train)`` (None: modes unchanged) and no A²SG search armed;
     then restores the state_dict bit for bit, every module's training flag and the armed flags."""
     state = {key: value.detach().clone() for key, value in model.state_dict().items()}
     modes = {module: module.training for module in model.modules()}
-    armed = {module: module.search_armed for module in model.modules() if isinstance(module, LIF)}
+    armed = {module: module.search_armed for module in model.modules() if isinstance(module, SearchedNeuron)}
     try:
         if train is not None:
             model.train(train)
@@ -237,20 +237,21 @@ def loss_landscape_2d(model, loader, T, device, steps=11, span=1.0, seed=0, max_
 
 
 def metric_vs_beta(model, x, y, layer_name, t, betas, T=None):
-    """SGV and TGC of LIF layer ``layer_name`` at timestep ``t`` for each candidate beta_t (Fig. 3).
+    """SGV and TGC of LIF or PLIF layer ``layer_name`` at timestep ``t`` for each candidate beta_t (Fig. 3).
 
     One forward of the batch (x as a loader gives it; T defaults to the layer's T) in the model's
     current train/eval mode, and dL/ds of the layer's output spikes for the cross-entropy. Going down
     from T-1 to t+1 with the layer's current betas, the LIF backward gives the carry c[t] = dL/dv[t]
     and the reference delta[t+1]; then ``candidate_stats`` evaluates delta[t] for every candidate
-    (the quantities the A²SG search sees at that step). The batch norm statistics a train-mode
+    (the quantities the A²SG search sees at that step; PLIF: with its current leak, as the search
+    carries it). The batch norm statistics a train-mode
     forward updates are restored afterwards with everything else.
 
     Returns {"layer", "t", "betas", "sgv", "tgc" (None at t = T-1), "current_beta"}.
     """
     lif = dict(model.named_modules()).get(layer_name)
-    if not isinstance(lif, LIF):
-        raise ValueError(f"{layer_name!r} is not an a2sg_triton.nn.LIF layer of the model")
+    if not isinstance(lif, (LIF, PLIF)):
+        raise ValueError(f"{layer_name!r} is not an a2sg_triton.nn.LIF or nn.PLIF layer of the model")
     if not 0 <= t < lif.T:
         raise ValueError(f"t must be in [0, {lif.T - 1}], got {t}")
     captured = {}
@@ -268,11 +269,13 @@ def metric_vs_beta(model, x, y, layer_name, t, betas, T=None):
         grad_s = torch.autograd.grad(loss, captured["output"])[0].detach().double()
         d = lif.membrane(captured["input"].double())  # u - v_th by the layer's forward, in float64
         hard_reset = lif.reset == "hard"
+        with torch.no_grad():
+            decay = lif.leak(torch.float64)[0]  # PLIF: its current 1 - k
         carry = ref = None
         for step in range(lif.T - 1, t, -1):
             ref = lif_bwd_step(d[step], grad_s[step], carry, float(lif.beta[step]), lif.surrogate, lif.v_th,
                                hard_reset, lif.v_reset, lif.detach_reset, lif.h)
-            carry = lif.decay * ref
+            carry = decay * ref
         stats = candidate_stats(d[t] + lif.v_th, grad_s[t], betas, lif.surrogate, carry=carry, ref=ref, v_th=lif.v_th,
                                 h=lif.h, reset=lif.reset, v_reset=lif.v_reset, detach_reset=lif.detach_reset)
         current_beta = float(lif.beta[t])
