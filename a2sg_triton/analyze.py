@@ -51,7 +51,8 @@ def load_run(run_dir, device, data=None):
         raise AnalyzeError(f"{error}{hint}")
     model = build_model(config["model"], num_classes=info.num_classes, in_channels=info.in_channels, T=config["T"],
                         surrogate=config["surrogate"], tau=config["tau"], v_th=config["v_th"],
-                        beta_init=config["beta_init"], h=config["h"], backend=config["backend"], neuron=config["neuron"])
+                        beta_init=config["beta_init"], h=config["h"], backend=config["backend"], neuron=config["neuron"],
+                        levels=config["levels"])
     model.load_state_dict(state["model"])
     return config, model.to(device).eval(), test_set, info, state["controller"]["history"]
 

@@ -6,9 +6,19 @@ from .utils import new_figure, save_figure
 BETA_COLUMNS = 6  # beta.png: one panel per spiking layer, this many to a row
 
 
+def beta_series(betas):
+    """(label, width) pairs of one layer's logged widths: "t0", "t1", ... for a [T] list, "t0/level1",
+    ... for I-LIF's [T, D] nested list."""
+    for t, beta in enumerate(betas):
+        if isinstance(beta, list):
+            yield from ((f"t{t}/level{i + 1}", b) for i, b in enumerate(beta))
+        else:
+            yield f"t{t}", beta
+
+
 def plot_run(out, history, cutmix=False):
-    """beta.png: every spiking layer's beta per timestep over the epochs (a panel each, titled with the
-    layer's name); accuracy.png: the accuracy curves.
+    """beta.png: every spiking layer's beta per timestep (and I-LIF level) over the epochs (a panel
+    each, titled with the layer's name); accuracy.png: the accuracy curves.
     ``cutmix``: the train accuracy was measured on CutMix-mixed images against each image's own
     label, which the legend says (it is not comparable with the test accuracy on clean images)."""
     epochs = [row["epoch"] + 1 for row in history]
@@ -17,8 +27,12 @@ def plot_run(out, history, cutmix=False):
     fig, axes = new_figure(-(-len(layers) // columns), columns, panel_size=(3, 3), sharey=True)
     panels = axes.flatten()
     for ax, name in zip(panels, layers):
-        for t in range(len(history[0]["beta"][name])):
-            ax.plot(epochs, [row["beta"][name][t] for row in history], label=f"t={t}")
+        series = {}
+        for row in history:
+            for label, beta in beta_series(row["beta"][name]):
+                series.setdefault(label, []).append(beta)
+        for label, values in series.items():
+            ax.plot(epochs, values, label=label)
         ax.set_title(name, fontsize="small")
         ax.set_xlabel("epoch")
     for ax in panels[len(layers):]:
@@ -83,5 +97,5 @@ def log_epoch(writer, row):
         if key in row:
             writer.add_scalar(key, row[key], row["epoch"])
     for name, betas in row["beta"].items():
-        for t, beta in enumerate(betas):
-            writer.add_scalar(f"beta/{name}/t{t}", beta, row["epoch"])
+        for label, beta in beta_series(betas):
+            writer.add_scalar(f"beta/{name}/{label}", beta, row["epoch"])

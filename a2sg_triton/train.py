@@ -264,7 +264,8 @@ def _train(config, options, state, device, rank, world, train_set, test_set, inf
     model = build_model(config["model"], num_classes=info.num_classes, in_channels=info.in_channels, T=config["T"],
                         surrogate=config["surrogate"], tau=config["tau"], v_th=config["v_th"],
                         beta_init=config["beta_init"], h=config["h"], backend=config["backend"],
-                        memory_saving=config["memory_saving"], neuron=config["neuron"]).to(device)
+                        memory_saving=config["memory_saving"], neuron=config["neuron"],
+                        levels=config["levels"]).to(device)
     optimizer = torch.optim.AdamW(parameter_groups(model, config["weight_decay"], config["decay_norm_and_bias"]),
                                   lr=config["lr"])
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: lr_factor(epoch, config))

@@ -241,7 +241,10 @@ def test_neuron_and_rmp_flags_parse_and_default_off():
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--neuron", "ilif"], "argument --neuron: invalid choice: 'ilif'"),
+    (["--neuron", "izhikevich"], "argument --neuron: invalid choice: 'izhikevich'"),
+    (["--levels", "0"], "--levels must be >= 1, got 0"),
+    (["--neuron", "ilif", "--rmp-loss", "0.1"], "--rmp-loss regularises the membranes of binary-spike neurons"),
+    (["--model", "sdt3", "--rmp-loss", "0.1"], "--rmp-loss regularises the membranes of binary-spike neurons"),
     (["--rmp-loss", "-0.1"], "--rmp-loss must be a finite number >= 0, got -0.1"),
     (["--rmp-loss", "nan"], "--rmp-loss must be a finite number >= 0, got nan"),
     (["--rmp-loss", "inf"], "--rmp-loss must be a finite number >= 0, got inf"),
@@ -289,11 +292,51 @@ def test_plif_run_with_rmp_loss(tmp_path, capsys):
     assert not all(torch.equal(value, runs["rmp"]["model"][key]) for key, value in runs["plain"]["model"].items())
 
 
+def test_sdt3_brings_its_neuron_unless_told_otherwise(tmp_path):
+    """--model sdt3 over the digits preset: E-SpikeFormer's I-LIF, T x D = 1 x 4, decay 1/4, box; flags win;
+    paper-imagenet-sdt3 is Table 3's setting."""
+    from a2sg_triton.config import resolve_config
+
+    config = resolve_config(["--model", "sdt3"])[0]
+    assert (config["neuron"], config["levels"], config["T"], config["tau"], config["surrogate"]) == (
+        "ilif", 4, 1, 4.0, "box")
+    config = resolve_config(["--model", "sdt3", "--neuron", "lif", "--T", "2", "--levels", "3"])[0]
+    assert (config["neuron"], config["levels"], config["T"], config["surrogate"]) == ("lif", 3, 2, "box")
+    assert resolve_config(["--model", "digits_vgg"])[0]["neuron"] == "lif"
+    imagenet = resolve_config(["--preset", "paper-imagenet-sdt3", "--data", str(tmp_path)])[0]
+    assert (imagenet["model"], imagenet["dataset"], imagenet["neuron"], imagenet["levels"], imagenet["T"],
+            imagenet["batch_size"], imagenet["lr"], imagenet["lr_start"], imagenet["warmup_epochs"]) == (
+        "sdt3-10m", "imagefolder", "ilif", 4, 1, 360, 6e-4, 1e-6, 5)
+
+
+def test_ilif_run_logs_every_level(tmp_path, capsys):
+    """--neuron ilif: every I-LIF layer is searched per (t, level); metrics.jsonl holds [T, D] widths,
+    beta.png a line per (t, level); a resume that changes --levels is refused."""
+    out = tmp_path / "run"
+    assert run([*TINY, "--epochs", "1", "--neuron", "ilif", "--levels", "2", "--stop-after", "1", "--out", out])[0] == 0
+    state = checkpoint(out)
+    row = state["metrics"][0]
+    assert set(row["beta"]) == {"features.0.1", "features.2.1"}
+    assert all(len(betas) == 4 and all(len(b) == 2 for b in betas) for betas in row["beta"].values())
+    assert row["search"]["searches"] == 2 * 4 * 2 and row["search"]["widths"] == 16
+    assert (out / "beta.png").exists() and "digits_cnn on digits, ilif" in capsys.readouterr().out
+    code, captured = run(["--resume", out, "--levels", "3"], capsys)
+    assert code == 2 and "the checkpoint is for levels=2, not 3" in captured.err
+
+
+def test_beta_series_labels_timesteps_and_levels():
+    from a2sg_triton.report import beta_series
+
+    assert list(beta_series([0.1, 0.2])) == [("t0", 0.1), ("t1", 0.2)]
+    assert list(beta_series([[0.1, 0.2], [0.3, 0.4]])) == [("t0/level1", 0.1), ("t0/level2", 0.2),
+                                                           ("t1/level1", 0.3), ("t1/level2", 0.4)]
+
+
 def test_checkpoint_from_before_the_neuron_flags_resumes(tmp_path):
     out = tmp_path / "run"
     assert run([*TINY, "--stop-after", "1", "--out", out])[0] == 0
     state = checkpoint(out)
-    for key in ("neuron", "rmp_loss"):
+    for key in ("neuron", "rmp_loss", "levels"):
         del state["config"][key]
     torch.save(state, out / "checkpoint.pt")
     assert run(["--resume", out, "--neuron", "lif"])[0] == 0
