@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The prepared GPU run, for any machine with one CUDA GPU (sized for an H100/H200: at most 9 minutes,
 # the step limits below add up to <= 540 s): the kernel tests on the GPU and the gpu-marked tests,
-# then the LIF and the search benchmarks.
+# then the LIF, search and memory benchmarks, and PLIF's and I-LIF's gpu tests and benchmark.
 #
 #   bash bench/gpu_check.sh             # on the GPU machine
 #   bash bench/gpu_check.sh --dry-run   # the same steps on a CPU at tiny sizes: the kernels under the
@@ -21,6 +21,7 @@
 #   bench_lif.log     lif.jsonl        the LIF benchmark (a triton row per shape and mode)
 #   bench_search.log  search.jsonl     candidate statistics and the search's cost
 #   bench_memory.log  memory-cuda.jsonl  peak memory and step time, memory saving on/off, vs SpikingJelly
+#   bench_neurons.log neurons.jsonl    PLIF's and I-LIF's gpu tests, then each against SpikingJelly's node
 #   summary.txt       one line per step with its exit code, seconds and limit; the last line counts
 #                     the failed steps. The script exits with that count (0: every step passed).
 # Without .git in the copy, pass the commit as A2SG_GIT_SHA=<sha> so the rows record it.
@@ -46,17 +47,19 @@ export PYTHONUNBUFFERED=1
 BUDGET=540
 KILL_AFTER=2
 LIMIT_SETUP=20
-LIMIT_TESTS=343
+LIMIT_TESTS=300
 LIMIT_LIF_TARGET=35
-LIMIT_LIF_GRID=55
-LIMIT_SEARCH=45
+LIMIT_LIF_GRID=50
+LIMIT_SEARCH=40
 LIMIT_MEMORY=30
+LIMIT_NEURONS=51
 if [ "$DRY" = 1 ]; then
     # on a (possibly shared) CPU the tiny test selection is quick, while imports (setup) and the
     # search step's first GP fit and inductor compiles take most of a minute each
     LIMIT_SETUP=60
     LIMIT_TESTS=120
-    LIMIT_SEARCH=228
+    LIMIT_SEARCH=130
+    LIMIT_NEURONS=101
 fi
 
 TEST_FILES=(tests/test_gpu.py tests/test_lif.py tests/test_surrogate.py tests/test_candidate_stats.py
@@ -76,6 +79,7 @@ if [ "$DRY" = 1 ]; then
     LIF_GRID=(--T 2 --N 10 --reps 2 --providers triton spikingjelly torch)
     SEARCH=(--quick --N 10 --K 1 4 --reps 2 --T 2 --batch 2 --width-div 32 --search-reps 1 --n-obs 8 --n-eval 8)
     MEMORY=(--models digits_cnn --batch 2)
+    NEURON_BENCH=(--T 2 --N 10 --dtype fp32 --reps 2 --providers triton spikingjelly)
 else
     TEST_SELECT=()
     # Every GPU provider at T = 4 (the targets' shape; inductor, a CPU path, is left out), then ours and
@@ -85,6 +89,8 @@ else
     LIF_GRID=(--providers triton spikingjelly torch)
     SEARCH=()
     MEMORY=(--models vgg16 vggsnn --no-cpu)
+    # PLIF and I-LIF at the LIF target's shape, ours against SpikingJelly's
+    NEURON_BENCH=(--T 4 --N 24 --dtype fp32 --providers triton nn spikingjelly)
 fi
 
 FAILED=0
@@ -108,7 +114,8 @@ finish() {
     exit "$FAILED"
 }
 
-WORST=$((LIMIT_SETUP + LIMIT_TESTS + LIMIT_LIF_TARGET + LIMIT_LIF_GRID + LIMIT_SEARCH + LIMIT_MEMORY + 6 * KILL_AFTER))
+WORST=$((LIMIT_SETUP + LIMIT_TESTS + LIMIT_LIF_TARGET + LIMIT_LIF_GRID + LIMIT_SEARCH + LIMIT_MEMORY + LIMIT_NEURONS
+        + 7 * KILL_AFTER))
 GIT_SHA=$(git -C "$REPO" rev-parse HEAD 2>/dev/null || echo "${A2SG_GIT_SHA:-unknown}")
 export A2SG_GIT_SHA=$GIT_SHA
 {
@@ -186,4 +193,18 @@ step search "$LIMIT_SEARCH" bench_search.log python3 "$REPO/bench/bench_search.p
     "${SEARCH[@]}" --out "$OUT/search.jsonl"
 step memory "$LIMIT_MEMORY" bench_memory.log python3 "$REPO/bench/bench_memory.py" "${MEMORY[@]}" \
     --out "$OUT/memory-cpu.jsonl" --gpu-out "$OUT/memory-cuda.jsonl"
+# PLIF and I-LIF: their gpu-marked tests (bf16), then each against SpikingJelly's node (bench_lif's
+# arguments follow the function name)
+neurons() {
+    local rc=0
+    python3 -m pytest -q -p no:cacheprovider -rs -m gpu "$REPO/tests/test_plif.py" "$REPO/tests/test_ilif.py"
+    case $? in 0|5) ;; *) rc=1 ;; esac  # 5: nothing collected, as on a CPU where every gpu test is deselected
+    for neuron in plif ilif; do
+        python3 "$REPO/bench/bench_lif.py" --neuron "$neuron" "$@" --out "$OUT/neurons.jsonl" || rc=1
+    done
+    return $rc
+}
+export -f neurons
+export REPO OUT
+step neurons "$LIMIT_NEURONS" bench_neurons.log bash -c 'neurons "$@"' neurons "${NEURON_BENCH[@]}"
 finish

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-STEPS = ["setup", "tests", "lif-target", "lif-grid", "search", "memory"]
+STEPS = ["setup", "tests", "lif-target", "lif-grid", "search", "memory", "neurons"]
 BUDGET_S = 540  # the real run must end within 9 minutes
 
 
@@ -174,3 +174,8 @@ def test_dry_run_from_a_plain_copy(tmp_path):
     memory_rows = [json.loads(line) for line in (out / "memory-cpu.jsonl").read_text().splitlines()]
     assert [(r["model"], r["memory_saving"]) for r in memory_rows] == [("digits_cnn", False), ("digits_cnn", True)]
     assert memory_rows[1]["x_plain"] < 0.4 and all(r["git_sha"] == sha for r in memory_rows)
+
+    neuron_rows = [json.loads(line) for line in (out / "neurons.jsonl").read_text().splitlines()]
+    assert {(r["neuron"], r["mode"]) for r in neuron_rows if r["provider"] == "triton"} == {
+        (neuron, mode) for neuron in ("plif", "ilif") for mode in ("fwd", "bwd", "fwdbwd")}
+    assert all(r["git_sha"] == sha and r["median_ms"] > 0 for r in neuron_rows)
