@@ -34,7 +34,8 @@ from a2sg_triton.models import MODELS, build_model, direct_encode  # noqa: E402
 from a2sg_triton.models.vgg import VGG16_CFG, VGGSNN_CFG  # noqa: E402
 
 # name -> (in_channels, image side): each model's natural input
-INPUTS = {"vgg16": (3, 32), "resnet19": (3, 32), "resnet18": (3, 32), "vggsnn": (2, 48), "digits_cnn": (1, 8)}
+INPUTS = {"vgg16": (3, 32), "resnet19": (3, 32), "resnet18": (3, 32), "vggsnn": (2, 48), "digits_cnn": (1, 8),
+          "digits_vgg": (1, 8), "spikformer": (1, 8), "spikformer-4-384": (3, 32)}
 T, NUM_CLASSES = 4, 10
 GPU_MODELS = {"vgg16": VGG16_CFG, "vggsnn": VGGSNN_CFG}
 GPU_BATCH = 64
