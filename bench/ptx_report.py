@@ -92,6 +92,17 @@ LOOP_WORK = {
     "lif_fwd_kernel": lambda c: dict(elements="BLOCK", candidates=None, reads=["x_ptr"], uniform=[]),
     "lif_bwd_kernel": lambda c: dict(elements="BLOCK", candidates=None, reads=["grad_spikes_ptr", "d_ptr"],
                                      uniform=["beta_ptr"]),
+    # PLIF: LIF's loops; the backward's also reads x (decay_input) for dL/dk and step t-1's d (the
+    # recomputed v[t-1]), which the next iteration reuses as its own d
+    "plif_fwd_kernel": lambda c: dict(elements="BLOCK", candidates=None, reads=["x_ptr"], uniform=[]),
+    "plif_bwd_kernel": lambda c: dict(elements="BLOCK", candidates=None,
+                                      reads=["grad_spikes_ptr", "d_ptr"] + ["x_ptr"] * c["DECAY_INPUT"],
+                                      uniform=["beta_ptr"]),
+    # I-LIF: the backward's loop over the D levels sits inside the loop over T (nested_loops 1), its
+    # one width load counted once
+    "ilif_fwd_kernel": lambda c: dict(elements="BLOCK", candidates=None, reads=["x_ptr"], uniform=[]),
+    "ilif_bwd_kernel": lambda c: dict(elements="BLOCK", candidates=None, reads=["grad_q_ptr", "u_ptr"],
+                                      uniform=["beta_ptr"]),
     # loopless: the whole kernel is one pass over a block of bytes (8 spikes each) or of elements
     # (channel values gathered), counted as the one iteration
     "pack_bits_kernel": lambda c: dict(elements="BLOCK", candidates=None, reads=["x_ptr"] * 8, uniform=[],
