@@ -502,6 +502,11 @@ def test_ilif_plots_say_what_a_count_is(monkeypatch):
                                                            "firing rate at t (I-LIF: mean count)"]
     activity.plot_membrane_statistics(activity.membrane_statistics(model, loader, ILIF_T, "cpu"), "unused.png")
     mu_ax, rmd_ax, thm_ax = figures[2].axes
-    assert [text.get_text() for text in thm_ax.texts] == ["n/a"] and "n/a" in thm_ax.get_title()
+    assert [text.get_text() for text in thm_ax.texts] == ["not applicable:\nI-LIF has D windows"]
+    assert "n/a" in thm_ax.get_title()
+    mixed = {"lif": activity.membrane_statistics(Tiny(T), _loader(HAND_X, HAND_Y, 2), T, "cpu")["lif"],
+             "ilif": activity.membrane_statistics(model, loader, ILIF_T, "cpu")["lif"]}
+    activity.plot_membrane_statistics(mixed, "unused.png")
+    assert [text.get_text() for text in figures[3].axes[2].texts] == ["fails", "n/a"]  # one mark per layer
     assert rmd_ax.get_ylabel() == "RMD = (θ - μ_u) / σ_u"
     assert "I-LIF level thresholds" in [text.get_text() for text in mu_ax.get_legend().get_texts()]

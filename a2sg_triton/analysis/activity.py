@@ -432,15 +432,19 @@ def plot_membrane_statistics(membrane_stats, path):
         thm_ax.plot([i for i, _ in applicable], [c["sigma2"] for _, c in applicable], "s--", label="σ_u²")
         thm_ax.legend(fontsize="x-small")
     for i, c in conditions:
-        if c is None:
+        if c is None and applicable:
             thm_ax.annotate("n/a", (i, 0.5), xycoords=("data", "axes fraction"), fontsize="x-small", ha="center")
-        else:
+        elif c is not None:
             thm_ax.annotate("holds" if c["holds"] else "fails", (i, c["L_kappa"]), fontsize="x-small",
                             textcoords="offset points", xytext=(0, 5), ha="center")
+    if not applicable:
+        thm_ax.text(0.5, 0.5, "not applicable:\nI-LIF has D windows", transform=thm_ax.transAxes, ha="center",
+                    fontsize="small")
     thm_ax.set_title("Theorem 2: L·κ > σ_u²" + (" (n/a: I-LIF)" if len(applicable) < len(conditions) else ""),
                      fontsize="small")
     for ax in (mu_ax, rmd_ax, thm_ax):
         ax.set_xticks(x, names, rotation=90, fontsize="x-small")
+        ax.set_xlim(-0.5, len(names) - 0.5)  # every layer's tick inside, also on a panel without points
     save_figure(fig, path)
 
 
