@@ -21,7 +21,7 @@ from . import analysis
 from .config import LEGACY_SETTINGS
 from .data import DatasetNotFoundError, build_datasets, dataset_labels, stratified_order
 from .models import build_model
-from .nn import SearchedNeuron
+from .nn import ILIF, SearchedNeuron
 from .utils import atomic_write
 
 
@@ -79,7 +79,7 @@ def analysis_loader(test_set, batch_size, seed):
 def run_all(config, model, test_set, info, history, out, device, args):
     T = config["T"]
     loader = analysis_loader(test_set, args.batch_size, config["seed"])
-    lif_names = [name for name, m in model.named_modules() if isinstance(m, SearchedNeuron)]
+    lifs = {name: m for name, m in model.named_modules() if isinstance(m, SearchedNeuron)}
     x0, y0 = next(iter(loader))
     x0, y0 = x0.to(device), y0.to(device)
     common = dict(T=T, device=device, max_batches=args.max_batches or None)
@@ -121,14 +121,17 @@ def run_all(config, model, test_set, info, history, out, device, args):
         if history:
             analysis.plot_search_history(results["search_history"], out / "search_history.png")
         betas = torch.linspace(0.05, 1.0, 40, dtype=torch.float64)
-        curves = {f"{name} t={t}": analysis.metric_vs_beta(model, x0, y0, name, t, betas) for name in lif_names
-                  for t in sorted({0, T - 1})}
+        # the first and last timestep of every layer; of an I-LIF layer every level (D … 1, the search's order)
+        sites = [(name, t, level) for name, m in lifs.items() for t in sorted({0, T - 1})
+                 for level in (range(m.D, 0, -1) if isinstance(m, ILIF) else [None])]
+        curves = {f"{name} t={t}" + ("" if level is None else f" level={level}"):
+                  analysis.metric_vs_beta(model, x0, y0, name, t, betas, level=level) for name, t, level in sites}
         results["metric_vs_beta"] = curves
         analysis.plot_metric_vs_beta(curves, out / "metric_vs_beta.png")
 
     def tsne():
         try:
-            results["tsne"] = analysis.tsne_features(model, loader, T, device, lif_names[-1], sorted({0, T - 1}),
+            results["tsne"] = analysis.tsne_features(model, loader, T, device, list(lifs)[-1], sorted({0, T - 1}),
                                                      n_samples=args.tsne_samples, seed=config["seed"])
         except ValueError as error:  # e.g. a layer that is silent for every sample: nothing to embed
             results["tsne"] = {"skipped": str(error)}
@@ -148,19 +151,28 @@ def markdown(config, results):
              f"T={config['T']})", ""]
     if "spikes" in results:
         stats = results["spikes"]
-        lines += ["## Spikes (test set)", "", "| layer | spikes / sample | firing rate | silent neuron-samples |",
-                  "|---|---|---|---|"]
+        lines += ["## Spikes (test set)", "",
+                  "| layer | output | spikes / sample | firing rate | silent neuron-samples |", "|---|---|---|---|---|"]
         for name, layer in stats["layers"].items():
-            lines.append(f"| {name} | {layer['spikes_per_sample']:.1f} | {layer['firing_rate']:.4f} | "
+            output = "spike 0/1" if layer["levels"] == 1 else f"count 0…{layer['levels']}"
+            lines.append(f"| {name} | {output} | {layer['spikes_per_sample']:.1f} | {layer['firing_rate']:.4f} | "
                          f"{100 * layer['spike_count_distribution'][0]:.2f}% |")
+        if any(layer["levels"] > 1 for layer in stats["layers"].values()):
+            lines += ["", "I-LIF layers: a count c is c spikes; their firing rate is the mean count per neuron and "
+                          "step."]
         energy = results["energy"]
         lines += ["", f"Energy per sample: {energy['energy_mj']:.3e} mJ — {energy['convention']}", ""]
     if "membrane" in results:
-        lines += ["## Membrane (Eq. A10, Theorem 2)", "", "| layer | μ_u | σ_u | RMD | L·κ > σ² (mean β) |",
-                  "|---|---|---|---|---|"]
+        lines += ["## Membrane (Eq. A10, Theorem 2)", "", "| layer | μ_u | σ_u | θ | RMD = (θ - μ_u) / σ_u | "
+                  "L·κ > σ² (mean β) |", "|---|---|---|---|---|---|"]
         for name, layer in results["membrane"].items():
-            lines.append(f"| {name} | {layer['mu_u']:.4f} | {layer['sigma_u']:.4f} | {layer['rmd']:.3f} | "
-                         f"{layer['theorem2']['holds']} |")
+            holds = "n/a" if layer["theorem2"] is None else layer["theorem2"]["holds"]
+            lines.append(f"| {name} | {layer['mu_u']:.4f} | {layer['sigma_u']:.4f} | {layer['rmd_threshold']:g} | "
+                         f"{layer['rmd']:.3f} | {holds} |")
+        if any(layer["theorem2"] is None for layer in results["membrane"].values()):
+            lines += ["", "θ is the firing threshold: v_th, for I-LIF v_th/2 (its lowest level threshold, below "
+                          "which the count is 0). Theorem 2 (one window above a Gaussian u) does not apply to "
+                          "I-LIF's D windows: n/a."]
         lines.append("")
     if "spike_deletion" in results:
         lines += ["## Spike deletion (Table A3)", "", "| deleted | accuracy | spikes / sample kept |", "|---|---|---|"]

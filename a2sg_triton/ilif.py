@@ -4,7 +4,8 @@ Side by side, as for LIF (``a2sg_triton.lif``): the readable reference (``ilif_m
 the Triton launchers (``ilif_fwd`` / ``ilif_bwd`` around ``ilif_fwd_kernel`` / ``ilif_bwd_kernel``),
 the eager backend (``ilif_fwd_torch`` / ``ilif_bwd_torch``, compiled by inductor as
 ``ilif_*_inductor``), the torch.library ops with their autograd (``a2sg_triton::ilif_fwd`` /
-``a2sg_triton::ilif_bwd``), ``ILIFFunction`` and the public ``ilif_multistep``.
+``a2sg_triton::ilif_bwd``), ``ILIFFunction``, the public ``ilif_multistep`` and, for analysis,
+``ilif_membrane`` (u by the same forward).
 
 The count is q = round(clip(u / v_th, 0, D)); its surrogate derivative F(u) sums one window per
 level, at the level thresholds theta_i = (i - 1/2) v_th, each with its own width beta[t, i]. Backward
@@ -317,3 +318,17 @@ def ilif_multistep(x, beta, surrogate="box", *, D=4, decay=0.25, input_scale=1.0
     if return_v:
         return counts, from_flat(v_last[None], (1, *x.shape[1:]), order)[0]
     return counts
+
+
+def ilif_membrane(x, *, D=4, decay=0.25, input_scale=1.0, v_th=1.0, v0=None, backend="auto"):
+    """u [T, *], the membrane before the reset, for input currents x [T, *], computed by
+    ``ilif_multistep``'s own forward (same backend and kernel, no autograd): its counts are exactly
+    ``round(clip(u / v_th, 0, D))``. fp32 (float64 for float64 x). For analysis, as ``lif_membrane``
+    (which returns u - v_th: I-LIF has D thresholds, so u itself)."""
+    _check_ilif_args(x, 0.5, "box", D, decay, input_scale, v_th, False, 0.5, v0, False, None)
+    backend = resolve_backend(backend, x)
+    order = dense_order(x)
+    with torch.no_grad():
+        _, u, _ = ILIF_FWD[backend](to_flat(x, order), None if v0 is None else to_flat(v0[None], order)[0], D,
+                                    float(decay), float(input_scale), float(v_th), False, math_dtype(x.dtype))
+    return from_flat(u, x.shape, order)

@@ -6,7 +6,7 @@ import weakref
 import torch
 
 from . import memory
-from .ilif import check_ilif_constants, ilif_multistep
+from .ilif import check_ilif_constants, ilif_membrane, ilif_multistep
 from .lif import lif_membrane, lif_multistep
 from .plif import _leak, plif_membrane, plif_multistep
 from .surrogate import check_surrogate
@@ -276,6 +276,13 @@ class ILIF(SearchedNeuron):
         return ilif_multistep(x, self.beta, self.surrogate, D=self.D, decay=self.decay, input_scale=self.input_scale,
                               v_th=self.v_th, detach_reset=self.detach_reset, h=self.h, backend=self.backend,
                               _search_key=self._take_search())
+
+    def membrane(self, x):
+        """u [T, ...] (the membrane before the reset; not u - v_th, as I-LIF has D thresholds) for input
+        currents x [T, ...], from the layer's own forward (v0 = 0): its counts are exactly
+        ``round(clip(membrane(x) / v_th, 0, D))``. float64 input runs the eager backend in float64."""
+        return ilif_membrane(x, D=self.D, decay=self.decay, input_scale=self.input_scale, v_th=self.v_th,
+                             backend=_analysis_backend(x, self.backend))
 
     def extra_repr(self):
         return (f"T={self.T}, D={self.D}, surrogate={self.surrogate!r}, decay={self.decay}, "

@@ -1,5 +1,5 @@
 """Activity analysis (a2sg_triton.analysis.activity): spike counts, energy, membrane statistics, weight
-statistics, spike deletion and t-SNE, on a hand-countable model and on digits_cnn."""
+statistics, spike deletion and t-SNE, on hand-countable models (LIF and I-LIF) and on digits_cnn."""
 
 import json
 import math
@@ -11,21 +11,23 @@ from torch import nn
 from threadpoolctl import threadpool_limits  # a dependency of scikit-learn
 from torch.utils.data import DataLoader, TensorDataset
 
+import a2sg_triton
 from a2sg_triton.analysis import activity
+from a2sg_triton.ilif import ilif_membrane
 from a2sg_triton.models import build_model, direct_encode
-from a2sg_triton.nn import LIF, PLIF
+from a2sg_triton.nn import ILIF, LIF, PLIF
 
 T = 4
 
 
 class Tiny(nn.Module):
     """Linear(4 -> 3) with weight [I | 0] (neuron i gets input i, input 3 is ignored), LIF (tau = 2,
-    soft reset, v_th = 1), then Linear(3 -> 2); logits = mean over T."""
+    soft reset, v_th = 1) or another neuron layer, then Linear(3 -> 2); logits = mean over T."""
 
-    def __init__(self, T):
+    def __init__(self, T, neuron=None):
         super().__init__()
         self.fc1 = nn.Linear(4, 3, bias=False)
-        self.lif = LIF(T, backend="torch")
+        self.lif = LIF(T, backend="torch") if neuron is None else neuron
         self.fc2 = nn.Linear(3, 2, bias=False)
         with torch.no_grad():
             self.fc1.weight.copy_(torch.eye(3, 4))
@@ -46,6 +48,22 @@ HAND_X = torch.tensor([[2.0, 1.5, 0.0, 5.0], [1.875, 1.0, 4.0, -3.0]])
 HAND_Y = torch.tensor([0, 1])
 HAND_U = [1, 1, 1, 1, .75, 1.125, .8125, 1.15625, 0, 0, 0, 0,
           .9375, 1.40625, 1.140625, 1.0078125, .5, .75, .875, .9375, 2, 2.5, 2.75, 2.875]
+
+# The same model with I-LIF (T = 2, D = 4, decay 1/4, input_scale 1, v_th = 1): u[0] = c,
+# q = round(clip(u, 0, 4)) (half to even), v = u - q, u[1] = v / 4 + c (worked out by hand):
+#   c = 2:     u = 2, 2             counts 2, 2
+#   c = 1.5:   u = 1.5, 1.375       counts 2 (1.5 rounds to even), 1
+#   c = 0:     u = 0, 0             counts 0, 0
+#   c = 5:     u = 5, 5.25          counts 4, 4 (clipped: both u > 4.5, saturated)
+#   c = .375:  u = .375, .46875     counts 0, 0 (below the first level threshold 1/2)
+#   c = 3.25:  u = 3.25, 3.3125     counts 3, 3
+ILIF_T = 2
+ILIF_X = torch.tensor([[2.0, 1.5, 0.0, 5.0], [5.0, 0.375, 3.25, -3.0]])
+ILIF_U = [2, 2, 1.5, 1.375, 0, 0, 5, 5.25, .375, .46875, 3.25, 3.3125]
+
+
+def tiny_ilif():
+    return Tiny(ILIF_T, ILIF(ILIF_T, 4, backend="torch"))
 
 
 @pytest.fixture(autouse=True)
@@ -95,8 +113,43 @@ def test_spike_statistics_hand_count():
     assert layer["spikes_per_sample_per_t"] == [1.0, 2.0, 1.5, 2.0]
     assert layer["firing_rate"] == pytest.approx(13 / 24)
     assert layer["spike_count_distribution"] == pytest.approx([2 / 6, 0, 1 / 6, 1 / 6, 2 / 6])
+    assert layer["step_count_distribution"] == pytest.approx([11 / 24, 13 / 24])
+    assert (layer["neuron"], layer["levels"]) == ("LIF", 1) and "0/1" in layer["firing_rate_definition"]
     assert stats["input_rates"]["fc2"] == pytest.approx(13 / 24)  # fc2's input is the LIF's spikes
     json.dumps(stats)
+
+
+def test_spike_statistics_ilif_hand_count():
+    """Counts over T reach T·D = 8, not T: the distribution has T·D + 1 entries and the rate is the
+    mean count per neuron and step (a count c is c spikes), here above 1."""
+    stats = activity.spike_statistics(tiny_ilif(), _loader(ILIF_X, HAND_Y, 1), ILIF_T, "cpu")
+    layer = stats["layers"]["lif"]
+    # sample A: neuron counts over T 4, 3, 0; sample B: 8, 0, 6 -> 21 spikes over 2 samples
+    assert (layer["neuron"], layer["levels"], layer["neurons"]) == ("ILIF", 4, 3)
+    assert layer["spikes_per_sample"] == 10.5 == stats["spikes_per_sample"]
+    assert layer["spikes_per_sample_per_t"] == [5.5, 5.0]
+    assert layer["firing_rate"] == pytest.approx(21 / 12) == stats["firing_rate"]
+    assert "mean count (0 … 4)" in layer["firing_rate_definition"]
+    assert layer["spike_count_distribution"] == pytest.approx([2 / 6, 0, 0, 1 / 6, 1 / 6, 0, 1 / 6, 0, 1 / 6])
+    # per (sample, neuron, step): counts 2 2 0 | 2 1 0 | 4 0 3 | 4 0 3
+    assert layer["step_count_distribution"] == pytest.approx([4 / 12, 1 / 12, 3 / 12, 2 / 12, 2 / 12])
+    assert stats["input_rates"]["fc2"] == pytest.approx(21 / 12)
+    json.dumps(stats)
+
+
+def test_energy_counts_every_spike_of_an_ilif_count():
+    """A count c reaching a layer is c accumulates per fan-out (E-SpikeFormer's reading)."""
+    model = tiny_ilif()
+    stats = activity.spike_statistics(model, _loader(ILIF_X, HAND_Y, 2), ILIF_T, "cpu")
+    result = activity.energy(model, stats, (4,))
+    fc1, fc2 = result["layers"]["fc1"], result["layers"]["fc2"]
+    assert fc1["op"] == "MAC" and fc1["ops"] == ILIF_T * 12
+    assert fc2["op"] == "AC" and fc2["input_rate"] == pytest.approx(21 / 12)
+    assert fc2["ops"] == pytest.approx(10.5 * 2)  # 10.5 spikes per sample, each reaching fc2's 2 outputs
+    assert result["energy_mj"] == pytest.approx((4.6 * 24 + 0.9 * 21) * 1e-9)
+    assert "an I-LIF count c is c spikes" in result["convention"]
+    assert "I-LIF" not in activity.energy(Tiny(T), activity.spike_statistics(Tiny(T), _loader(HAND_X, HAND_Y, 2), T,
+                                                                              "cpu"), (4,))["convention"]
 
 
 def test_spike_statistics_digits(digits):
@@ -177,6 +230,43 @@ def test_membrane_potentials_reproduce_plif_spikes():
     torch.testing.assert_close(u[0], k * x[0].double())  # u[0] = k x[0] from v = 0
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("neuron", [dict(), dict(D=1, v_th=0.7, decay=0.6, input_scale=0.8),
+                                    dict(D=3, v_th=0.7, decay=0.9, input_scale=1.3)])
+def test_ilif_membrane_reproduces_the_op_counts(neuron, dtype):
+    """ILIF.membrane is u before the reset, from the op's own forward: round(clip(u / v_th, 0, D)) are
+    exactly ilif_multistep's counts, and u follows the recurrence u[t] = decay (u[t-1] - v_th q[t-1])
+    + input_scale x[t]; membrane_potentials returns it in float64."""
+    ilif = ILIF(T, backend="torch", **neuron)
+    x = (torch.randn(T, 64, 5, generator=torch.Generator().manual_seed(1)) * 2 + 1).to(dtype)
+    u, counts = ilif.membrane(x), ilif(x)
+    assert u.shape == x.shape and u.dtype == dtype and counts.max() == ilif.D and counts.min() == 0
+    assert torch.equal(torch.round(torch.clamp(u / ilif.v_th, 0, ilif.D)), counts)
+    op = a2sg_triton.ilif_multistep(x, 0.5, D=ilif.D, decay=ilif.decay, input_scale=ilif.input_scale,
+                                    v_th=ilif.v_th, backend="torch")
+    assert torch.equal(op, counts)
+    u64, q, x64 = u.double(), counts.double(), x.double()
+    step = {} if dtype == torch.float64 else dict(rtol=1e-6, atol=1e-6)  # one fp32 step's rounding
+    torch.testing.assert_close(u64[0], ilif.input_scale * x64[0], **step)
+    for t in range(1, T):
+        torch.testing.assert_close(u64[t], ilif.decay * (u64[t - 1] - ilif.v_th * q[t - 1]) + ilif.input_scale * x64[t],
+                                   **step)
+    assert torch.equal(activity.membrane_potentials(ilif, x), u64)
+
+
+def test_ilif_membrane_from_a_state_and_its_checks():
+    x = torch.randn(T, 30, generator=torch.Generator().manual_seed(2)) * 3
+    v0 = torch.randn(30, generator=torch.Generator().manual_seed(3))
+    u = ilif_membrane(x, D=2, v0=v0, backend="torch")
+    counts = a2sg_triton.ilif_multistep(x, 0.5, D=2, v0=v0, backend="torch")
+    assert torch.equal(torch.round(torch.clamp(u, 0, 2)), counts)
+    torch.testing.assert_close(u[0], 0.25 * v0 + x[0])
+    with pytest.raises(TypeError, match="D \\(the largest count\\) must be an int"):
+        ilif_membrane(x, D=2.0)
+    with pytest.raises(ValueError, match="v_th must be > 0"):
+        ilif_membrane(x, v_th=0.0)
+
+
 def test_statistics_count_every_plif_layer():
     torch.manual_seed(0)
     model = build_model("digits_cnn", num_classes=10, in_channels=1, T=T, backend="torch", neuron="plif")
@@ -208,6 +298,26 @@ def test_membrane_statistics_hand_values():
     assert stats["beta"] == pytest.approx([0.5, 0.4, 0.3, 0.2])
     assert stats["theorem2"]["beta"] == pytest.approx(0.35)
     assert not stats["theorem2"]["holds"]  # mu_u ≈ 1.06 lies above the window's left edge a = 0.65
+    json.dumps(stats)
+
+
+def test_membrane_statistics_ilif_hand_values():
+    """I-LIF: μ_u and σ_u of u before the reset, RMD against the first level threshold v_th/2 (where the
+    count leaves 0), the saturated share u > (D + ½) v_th, and Theorem 2 marked not applicable."""
+    model = tiny_ilif()
+    widths = torch.tensor([[0.5, 0.4, 0.3, 0.2], [0.6, 0.5, 0.5, 0.5]])
+    model.lif.beta.copy_(widths)
+    stats = activity.membrane_statistics(model, _loader(ILIF_X, HAND_Y, 1), ILIF_T, "cpu")["lif"]
+    mu, sigma = np.mean(ILIF_U), np.std(ILIF_U)
+    assert stats["neuron"] == "ILIF" and stats["levels"] == 4
+    assert stats["mu_u"] == pytest.approx(mu) and stats["sigma_u"] == pytest.approx(sigma)
+    assert stats["rmd_threshold"] == 0.5 and stats["rmd"] == pytest.approx((0.5 - mu) / sigma)
+    assert stats["level_thresholds"] == [0.5, 1.5, 2.5, 3.5]
+    assert stats["mu_u_per_t"] == pytest.approx(np.reshape(ILIF_U, (6, ILIF_T)).mean(0))
+    assert stats["sigma_u_per_t"] == pytest.approx(np.reshape(ILIF_U, (6, ILIF_T)).std(0))
+    assert stats["saturated_fraction"] == pytest.approx(2 / 12)  # c = 5: u = 5 and 5.25 > 4.5
+    assert stats["beta"] == widths.tolist()  # the [T, D] buffer
+    assert stats["theorem2"] is None and stats["theorem2_per_t"] is None
     json.dumps(stats)
 
 
@@ -260,6 +370,44 @@ def test_spike_deletion(digits):
     assert all(layer["spikes_per_sample"] == 0 for layer in every["layers"].values())
     assert activity.spike_deletion(model, loader, T, "cpu", fractions=(0.3,), seed=3) == [some]  # seeded
     json.dumps([none, some, every])
+
+
+def test_spike_deletion_removes_single_spikes_of_an_ilif_count():
+    """Every neuron emits count 4 at both steps; deleting a fraction p drops each of the 4 spikes on its
+    own, so the counts that go on are Binomial(4, 1 - p): every value 0 … 4 occurs, not only 0 and 4."""
+    torch.manual_seed(0)
+    fc1, ilif, fc2 = nn.Linear(1, 500, bias=False), ILIF(ILIF_T, 4, backend="torch"), nn.Linear(500, 2, bias=False)
+    with torch.no_grad():
+        fc1.weight.fill_(1.0)
+    model = nn.Sequential(fc1, ilif, fc2)
+    model.forward = lambda x: fc2(ilif(fc1(x))).mean(0)
+    passed = []
+    fc2.register_forward_pre_hook(lambda m, inputs: passed.append(inputs[0]))
+    loader = _loader(torch.full((8, 1), 6.0), torch.zeros(8, dtype=torch.long), 4)
+    none, some, every = activity.spike_deletion(model, loader, ILIF_T, "cpu", fractions=(0.0, 0.25, 1.0), seed=5)
+    emitted = 4 * ILIF_T * 500  # per sample: 500 neurons at count 4 at both steps
+    assert none["spikes_per_sample"] == none["emitted_spikes_per_sample"] == emitted
+    assert every["spikes_per_sample"] == 0 and every["emitted_spikes_per_sample"] == emitted
+    kept = torch.cat([p.flatten() for p in passed[2:4]])  # the 8000 counts the p = 0.25 run passed on
+    frequencies = torch.bincount(kept.long(), minlength=5).double() / kept.numel()
+    binomial = torch.tensor([math.comb(4, k) * 0.75 ** k * 0.25 ** (4 - k) for k in range(5)], dtype=torch.float64)
+    assert kept.numel() == 8000 and (frequencies - binomial).abs().max() < 0.02  # < 4 standard errors (seeded)
+    assert some["spikes_per_sample"] == pytest.approx(float(kept.sum()) / 8)
+    assert some["spikes_per_sample"] == pytest.approx(0.75 * emitted, rel=0.02)
+    assert activity.spike_deletion(model, loader, ILIF_T, "cpu", fractions=(0.25,), seed=5) == [some]  # seeded
+
+
+def test_spike_deletion_draws_one_uniform_per_binary_spike():
+    """Binary layers keep the draws of before I-LIF: spikes · (U >= p), one uniform per element from
+    the seeded generator, so earlier results reproduce."""
+    model = Tiny(T)
+    passed = []
+    model.fc2.register_forward_pre_hook(lambda m, inputs: passed.append(inputs[0]))
+    activity.spike_deletion(model, _loader(HAND_X, HAND_Y, 2), T, "cpu", fractions=(0.5,), seed=7)
+    with torch.no_grad():
+        spikes = model.lif(model.fc1(direct_encode(HAND_X, T)))
+    generator = torch.Generator().manual_seed(7)
+    assert torch.equal(passed[0], spikes * (torch.rand(spikes.shape, generator=generator) >= 0.5))
 
 
 def test_tsne_features(digits):
@@ -337,3 +485,28 @@ def test_plots_write_png(digits, tmp_path):
         plot(tmp_path / name)
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(plots)  # no temporary files left
+
+
+def test_ilif_plots_say_what_a_count_is(monkeypatch):
+    """The spike-count axis runs to T·D and says it is a summed count, the rate axes say the rate is a
+    mean count, and Theorem 2's panel marks the I-LIF layer n/a."""
+    figures = []
+    monkeypatch.setattr(activity, "save_figure", lambda fig, path: figures.append(fig))
+    model, loader = tiny_ilif(), _loader(ILIF_X, HAND_Y, 2)
+    stats = activity.spike_statistics(model, loader, ILIF_T, "cpu")
+    activity.plot_spike_distribution(stats, "unused.png")
+    (ax,) = figures[0].axes
+    assert len(ax.patches) == 9 and ax.get_xlabel() == "summed count over T (I-LIF, D = 4)"
+    activity.plot_firing_rates(stats, "unused.png")
+    assert [ax.get_ylabel() for ax in figures[1].axes] == ["firing rate (I-LIF: mean count)",
+                                                           "firing rate at t (I-LIF: mean count)"]
+    activity.plot_membrane_statistics(activity.membrane_statistics(model, loader, ILIF_T, "cpu"), "unused.png")
+    mu_ax, rmd_ax, thm_ax = figures[2].axes
+    assert [text.get_text() for text in thm_ax.texts] == ["not applicable:\nI-LIF has D windows"]
+    assert "n/a" in thm_ax.get_title()
+    mixed = {"lif": activity.membrane_statistics(Tiny(T), _loader(HAND_X, HAND_Y, 2), T, "cpu")["lif"],
+             "ilif": activity.membrane_statistics(model, loader, ILIF_T, "cpu")["lif"]}
+    activity.plot_membrane_statistics(mixed, "unused.png")
+    assert [text.get_text() for text in figures[3].axes[2].texts] == ["fails", "n/a"]  # one mark per layer
+    assert rmd_ax.get_ylabel() == "RMD = (θ - μ_u) / σ_u"
+    assert "I-LIF level thresholds" in [text.get_text() for text in mu_ax.get_legend().get_texts()]

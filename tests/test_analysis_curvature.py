@@ -10,8 +10,10 @@ from torch import nn
 
 import a2sg_triton
 from a2sg_triton.analysis import curvature
+from a2sg_triton.ilif import MultiLevelSurrogate, ilif_multistep_ref
 from a2sg_triton.metrics import sgv, tgc
 from a2sg_triton.models import build_model
+from a2sg_triton.nn import ILIF
 from a2sg_triton.reference import lif_multistep as lif_ref
 
 T = 4
@@ -214,13 +216,161 @@ def test_metric_vs_beta_matches_brute_force(surrogate, neuron, layer_name, t):
 def test_metric_vs_beta_rejects_a_non_lif_layer():
     model = digits_model()
     x, y = digits_loader(n_batches=1)[0]
-    with pytest.raises(ValueError, match="not an a2sg_triton.nn.LIF or nn.PLIF layer"):
+    with pytest.raises(ValueError, match="not an a2sg_triton.nn.LIF, nn.PLIF or nn.ILIF layer"):
         curvature.metric_vs_beta(model, x, y, "features.0.0.0", 0, [0.5])
     with pytest.raises(ValueError, match="t must be"):
         curvature.metric_vs_beta(model, x, y, "features.0.1", T, [0.5])
+    with pytest.raises(ValueError, match="level is for nn.ILIF layers; 'features.0.1' is an nn.LIF"):
+        curvature.metric_vs_beta(model, x, y, "features.0.1", 0, [0.5], level=1)
+
+
+def ilif_window_delta(u, grad_q, carry, theta, width, surrogate, v_th, h, detach_reset):
+    """dL/du of one I-LIF step, L = <g, q> + <c, v>, whose count has one window, at theta, of the given
+    width: autograd through the reference's surrogate with D = 1 (its only window at v_th/2), shifted."""
+    uu = u.detach().clone().requires_grad_()
+    q = MultiLevelSurrogate.apply(uu - theta + 0.5 * v_th, width.reshape(1), surrogate, 1, v_th, h)
+    v = uu - v_th * (q.detach() if detach_reset else q)
+    loss = (grad_q * q).sum() + (0 if carry is None else (carry * v).sum())
+    return torch.autograd.grad(loss, uu)[0]
+
+
+@pytest.mark.parametrize("surrogate, detach_reset", [("box", False), ("asy", False), ("tri", True)])
+@pytest.mark.parametrize("layer_name, t, level", [("features.2.1", T - 1, 4), ("features.2.1", T - 1, 2),
+                                                  ("features.2.1", 1, 4), ("features.0.1", 0, 1)])
+def test_ilif_metric_vs_beta_matches_brute_force(surrogate, detach_reset, layer_name, t, level):
+    """I-LIF site (t, level) as docs/search.md defines it, by autograd in float64: the local gradient
+    with level's window alone, the carry dL/dv[t] through the reference's later steps, and the
+    reference the delta of the site visited before, (t, level + 1) or (t + 1, 1)."""
+    model = digits_model(surrogate, neuron="ilif")
+    ilif = dict(model.named_modules())[layer_name]
+    widths = torch.tensor([[0.3, 0.7, 0.45, 0.6], [0.5, 0.35, 0.8, 0.4], [0.25, 0.55, 0.65, 0.5],
+                           [0.6, 0.3, 0.5, 0.75]])
+    for module in model.modules():
+        if isinstance(module, ILIF):
+            module.detach_reset = detach_reset
+            module.beta.copy_(widths)
+    ilif.search_armed = True  # an armed A²SG search must neither run nor be consumed
+    before = snapshot(model)
+    x, y = digits_loader(n_batches=1)[0]
+    betas = [0.1, 0.35, 0.8]
+    result = curvature.metric_vs_beta(model, x, y, layer_name, t, betas, level=level)
+    assert ilif.search_armed
+    assert_bit_identical(model, before)
+
+    captured = {}
+    ilif.search_armed = False
+    handle = ilif.register_forward_hook(lambda m, inputs, out: captured.update(x=inputs[0].detach(), out=out))
+    loss = nn.functional.cross_entropy(model(a2sg_triton.models.direct_encode(x, T)), y)
+    handle.remove()
+    grad_q = torch.autograd.grad(loss, captured["out"])[0].double()
+    inputs, widths = captured["x"].double(), widths.double()
+    assert captured["out"].max() > 1  # counts above 1: the levels matter
+    neuron = dict(D=4, decay=ilif.decay, input_scale=ilif.input_scale, v_th=ilif.v_th, detach_reset=detach_reset,
+                  h=ilif.h)
+
+    def state(step):  # v[step] after the reset, from v = 0
+        if step < 0:
+            return torch.zeros_like(inputs[0])
+        return ilif_multistep_ref(inputs[:step + 1], widths[:step + 1], surrogate, return_v=True, **neuron)[1]
+
+    def carry(step):  # dL/dv[step] by autograd through the later steps, with the layer's widths
+        if step == T - 1:
+            return None
+        v = state(step).requires_grad_()
+        counts = ilif_multistep_ref(inputs[step + 1:], widths[step + 1:], surrogate, v0=v, **neuron)
+        return torch.autograd.grad((counts * grad_q[step + 1:]).sum(), v)[0]
+
+    def delta(step, i, width):
+        u = ilif.decay * state(step - 1) + ilif.input_scale * inputs[step]
+        return ilif_window_delta(u, grad_q[step], carry(step), (i - 0.5) * ilif.v_th, width, surrogate, ilif.v_th,
+                                 ilif.h, detach_reset)
+
+    ref = None  # the site visited before (t, level)
+    if level < 4:
+        ref = delta(t, level + 1, widths[t, level])
+    elif t < T - 1:
+        ref = delta(t + 1, 1, widths[t + 1, 0])
+    for k, beta in enumerate(betas):
+        local = delta(t, level, torch.tensor(beta, dtype=torch.float64))
+        assert local.abs().sum() > 0
+        assert result["sgv"][k] == pytest.approx(float(sgv(local)), rel=1e-9)
+        if ref is not None:
+            assert result["tgc"][k] == pytest.approx(float(tgc(local, ref)), rel=1e-9, abs=1e-12)
+    assert result["tgc"] is None if ref is None else len(result["tgc"]) == 3
+    assert (result["layer"], result["t"], result["level"]) == (layer_name, t, level)
+    assert result["betas"] == betas and result["current_beta"] == pytest.approx(float(widths[t, level - 1]))
+    json.dumps(result)
+
+
+class LinearILIF(nn.Module):
+    """Linear -> nn.ILIF (T = 3, D = 3, tri) -> Linear, logits the mean over T."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(6, 40), nn.Linear(40, 4)
+        self.ilif = ILIF(3, 3, "tri", decay=0.5, backend="torch")
+
+    def forward(self, x):
+        return self.fc2(self.ilif(self.fc1(x))).mean(0)
+
+
+def ilif_search(epochs):
+    """A float64 LinearILIF searched by A2SG (grid) on one batch per epoch: (model, controller, x, y)."""
+    torch.manual_seed(0)
+    model = LinearILIF().double()
+    with torch.no_grad():
+        model.fc1.weight.mul_(4)
+    controller = a2sg_triton.A2SG(model, strategy="grid", n_obs=8, n_eval=8)
+    x, y = 2 * torch.rand(32, 6, dtype=torch.float64), torch.randint(0, 4, (32,))
+    for epoch in range(epochs):
+        controller.begin_epoch(epoch)
+        nn.functional.cross_entropy(model(a2sg_triton.models.direct_encode(x, 3)), y).backward()
+    return model, controller, x, y
+
+
+def test_ilif_metric_vs_beta_is_what_the_search_measured():
+    """After a search, each site's curve at the chosen width is the metric the controller recorded
+    there (metric_at_beta): the same window-alone local gradient, carry and reference. The model runs
+    in float64, but metric_vs_beta takes the cross-entropy of fp32 logits and the layer stores the
+    widths the search chose in float64 as fp32: they agree to ~1e-7 (measured), hence rel 1e-6."""
+    model, controller, x, y = ilif_search(epochs=1)
+    rows = controller.history
+    assert [(row["t"], row["level"]) for row in rows] == [(t, level) for t in (2, 1, 0) for level in (3, 2, 1)]
+    for row in rows:
+        result = curvature.metric_vs_beta(model, x, y, "ilif", row["t"], [row["beta"]], level=row["level"])
+        assert result[row["metric"]][0] == pytest.approx(row["metric_at_beta"], rel=1e-6)
+        assert result["current_beta"] == pytest.approx(row["beta"], rel=1e-6)
+        assert (result["tgc"] is None) == (row["metric"] == "sgv") == ((row["t"], row["level"]) == (2, 3))
+
+
+def test_metric_vs_beta_level_of_an_ilif_layer_is_checked():
+    model, _, x, y = ilif_search(epochs=0)
+    with pytest.raises(TypeError, match=r"level must be an int in \[1, 3\] for the nn.ILIF layer 'ilif', got None"):
+        curvature.metric_vs_beta(model, x, y, "ilif", 0, [0.5])
+    for level in (0, 4):
+        with pytest.raises(ValueError, match=r"level must be in \[1, 3\]"):
+            curvature.metric_vs_beta(model, x, y, "ilif", 0, [0.5], level=level)
 
 
 # -- 4. Search history --------------------------------------------------------------------------
+
+
+def test_search_history_metrics_of_an_ilif_search_keep_the_levels_apart():
+    """An I-LIF layer has one search site per (t, level): each gets its own series (the levels of one
+    t are not merged into one TGC series), and the figure names them."""
+    _, controller, _, _ = ilif_search(epochs=2)
+    series = curvature.search_history_metrics(controller.history)
+    assert list(series) == ["ilif"] and sorted(series["ilif"]) == [0, 1, 2]
+    for t, per_level in series["ilif"].items():
+        assert sorted(per_level) == [1, 2, 3]
+        for level, per_metric in per_level.items():
+            metric = "sgv" if (t, level) == (2, 3) else "tgc"
+            assert list(per_metric) == [metric] and per_metric[metric]["epochs"] == [0, 1]
+            assert per_metric[metric]["beta"][-1] == pytest.approx(float(controller.layers["ilif"].beta[t, level - 1]))
+    json.dumps(series)
+    labels = [label for label, _ in curvature._site_series(json.loads(json.dumps(series))["ilif"])]
+    assert labels[:3] == ["t=0 level=3 TGC", "t=0 level=2 TGC", "t=0 level=1 TGC"] and len(labels) == 9
+    assert "t=2 level=3 SGV" in labels
 
 
 def test_search_history_metrics_from_a_real_search():
@@ -263,6 +413,34 @@ def test_metric_vs_beta_legends_and_colours(monkeypatch):
     assert len(set(colours[0].values())) == 4 and all(colours[0][k] == v for k, v in colours[1].items())
     for ax, colour in zip((sgv, tgc), colours):
         assert [text.get_text() for text in ax.get_legend().get_texts()] == list(colour)
+
+
+def test_metric_vs_beta_plot_has_a_row_per_ilif_level(monkeypatch):
+    figures = []
+    monkeypatch.setattr(curvature, "save_figure", lambda fig, path: figures.append(fig))
+    first = {"betas": [0.1, 0.5, 0.9], "sgv": [0.3, 0.2, 0.25], "tgc": None, "current_beta": 0.5, "level": 4}
+    later = dict(first, tgc=[0.5, 0.7, 0.6], level=3)
+    curvature.plot_metric_vs_beta({"a t=0 level=4": first, "b t=0 level=4": first, "a t=0 level=3": later}, "x.png")
+    axes = figures[0].axes
+    assert [ax.get_title() for ax in axes] == ["I-LIF level 4: SGV (dashed: the current β)",
+                                               "I-LIF level 4: TGC (dashed: the current β)",
+                                               "I-LIF level 3: SGV (dashed: the current β)",
+                                               "I-LIF level 3: TGC (dashed: the current β)"]
+    assert [text.get_text() for text in axes[1].texts] == ["no TGC: the first site searched takes SGV"]
+    assert [text.get_text() for text in axes[0].get_legend().get_texts()] == ["a t=0 level=4", "b t=0 level=4"]
+    assert [line.get_label() for line in axes[3].get_lines() if not line.get_label().startswith("_")] == [
+        "a t=0 level=3"]
+    # sdt3 has 23 I-LIF layers: a row of that many curves gets its legends beside the panels
+    figures.clear()
+    curvature.plot_metric_vs_beta({**{f"layer{i} t=0 level=4": first for i in range(23)},
+                                   **{f"layer{i} t=0 level=3": later for i in range(23)}}, "x.png")
+    fig = figures[0]
+    fig.draw_without_rendering()
+    assert fig.get_size_inches()[0] == 2 * 8.0 and fig.get_size_inches()[1] > 2 * 3.5  # wider, taller panels
+    assert fig.axes[1].get_legend() is None  # level 4 has no TGC curve to name
+    for ax in (fig.axes[0], *fig.axes[2:]):
+        assert len(ax.get_legend().get_texts()) == 23
+        assert ax.get_legend().get_window_extent().x0 >= ax.get_window_extent().x1
 
 
 def test_search_history_legend_in_both_panels(monkeypatch):

@@ -1,5 +1,5 @@
-"""a2sg-analyze on a tiny a2sg-train run: every figure and table is written; the instruments see every
-class of a test set stored class by class; --data, --device and the fast defaults."""
+"""a2sg-analyze on a tiny a2sg-train run (LIF, and I-LIF): every figure and table is written; the
+instruments see every class of a test set stored class by class; --data, --device and the fast defaults."""
 
 import json
 
@@ -47,6 +47,43 @@ def test_analyze_run(trained_run, capsys):
     assert "figures and tables in" in capsys.readouterr().out
 
 
+@pytest.fixture(scope="module")
+def ilif_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("analyze-ilif") / "run"
+    assert train([*TINY, "--epochs", "1", "--neuron", "ilif", "--levels", "3", "--T", "2", "--out", str(run)]) == 0
+    return run
+
+
+def test_analyze_ilif_run(ilif_run, capsys):
+    """Every instrument on a digits_cnn with I-LIF (T = 2, D = 3): counts up to T·D, the rate as a mean
+    count, Theorem 2 not applicable, the search sites per (t, level), one curve per site of metric-vs-β."""
+    assert analyze([str(ilif_run), "--max-batches", "1", "--batch-size", "50", "--fisher-samples", "8",
+                    "--landscape-steps", "3", "--tsne-samples", "40"]) == 0
+    out = ilif_run / "analysis"
+    for name in FIGURES:
+        assert (out / name).read_bytes()[:4] == b"\x89PNG", name
+    report = json.loads((out / "analysis.json").read_text())
+    layers = report["spikes"]["layers"]
+    assert list(layers) == ["features.0.1", "features.2.1"]
+    for layer in layers.values():
+        assert layer["neuron"] == "ILIF" and layer["levels"] == 3 and len(layer["spike_count_distribution"]) == 7
+        assert len(layer["step_count_distribution"]) == 4 and "mean count (0 … 3)" in layer["firing_rate_definition"]
+    assert "an I-LIF count c is c spikes" in report["energy"]["convention"]
+    for layer in report["membrane"].values():
+        assert layer["theorem2"] is None and layer["rmd_threshold"] == 0.5 and layer["levels"] == 3
+    assert report["spike_deletion"][0]["spikes_per_sample"] == pytest.approx(report["spikes"]["spikes_per_sample"])
+    curves = report["metric_vs_beta"]
+    assert list(curves) == [f"{name} t={t} level={level}" for name in layers for t in (0, 1) for level in (3, 2, 1)]
+    assert [curves[f"features.2.1 t={t} level=3"]["tgc"] is None for t in (0, 1)] == [False, True]
+    history = report["search_history"]["features.2.1"]
+    assert sorted(history) == ["0", "1"] and sorted(history["1"]) == ["1", "2", "3"]
+    assert list(history["1"]["3"]) == ["sgv"] and list(history["0"]["3"]) == ["tgc"]
+    md = (out / "analysis.md").read_text()
+    assert "| features.0.1 | count 0…3 |" in md and "a count c is c spikes" in md
+    assert "| n/a |" in md and "θ is the firing threshold" in md
+    assert "figures and tables in" in capsys.readouterr().out
+
+
 def test_instruments_see_every_class_of_a_class_ordered_test_set(trained_run, tmp_path, monkeypatch):
     """A test set stored class by class (as CIFAR10-DVS and ImageFolder are): Fisher's first 10 samples,
     t-SNE's first 20, metric-vs-β's batch and the landscapes' first batch hold every class."""
@@ -68,7 +105,7 @@ def test_instruments_see_every_class_of_a_class_ordered_test_set(trained_run, tm
 
     recording("fisher_max_eigenvalue", analysis.fisher_max_eigenvalue, first_samples(10))
     recording("loss_landscape_1d", analysis.loss_landscape_1d, first_samples(20))
-    recording("metric_vs_beta", analysis.metric_vs_beta, lambda model, x0, y0, *args: y0)
+    recording("metric_vs_beta", analysis.metric_vs_beta, lambda model, x0, y0, *args, **kwargs: y0)
     assert analyze([str(trained_run), "--out", str(tmp_path / "a"), "--batch-size", "20", "--max-batches", "1",
                     "--fisher-samples", "10", "--tsne-samples", "20", "--landscape-steps", "3",
                     "--skip", "spikes", "membrane", "weights", "deletion"]) == 0

@@ -1,8 +1,12 @@
-"""Activity analysis of a spiking model built from ``a2sg_triton.nn.LIF`` or ``nn.PLIF`` layers (every
-``SearchedNeuron`` counts as a spiking layer; "LIF layer" below means any of them): spike counts and their
-distribution (the paper's Table A1), energy, membrane statistics (Table A2's RMD, Eq. A10, and
+"""Activity analysis of a spiking model built from ``a2sg_triton.nn.LIF``, ``nn.PLIF`` or ``nn.ILIF`` layers
+(every ``SearchedNeuron`` counts as a spiking layer; "LIF layer" below means any of them): spike counts and
+their distribution (the paper's Table A1), energy, membrane statistics (Table A2's RMD, Eq. A10, and
 Theorem 2's condition, Fig. 4), weight histograms (Fig. 7), spike deletion (Table A3) and t-SNE of
 a layer's output per timestep (Fig. 6), with a ``plot_*`` helper for each.
+
+An I-LIF layer emits an integer count 0 … D per neuron and step. Throughout, a count c is c spikes
+(c unit events: E-SpikeFormer's reading, in which the count is expanded into c binary spikes), so
+spike totals, firing rates, energy and deletion count unit events; a binary layer is D = 1.
 
 Every function that needs data takes ``(model, loader, T, device, ...)``; the loader yields
 ``(x, y)`` with static ``x`` [B, C, H, W] or sequences [B, T, C, H, W] (``model_input``). The model
@@ -19,7 +23,7 @@ import torch
 from torch import nn
 
 from ..models import model_input
-from ..nn import SearchedNeuron
+from ..nn import ILIF, SearchedNeuron
 from ..utils import new_figure, save_figure
 
 __all__ = ["E_AC_PJ", "E_MAC_PJ", "FIRST_LAYER", "energy", "membrane_potentials", "membrane_statistics", "model_input",
@@ -38,27 +42,36 @@ FIRST_LAYER = ("every_step", "once")
 
 
 def membrane_potentials(lif, x):
-    """The membrane potential u [T, ...] (float64) of ``lif`` for its input currents x [T, ...] with
-    v[-1] = 0: u - v_th from the layer's own forward (``LIF.membrane``, ``PLIF.membrane``, whose ``>= 0`` are exactly
-    its spikes) plus v_th, so within one float64 rounding of the u the layer computed.
+    """The membrane potential u [T, ...] (float64, before the reset) of ``lif`` for its input currents
+    x [T, ...] with v[-1] = 0, from the layer's own forward: for LIF and PLIF u - v_th (``LIF.membrane``,
+    ``PLIF.membrane``, whose ``>= 0`` are exactly its spikes) plus v_th, so within one float64 rounding
+    of the u the layer computed; for I-LIF u itself (``ILIF.membrane``, whose
+    ``round(clip(u / v_th, 0, D))`` are exactly its counts).
     """
-    return lif.membrane(x).double() + lif.v_th
+    u = lif.membrane(x).double()
+    return u if isinstance(lif, ILIF) else u + lif.v_th
 
 
 def spike_statistics(model, loader, T, device, max_batches=None):
-    """Spikes of every LIF layer (by module name) over the loader's samples.
+    """Spikes of every LIF layer (by module name) over the loader's samples; an I-LIF count c is c
+    spikes (the module docstring), D (``levels``) is 1 for LIF and PLIF.
 
-    Per layer: ``neurons`` (per sample and timestep), ``spikes_per_sample``, ``spikes_per_sample_per_t``
-    [T], ``firing_rate`` = spikes / (neurons·T·samples), and ``spike_count_distribution`` [T+1]:
-    entry k is the fraction of (sample, neuron) pairs whose neuron fired exactly k times over the T
-    steps. That is our reading of Table A1's "percentage of samples with the corresponding spike
-    counts" (its rows 0 … 4 at T = 4 sum to 100%).
+    Per layer: ``neuron`` (the class name), ``levels`` D, ``neurons`` (per sample and timestep),
+    ``spikes_per_sample``, ``spikes_per_sample_per_t`` [T], ``firing_rate`` = spikes / (neurons·T·samples)
+    (for I-LIF the mean count per neuron and step, in [0, D]; ``firing_rate_definition`` says which),
+    ``spike_count_distribution`` [T·D+1]: entry k is the fraction of (sample, neuron) pairs whose
+    neuron emitted exactly k spikes over the T steps. That is our reading of Table A1's "percentage of
+    samples with the corresponding spike counts" (its rows 0 … 4 at T = 4 sum to 100%). And
+    ``step_count_distribution`` [D+1]: entry k is the fraction of (sample, neuron, step) triples with
+    k spikes in that step (for LIF and PLIF 1 - rate and the rate; for I-LIF how the levels are used).
 
     ``input_rates`` gives, per Conv/Linear layer, the mean of its input per element and timestep:
     for a layer fed by spikes (also through average pooling) the firing rate ``energy`` needs.
     """
     lifs = _lifs(model)
-    counts = {name: torch.zeros(T + 1, dtype=torch.float64) for name in lifs}
+    levels = {name: _levels(lif) for name, lif in lifs.items()}
+    counts = {name: torch.zeros(T * levels[name] + 1, dtype=torch.float64) for name in lifs}
+    step_counts = {name: torch.zeros(levels[name] + 1, dtype=torch.float64) for name in lifs}
     per_t = {name: torch.zeros(T, dtype=torch.float64) for name in lifs}
     neurons = dict.fromkeys(lifs, 0)
     input_sums = {name: [0.0, 0] for name in synaptic_layers(model)}
@@ -66,7 +79,8 @@ def spike_statistics(model, loader, T, device, max_batches=None):
     def lif_hook(name):
         def hook(module, inputs, spikes):
             per_neuron = spikes.sum(0).reshape(spikes.shape[1], -1).long()  # [B, neurons]: spikes over T
-            counts[name] += torch.bincount(per_neuron.flatten(), minlength=T + 1).double().cpu()
+            counts[name] += torch.bincount(per_neuron.flatten(), minlength=T * levels[name] + 1).double().cpu()
+            step_counts[name] += torch.bincount(spikes.flatten().long(), minlength=levels[name] + 1).double().cpu()
             per_t[name] += spikes.flatten(1).sum(1).double().cpu()
             neurons[name] = spikes[0, 0].numel()
         return hook
@@ -85,14 +99,18 @@ def spike_statistics(model, loader, T, device, max_batches=None):
             model(x)
             samples += x.shape[1]
     layers = {}
-    for name in lifs:
+    for name, lif in lifs.items():
         total = float(per_t[name].sum()) / samples
         layers[name] = {
+            "neuron": type(lif).__name__,
+            "levels": levels[name],
             "neurons": neurons[name],
             "spikes_per_sample": total,
             "spikes_per_sample_per_t": (per_t[name] / samples).tolist(),
             "firing_rate": total / (neurons[name] * T),
+            "firing_rate_definition": _rate_definition(levels[name]),
             "spike_count_distribution": (counts[name] / counts[name].sum()).tolist(),
+            "step_count_distribution": (step_counts[name] / step_counts[name].sum()).tolist(),
         }
     total = sum(layer["spikes_per_sample"] for layer in layers.values())
     return {
@@ -116,12 +134,14 @@ def energy(model, spike_stats, input_shape, first_layer="every_step"):
     1/T of that: ``first_layer="once"`` (static input only; event frames differ per step). The
     result's ``convention`` says which was used. Every later Conv/Linear layer is fed
     by spikes and does one accumulate per spike and fan-out: SOPs = input firing rate × T × its MACs
-    per timestep (= input spikes × fan-out, up to a conv's zero padding). The rate is the one measured
+    per timestep (= input spikes × fan-out, up to a conv's zero padding). An I-LIF count c is c
+    spikes, so c accumulates per fan-out (E-SpikeFormer's reading: the count is expanded into c
+    binary spikes; the measured input rate is then the mean count). The rate is the one measured
     at the layer's own input (``spike_stats["input_rates"]``), so average pooling and residual
     shortcuts need no mapping from layer to LIF. BN is taken as folded into the conv; biases,
-    pooling, residual additions and the LIF updates are not counted. MACs are counted with forward
-    hooks on one sample of ``input_shape`` (as the loader yields it, without the batch: [C, H, W] or
-    [T, C, H, W]).
+    pooling, residual additions, products of two spike tensors (spiking attention's Q Kᵀ V) and the
+    neuron updates are not counted. MACs are counted with forward hooks on one sample of
+    ``input_shape`` (as the loader yields it, without the batch: [C, H, W] or [T, C, H, W]).
     """
     if first_layer not in FIRST_LAYER:
         raise ValueError(f"first_layer must be one of {FIRST_LAYER}, got {first_layer!r}")
@@ -155,10 +175,13 @@ def energy(model, spike_stats, input_shape, first_layer="every_step"):
                         "ops": ops, "energy_mj": ops * e_pj * 1e-9}
     flops = sum(layer["ops"] for layer in layers.values() if layer["op"] == "MAC")
     sops = sum(layer["ops"] for layer in layers.values() if layer["op"] == "AC")
+    counts = any(isinstance(m, ILIF) for m in model.modules())
     return {
         "convention": "E = E_MAC*FLOPs(first layer) + E_AC*SOPs(rest), 45 nm; direct encoding, first layer's MACs "
                       + ("once (its input repeats over T)" if first_layer == "once" else "at every one of the T steps")
-                      + "; BN folded; pooling, biases and LIF updates not counted",
+                      + ("; an I-LIF count c is c spikes (c ACs per fan-out)" if counts else "")
+                      + "; BN folded; pooling, biases, spike-by-spike products (attention) and neuron updates not "
+                        "counted",
         "first_layer": first_layer,
         "e_mac_pj": E_MAC_PJ,
         "e_ac_pj": E_AC_PJ,
@@ -172,21 +195,35 @@ def energy(model, spike_stats, input_shape, first_layer="every_step"):
 def membrane_statistics(model, loader, T, device, max_batches=None):
     """Membrane potential statistics of every LIF layer and Theorem 2's condition.
 
-    u is recomputed from each layer's input (``membrane_potentials``). Per layer: ``mu_u`` and
-    ``sigma_u`` (population std) over every t, sample and neuron, the same per t, and
-    RMD = (v_th - mu_u) / sigma_u (Eq. A10). ``theorem2`` holds, for the mean of the layer's beta
-    buffer, L = 2β (the window [a, b] = [v_th - β, v_th + β]), a = v_th - β, κ = a - mu_u, L·κ,
-    sigma_u² and whether L·κ > sigma_u²; ``theorem2_per_t`` the same for each β_t (with the pooled
-    mu_u and sigma_u, as Fig. 4 plots one pair per layer).
+    u (before the reset) is recomputed from each layer's input (``membrane_potentials``). Per layer:
+    ``neuron`` (the class name), ``v_th``, ``mu_u`` and ``sigma_u`` (population std) over every t,
+    sample and neuron, the same per t, the layer's ``beta`` buffer, and RMD = (θ - mu_u) / sigma_u
+    (Eq. A10) with θ = ``rmd_threshold``, the membrane at which the neuron starts to fire: v_th for
+    LIF and PLIF (the paper's RMD); for I-LIF the lowest of its level thresholds θ_i = (i - ½)·v_th,
+    θ_1 = v_th/2, below which its count is 0 (at D = 1 an I-LIF is a LIF firing at v_th/2, and this is
+    that LIF's RMD).
+
+    LIF and PLIF: ``theorem2`` holds, for the mean of the layer's beta buffer, L = 2β (the window
+    [a, b] = [v_th - β, v_th + β]), a = v_th - β, κ = a - mu_u, L·κ, sigma_u² and whether
+    L·κ > sigma_u²; ``theorem2_per_t`` the same for each β_t (with the pooled mu_u and sigma_u, as
+    Fig. 4 plots one pair per layer). I-LIF: both are None, not applicable: the theorem compares
+    surrogates on one window above a Gaussian u, while I-LIF's derivative sums D windows. Instead
+    I-LIF layers have ``levels`` D, ``level_thresholds`` [θ_1 … θ_D] and ``saturated_fraction``, the
+    fraction of (t, sample, neuron) with u > (D + ½)·v_th: where the clip at D cuts the count (its
+    unclipped rounding would exceed D).
     """
     lifs = _lifs(model)
-    sums = {name: torch.zeros(3, T, dtype=torch.float64) for name in lifs}  # count, Σu, Σu² per t
+    # per t: count, Σu, Σu² and, for I-LIF, the saturated count
+    sums = {name: torch.zeros(4 if isinstance(lif, ILIF) else 3, T, dtype=torch.float64) for name, lif in lifs.items()}
 
     def hook(name):
         def accumulate(module, inputs):
-            u = membrane_potentials(module, inputs[0]).double().flatten(1)  # [T, samples·neurons]
+            u = membrane_potentials(module, inputs[0]).flatten(1)  # [T, samples·neurons]
             count = torch.full((T,), u.shape[1], dtype=torch.float64, device=u.device)
-            sums[name] += torch.stack([count, u.sum(1), (u * u).sum(1)]).cpu()
+            rows = [count, u.sum(1), (u * u).sum(1)]
+            if isinstance(module, ILIF):
+                rows.append((u > (module.D + 0.5) * module.v_th).sum(1, dtype=torch.float64))
+            sums[name] += torch.stack(rows).cpu()
         return accumulate
 
     with _inference(model), _hooked([(m.register_forward_pre_hook, hook(name)) for name, m in lifs.items()]):
@@ -194,21 +231,28 @@ def membrane_statistics(model, loader, T, device, max_batches=None):
             model(x)
     layers = {}
     for name, lif in lifs.items():
-        n, s1, s2 = sums[name]
+        n, s1, s2 = sums[name][:3]
         mu, sigma = _mean_std(n.sum(), s1.sum(), s2.sum())
-        mu_t, sigma_t = zip(*(_mean_std(*sums[name][:, t]) for t in range(T)))
+        mu_t, sigma_t = zip(*(_mean_std(*sums[name][:3, t]) for t in range(T)))
         beta = lif.beta.tolist()
+        ilif = isinstance(lif, ILIF)
+        threshold = lif.v_th / 2 if ilif else lif.v_th
         layers[name] = {
+            "neuron": type(lif).__name__,
             "v_th": lif.v_th,
+            "rmd_threshold": threshold,
             "mu_u": mu,
             "sigma_u": sigma,
-            "rmd": (lif.v_th - mu) / sigma if sigma > 0 else math.inf,
+            "rmd": (threshold - mu) / sigma if sigma > 0 else math.inf,
             "mu_u_per_t": list(mu_t),
             "sigma_u_per_t": list(sigma_t),
             "beta": beta,
-            "theorem2": _theorem2(sum(beta) / len(beta), lif.v_th, mu, sigma),
-            "theorem2_per_t": [_theorem2(b, lif.v_th, mu, sigma) for b in beta],
+            "theorem2": None if ilif else _theorem2(sum(beta) / len(beta), lif.v_th, mu, sigma),
+            "theorem2_per_t": None if ilif else [_theorem2(b, lif.v_th, mu, sigma) for b in beta],
         }
+        if ilif:
+            layers[name].update(levels=lif.D, level_thresholds=[(i + 0.5) * lif.v_th for i in range(lif.D)],
+                                saturated_fraction=float(sums[name][3].sum() / n.sum()))
     return layers
 
 
@@ -228,7 +272,9 @@ def weight_statistics(model, bins=50):
 def spike_deletion(model, loader, T, device, fractions=(0.0, 0.1, 0.2, 0.3), seed=0, max_batches=None):
     """Accuracy and spikes under deletion noise (Table A3): every LIF layer's output spikes are each
     zeroed independently with probability ``fraction`` (one ``torch.Generator`` seeded with ``seed``
-    per fraction), so the next layer sees only the kept spikes.
+    per fraction), so the next layer sees only the kept spikes. An I-LIF count c is c spikes, each
+    deleted on its own: the count that goes on is Binomial(c, 1 - fraction), not c or 0 (deleting
+    one spike lowers the count by one).
 
     Returns one dict per fraction: ``accuracy``, ``spikes_per_sample`` (kept spikes, the ones that
     reach the next layer; 0 at fraction 1), ``emitted_spikes_per_sample`` (before deletion: it also
@@ -244,7 +290,11 @@ def _deletion_run(model, loader, T, device, fraction, seed, max_batches):
 
     def hook(name):
         def delete(module, inputs, spikes):
-            out = spikes * (torch.rand(spikes.shape, generator=generator, device=spikes.device) >= fraction)
+            # slot k < D holds the count's (k+1)-th spike where k < count; each slot is kept with
+            # probability 1 - fraction (for D = 1 exactly one draw per spike, as for binary layers)
+            slots = torch.arange(_levels(module), device=spikes.device).view(-1, *[1] * spikes.dim())
+            keep = torch.rand((len(slots), *spikes.shape), generator=generator, device=spikes.device) >= fraction
+            out = ((slots < spikes) & keep).sum(0).to(spikes.dtype)
             emitted[name] += float(spikes.sum())
             kept[name] += float(out.sum())
             return out
@@ -313,29 +363,35 @@ def tsne_features(model, loader, T, device, layer, timesteps, n_samples=500, see
 
 
 def plot_spike_distribution(spike_stats, path):
-    """Table A1 as bars: per LIF layer, the percentage of (sample, neuron) pairs with k spikes."""
+    """Table A1 as bars: per LIF layer, the percentage of (sample, neuron) pairs with k spikes over T,
+    k = 0 … T·D (for I-LIF the summed count: a count c is c spikes, which the axis label says)."""
     layers = spike_stats["layers"]
     fig, axes = _figure(len(layers))
     for ax, (name, layer) in zip(axes, layers.items()):
         percent = [100 * p for p in layer["spike_count_distribution"]]
-        ax.bar_label(ax.bar(range(len(percent)), percent), fmt="%.2f", fontsize="x-small")
+        ax.bar_label(ax.bar(range(len(percent)), percent), fmt="%.2f", fontsize="x-small",
+                     rotation=90 if len(percent) > 6 else 0)
         ax.set_title(f"{name}\n{layer['spikes_per_sample']:.4g} spikes/sample", fontsize="small")
-        ax.set_xlabel("spikes over T")
+        ax.set_xlabel("spikes over T" if layer["levels"] == 1 else
+                      f"summed count over T (I-LIF, D = {layer['levels']})")
     axes[0].set_ylabel("% of (sample, neuron) pairs")
     save_figure(fig, path)
 
 
 def plot_firing_rates(spike_stats, path):
-    """Firing rate of every LIF layer (left) and per timestep (right)."""
+    """Firing rate of every LIF layer (left) and per timestep (right); with I-LIF layers the axes say
+    that their rate is the mean count per neuron and step."""
     layers = spike_stats["layers"]
+    counts = any(layer["levels"] > 1 for layer in layers.values())
+    unit = " (I-LIF: mean count)" if counts else ""
     fig, (left, right) = _figure(2, sharey=False)
     left.bar(range(len(layers)), [layer["firing_rate"] for layer in layers.values()])
     left.set_xticks(range(len(layers)), list(layers), rotation=90, fontsize="x-small")
-    left.set_ylabel("firing rate")
+    left.set_ylabel(f"firing rate{unit}")
     for name, layer in layers.items():
         right.plot([s / layer["neurons"] for s in layer["spikes_per_sample_per_t"]], marker="o", label=name)
     right.set_xlabel("timestep t")
-    right.set_ylabel("firing rate at t")
+    right.set_ylabel(f"firing rate at t{unit}")
     right.legend(fontsize="x-small")
     save_figure(fig, path)
 
@@ -352,27 +408,43 @@ def plot_weight_histograms(weight_stats, path):
 
 
 def plot_membrane_statistics(membrane_stats, path):
-    """Per LIF layer: μ_u ± σ_u against v_th, RMD (Eq. A10), and Theorem 2's L·κ against σ_u² (mean β)."""
+    """Per LIF layer: μ_u ± σ_u against the firing threshold θ (v_th; I-LIF: v_th/2, with its other
+    level thresholds as grey ticks), RMD = (θ - μ_u) / σ_u (Eq. A10), and Theorem 2's L·κ against σ_u²
+    (mean β), marked "n/a" for I-LIF layers, where it does not apply."""
     names = list(membrane_stats)
     x = range(len(names))
     fig, (mu_ax, rmd_ax, thm_ax) = _figure(3, sharey=False)
     mu_ax.errorbar(x, [m["mu_u"] for m in membrane_stats.values()],
                    yerr=[m["sigma_u"] for m in membrane_stats.values()], fmt="o", capsize=3, label="μ_u ± σ_u")
-    mu_ax.plot(x, [m["v_th"] for m in membrane_stats.values()], "r_", markersize=12, label="v_th")
+    mu_ax.plot(x, [m["rmd_threshold"] for m in membrane_stats.values()], "r_", markersize=12,
+               label="firing threshold θ (v_th; I-LIF: v_th/2)")
+    levels = [(i, theta) for i, m in enumerate(membrane_stats.values()) for theta in m.get("level_thresholds", [])[1:]]
+    if levels:
+        mu_ax.plot(*zip(*levels), "_", color="grey", markersize=8, label="I-LIF level thresholds")
     mu_ax.set_ylabel("membrane potential u")
     mu_ax.legend(fontsize="x-small")
     rmd_ax.bar(x, [m["rmd"] for m in membrane_stats.values()])
-    rmd_ax.set_ylabel("RMD = (v_th - μ_u) / σ_u")
-    conditions = [m["theorem2"] for m in membrane_stats.values()]
-    thm_ax.plot(x, [c["L_kappa"] for c in conditions], "o-", label="L·κ")
-    thm_ax.plot(x, [c["sigma2"] for c in conditions], "s--", label="σ_u²")
-    for i, c in enumerate(conditions):
-        thm_ax.annotate("holds" if c["holds"] else "fails", (i, c["L_kappa"]), fontsize="x-small",
-                        textcoords="offset points", xytext=(0, 5), ha="center")
-    thm_ax.set_title("Theorem 2: L·κ > σ_u²", fontsize="small")
-    thm_ax.legend(fontsize="x-small")
+    rmd_ax.set_ylabel("RMD = (θ - μ_u) / σ_u")
+    conditions = [(i, m["theorem2"]) for i, m in enumerate(membrane_stats.values())]
+    applicable = [(i, c) for i, c in conditions if c is not None]
+    if applicable:
+        thm_ax.plot([i for i, _ in applicable], [c["L_kappa"] for _, c in applicable], "o-", label="L·κ")
+        thm_ax.plot([i for i, _ in applicable], [c["sigma2"] for _, c in applicable], "s--", label="σ_u²")
+        thm_ax.legend(fontsize="x-small")
+    for i, c in conditions:
+        if c is None and applicable:
+            thm_ax.annotate("n/a", (i, 0.5), xycoords=("data", "axes fraction"), fontsize="x-small", ha="center")
+        elif c is not None:
+            thm_ax.annotate("holds" if c["holds"] else "fails", (i, c["L_kappa"]), fontsize="x-small",
+                            textcoords="offset points", xytext=(0, 5), ha="center")
+    if not applicable:
+        thm_ax.text(0.5, 0.5, "not applicable:\nI-LIF has D windows", transform=thm_ax.transAxes, ha="center",
+                    fontsize="small")
+    thm_ax.set_title("Theorem 2: L·κ > σ_u²" + (" (n/a: I-LIF)" if len(applicable) < len(conditions) else ""),
+                     fontsize="small")
     for ax in (mu_ax, rmd_ax, thm_ax):
         ax.set_xticks(x, names, rotation=90, fontsize="x-small")
+        ax.set_xlim(-0.5, len(names) - 0.5)  # every layer's tick inside, also on a panel without points
     save_figure(fig, path)
 
 
@@ -412,6 +484,17 @@ def plot_tsne(tsne, path):
 
 def _lifs(model):
     return {name: m for name, m in model.named_modules() if isinstance(m, SearchedNeuron)}
+
+
+def _levels(lif):
+    """The largest number of spikes a layer emits per neuron and step: I-LIF's D, else 1."""
+    return lif.D if isinstance(lif, ILIF) else 1
+
+
+def _rate_definition(levels):
+    if levels == 1:
+        return "spikes (0/1) per neuron and step"
+    return f"mean count (0 … {levels}) per neuron and step: a count c is c spikes"
 
 
 def synaptic_layers(model):

@@ -3,13 +3,14 @@
 - ``fisher_max_eigenvalue``: largest eigenvalue of each layer's empirical Fisher (Eq. A8, Fig. 5c).
 - ``loss_landscape_1d`` / ``loss_landscape_2d``: loss along filter-normalised random directions
   (Li et al. 2018, Fig. 1).
-- ``metric_vs_beta``: SGV and TGC of one LIF or PLIF layer at one timestep as functions of beta (Fig. 3).
-- ``search_history_metrics``: the series of an ``A2SG.history`` per layer, timestep and metric
-  (Figs. 3, 5, A3, A4).
+- ``metric_vs_beta``: SGV and TGC of one search site as functions of beta (Fig. 3): a LIF or PLIF layer at
+  one timestep, an I-LIF layer at one (timestep, level).
+- ``search_history_metrics``: the series of an ``A2SG.history`` per layer, timestep (I-LIF: and level)
+  and metric (Figs. 3, 5, A3, A4).
 - ``plot_*``: PNG figures of the above (matplotlib, Agg), written atomically.
 
 Every function returns JSON-serialisable dicts and lists and leaves the model as it found it: its
-``state_dict`` bit for bit, every module's training flag and every spiking layer's (LIF, PLIF) armed
+``state_dict`` bit for bit, every module's training flag and every spiking layer's (LIF, PLIF, I-LIF) armed
 A²SG search are restored afterwards, even on error (while it runs, no layer searches). Batches from a
 loader are ``(x, y)`` as in training: static ``x`` [B, C, H, W] is repeated over T
 (``direct_encode``), sequences [B, T, ...] are made time-major.
@@ -22,9 +23,11 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from ..ilif import ilif_bwd_torch
 from ..lif import lif_bwd_step
-from ..nn import LIF, PLIF, SearchedNeuron
+from ..nn import ILIF, LIF, PLIF, SearchedNeuron
 from ..stats import candidate_stats
+from ..surrogate import SURROGATES
 from ..utils import new_figure, save_figure
 from ..models import model_input
 from .activity import synaptic_layers
@@ -32,6 +35,8 @@ from .activity import synaptic_layers
 # method="auto": the exact Gram route keeps a float64 copy of a layer's [n, P] gradients; above this
 # many elements it uses float32 power iteration instead.
 GRAM_MAX_ELEMENTS = 2**24
+# plot_metric_vs_beta: legends of rows with more curves than this go beside the panels
+LEGEND_INSIDE_MAX = 8
 
 
 # -- shared helpers ---------------------------------------------------------------------------
@@ -236,24 +241,43 @@ def loss_landscape_2d(model, loader, T, device, steps=11, span=1.0, seed=0, max_
 # -- 3. SGV and TGC as functions of beta --------------------------------------------------------
 
 
-def metric_vs_beta(model, x, y, layer_name, t, betas, T=None):
-    """SGV and TGC of LIF or PLIF layer ``layer_name`` at timestep ``t`` for each candidate beta_t (Fig. 3).
+def metric_vs_beta(model, x, y, layer_name, t, betas, T=None, level=None):
+    """SGV and TGC of the A²SG search site (t) of LIF or PLIF layer ``layer_name``, or (t, ``level``) of
+    an I-LIF layer, for each candidate width (Fig. 3).
 
     One forward of the batch (x as a loader gives it; T defaults to the layer's T) in the model's
-    current train/eval mode, and dL/ds of the layer's output spikes for the cross-entropy. Going down
-    from T-1 to t+1 with the layer's current betas, the LIF backward gives the carry c[t] = dL/dv[t]
-    and the reference delta[t+1]; then ``candidate_stats`` evaluates delta[t] for every candidate
-    (the quantities the A²SG search sees at that step; PLIF: with its current leak, as the search
-    carries it). The batch norm statistics a train-mode
-    forward updates are restored afterwards with everything else.
+    current train/eval mode, and dL/ds of the layer's output spikes (I-LIF: counts) for the
+    cross-entropy; the membrane in float64 from the layer's own forward. The batch norm statistics a
+    train-mode forward updates are restored afterwards with everything else.
 
-    Returns {"layer", "t", "betas", "sgv", "tgc" (None at t = T-1), "current_beta"}.
+    LIF and PLIF (``level`` None): going down from T-1 to t+1 with the layer's current betas, the LIF
+    backward gives the carry c[t] = dL/dv[t] and the reference delta[t+1]; then ``candidate_stats``
+    evaluates delta[t] for every candidate (the quantities the A²SG search sees at that step; PLIF:
+    with its current leak, as the search carries it).
+
+    I-LIF (``level`` 1 … D): the search site (t, level) of docs/search.md, as the controller judges it.
+    Its local gradient delta_level[t] is the I-LIF backward's delta[t] with level's window alone,
+    centred at θ = (level - ½)·v_th; the carry c[t] = decay·delta[t+1] comes from the plain I-LIF
+    backward down from T-1 with the layer's [T, D] widths; the reference is the delta of the site
+    visited just before, (t, level + 1) or, at level D, (t + 1, 1), with the width the layer holds
+    for it.
+
+    Returns {"layer", "t", "level" (None for LIF and PLIF), "betas", "sgv", "tgc" (None at the first
+    site visited, where the controller takes SGV: t = T-1, and for I-LIF level D), "current_beta"}.
     """
     lif = dict(model.named_modules()).get(layer_name)
-    if not isinstance(lif, (LIF, PLIF)):
-        raise ValueError(f"{layer_name!r} is not an a2sg_triton.nn.LIF or nn.PLIF layer of the model")
+    if not isinstance(lif, (LIF, PLIF, ILIF)):
+        raise ValueError(f"{layer_name!r} is not an a2sg_triton.nn.LIF, nn.PLIF or nn.ILIF layer of the model")
     if not 0 <= t < lif.T:
         raise ValueError(f"t must be in [0, {lif.T - 1}], got {t}")
+    if isinstance(lif, ILIF):
+        if isinstance(level, bool) or not isinstance(level, int):
+            raise TypeError(f"level must be an int in [1, {lif.D}] for the nn.ILIF layer {layer_name!r}, got {level!r}")
+        if not 1 <= level <= lif.D:
+            raise ValueError(f"level must be in [1, {lif.D}], got {level}")
+    elif level is not None:
+        raise ValueError(f"level is for nn.ILIF layers; {layer_name!r} is an nn.{type(lif).__name__}, searched per "
+                         "timestep alone")
     captured = {}
 
     def capture(module, inputs, output):
@@ -267,20 +291,55 @@ def metric_vs_beta(model, x, y, layer_name, t, betas, T=None):
             handle.remove()
         loss = F.cross_entropy(logits, y)
         grad_s = torch.autograd.grad(loss, captured["output"])[0].detach().double()
-        d = lif.membrane(captured["input"].double())  # u - v_th by the layer's forward, in float64
-        hard_reset = lif.reset == "hard"
-        with torch.no_grad():
-            decay = lif.leak(torch.float64)[0]  # PLIF: its current 1 - k
-        carry = ref = None
-        for step in range(lif.T - 1, t, -1):
-            ref = lif_bwd_step(d[step], grad_s[step], carry, float(lif.beta[step]), lif.surrogate, lif.v_th,
-                               hard_reset, lif.v_reset, lif.detach_reset, lif.h)
-            carry = decay * ref
-        stats = candidate_stats(d[t] + lif.v_th, grad_s[t], betas, lif.surrogate, carry=carry, ref=ref, v_th=lif.v_th,
-                                h=lif.h, reset=lif.reset, v_reset=lif.v_reset, detach_reset=lif.detach_reset)
-        current_beta = float(lif.beta[t])
-    return {"layer": layer_name, "t": t, "betas": stats.betas.tolist(), "sgv": stats.sgv().tolist(),
-            "tgc": None if ref is None else stats.tgc().tolist(), "current_beta": current_beta}
+        if isinstance(lif, ILIF):
+            stats = _ilif_site_stats(lif, captured["input"].double(), grad_s, t, level, betas)
+            current_beta = float(lif.beta[t, level - 1])
+        else:
+            stats = _lif_step_stats(lif, captured["input"].double(), grad_s, t, betas)
+            current_beta = float(lif.beta[t])
+    return {"layer": layer_name, "t": t, "level": level, "betas": stats.betas.tolist(), "sgv": stats.sgv().tolist(),
+            "tgc": None if stats.dot is None else stats.tgc().tolist(), "current_beta": current_beta}
+
+
+def _lif_step_stats(lif, x, grad_s, t, betas):
+    """``candidate_stats`` of LIF or PLIF step t (float64 x and dL/ds), carry and reference from the
+    LIF backward from T-1 down to t+1 with the layer's betas."""
+    d = lif.membrane(x)  # u - v_th by the layer's forward, in float64
+    hard_reset = lif.reset == "hard"
+    with torch.no_grad():
+        decay = lif.leak(torch.float64)[0]  # PLIF: its current 1 - k
+    carry = ref = None
+    for step in range(lif.T - 1, t, -1):
+        ref = lif_bwd_step(d[step], grad_s[step], carry, float(lif.beta[step]), lif.surrogate, lif.v_th, hard_reset,
+                           lif.v_reset, lif.detach_reset, lif.h)
+        carry = decay * ref
+    return candidate_stats(d[t] + lif.v_th, grad_s[t], betas, lif.surrogate, carry=carry, ref=ref, v_th=lif.v_th,
+                           h=lif.h, reset=lif.reset, v_reset=lif.v_reset, detach_reset=lif.detach_reset)
+
+
+def _ilif_site_stats(ilif, x, grad_q, t, level, betas):
+    """``candidate_stats`` of I-LIF search site (t, level) (float64 x and dL/dq; docs/search.md)."""
+    u, grad_q = ilif.membrane(x).flatten(1), grad_q.flatten(1)  # [T, N]
+    widths = ilif.beta.to(u)
+    # delta[t] of every step with the layer's widths: the plain I-LIF backward with input_scale 1
+    delta, _ = ilif_bwd_torch(grad_q, u, widths, None, SURROGATES.index(ilif.surrogate), ilif.D, ilif.decay, 1.0,
+                              ilif.v_th, ilif.detach_reset, ilif.h, False)
+
+    def carry(step):  # c[step] = dL/dv[step]: none after the last step
+        return None if step == ilif.T - 1 else ilif.decay * delta[step + 1]
+
+    def window(step, i, width):  # delta_i[step]: the local gradient with level i's window alone
+        return lif_bwd_step(u[step] - (i - 0.5) * ilif.v_th, grad_q[step], carry(step), width, ilif.surrogate,
+                            ilif.v_th, False, 0.0, ilif.detach_reset, ilif.h)
+
+    ref = None  # the site visited before (t, level); none before the first, (T-1, D)
+    if level < ilif.D:
+        ref = window(t, level + 1, widths[t, level])
+    elif t < ilif.T - 1:
+        ref = window(t + 1, 1, widths[t + 1, 0])
+    # candidate_stats centres the window at v_th (d = u - v_th): shifted so that d = u - θ_level
+    return candidate_stats(u[t] - (level - 0.5) * ilif.v_th + ilif.v_th, grad_q[t], betas, ilif.surrogate,
+                           carry=carry(t), ref=ref, v_th=ilif.v_th, h=ilif.h, detach_reset=ilif.detach_reset)
 
 
 # -- 4. Search history -------------------------------------------------------------------------
@@ -288,11 +347,15 @@ def metric_vs_beta(model, x, y, layer_name, t, betas, T=None):
 
 def search_history_metrics(history):
     """``A2SG.history`` rows -> {layer: {t: {metric: {"epochs", "beta", "metric_at_beta", "best_value"}}}},
-    each series in epoch order: the chosen beta and the metric at it per search (Figs. 3, 5, A3, A4)."""
+    each series in epoch order: the chosen beta and the metric at it per search (Figs. 3, 5, A3, A4).
+    I-LIF rows (``level`` 1 … D: one search site per timestep and level) nest one level deeper,
+    {layer: {t: {level: {metric: ...}}}}, so that each series is one site's."""
     series = {}
     for row in sorted(history, key=lambda row: row["epoch"]):
-        entry = series.setdefault(row["layer"], {}).setdefault(row["t"], {}).setdefault(
-            row["metric"], {"epochs": [], "beta": [], "metric_at_beta": [], "best_value": []})
+        site = series.setdefault(row["layer"], {}).setdefault(row["t"], {})
+        if row.get("level") is not None:  # histories written before I-LIF have no level
+            site = site.setdefault(row["level"], {})
+        entry = site.setdefault(row["metric"], {"epochs": [], "beta": [], "metric_at_beta": [], "best_value": []})
         entry["epochs"].append(row["epoch"])
         entry["beta"].append(row["beta"])
         entry["metric_at_beta"].append(row["metric_at_beta"])
@@ -375,18 +438,36 @@ def plot_loss_landscape_2d(result, path, levels=20):
 
 def plot_metric_vs_beta(results, path):
     """SGV (and TGC where present) against beta, the current beta dashed, one curve per label (Fig. 3).
-    ``results``: one ``metric_vs_beta`` result or {label: result}. A label has one colour in both
-    panels (TGC has no curve at t = T-1), and each panel's legend names the curves it shows. A value
-    that is not finite (SGV = +inf where mean |delta| = 0: no gradient in the window) would leave a
-    silent gap in its curve: it is marked by a triangle at the panel's top edge, which the legend explains."""
-    from matplotlib.lines import Line2D  # matplotlib is imported only to draw, as in new_figure
-
+    ``results``: one ``metric_vs_beta`` result or {label: result}. I-LIF results get one row of panels
+    per level (in the order the results first name them), LIF and PLIF results one row together. A
+    label has one colour in both panels of its row (TGC has no curve at the first site), and each
+    panel's legend names the curves it shows. A value that is not finite (SGV = +inf where
+    mean |delta| = 0: no gradient in the window) would leave a silent gap in its curve: it is marked
+    by a triangle at the panel's top edge, which the legend explains. A row of more than
+    LEGEND_INSIDE_MAX curves has its legends beside the panels, which grow to hold them."""
     runs = _labelled(results, "betas")
     metrics = ["sgv"] + (["tgc"] if any(result["tgc"] is not None for result in runs.values()) else [])
+    levels = list(dict.fromkeys(result.get("level") for result in runs.values()))
+    rows = [{label: r for label, r in runs.items() if r.get("level") == level} for level in levels]
+    curves = max(len(row) for row in rows)
+    crowded = curves > LEGEND_INSIDE_MAX
+    fig, axes = new_figure(rows=len(rows), columns=len(metrics),
+                           panel_size=(8.0, max(3.5, 0.15 * curves + 1.0)) if crowded else (4.5, 3.5))
+    for ax_row, row, level in zip(axes, rows, levels):
+        _plot_metric_row(ax_row, metrics, row, level, crowded)
+    save_figure(fig, path)
+
+
+def _plot_metric_row(axes, metrics, runs, level, crowded):
+    """One row of ``plot_metric_vs_beta``: the results of one I-LIF level (None: LIF and PLIF)."""
+    from matplotlib.lines import Line2D  # matplotlib is imported only to draw, as in new_figure
+
     colours = {label: f"C{i}" for i, label in enumerate(runs)}
-    fig, axes = new_figure(columns=len(metrics))
-    for ax, metric in zip(axes[0], metrics):
+    for ax, metric in zip(axes, metrics):
         infinite = False
+        if all(result[metric] is None for result in runs.values()):  # e.g. I-LIF's level D at T = 1
+            ax.text(0.5, 0.5, f"no {metric.upper()}: the first site searched takes SGV", ha="center",
+                    transform=ax.transAxes, fontsize="small")
         for label, result in runs.items():
             if result[metric] is None:
                 continue
@@ -398,31 +479,45 @@ def plot_metric_vs_beta(results, path):
                 infinite = True
                 ax.plot(gaps, [1.0] * len(gaps), linestyle="none", marker="^", color=colours[label], clip_on=False,
                         transform=ax.get_xaxis_transform())
-        ax.set_title(f"{metric.upper()} (dashed: the current β)", fontsize="small")
+        where = "" if level is None else f"I-LIF level {level}: "
+        ax.set_title(f"{where}{metric.upper()} (dashed: the current β)", fontsize="small")
         ax.set_xlabel("β")
         ax.set_ylabel(metric.upper())
         handles, labels = ax.get_legend_handles_labels()
         if infinite:
             handles.append(Line2D([], [], linestyle="none", marker="^", color="grey"))
             labels.append(f"{metric.upper()} not finite (mean |δ| = 0)")
-        if len(runs) > 1 or infinite:
+        if not handles:  # a panel without curves (the first site's TGC)
+            continue
+        if crowded:
+            ax.legend(handles, labels, fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        elif len(runs) > 1 or infinite:
             ax.legend(handles, labels, fontsize="small")
-    save_figure(fig, path)
 
 
 def plot_search_history(metrics, path):
     """One row per layer: the metric at the chosen beta (left) and the chosen beta (right) over the
-    epochs, one curve per timestep. ``metrics``: a ``search_history_metrics`` result."""
+    epochs, one curve per search site (timestep; I-LIF: timestep and level). ``metrics``: a
+    ``search_history_metrics`` result."""
     fig, axes = new_figure(rows=len(metrics), columns=2)
     for (layer, per_t), (ax_metric, ax_beta) in zip(metrics.items(), axes):
-        for t, per_metric in sorted(per_t.items()):
-            for metric, entry in per_metric.items():
-                label = f"t={t} {metric.upper()}"
-                ax_metric.plot(entry["epochs"], entry["metric_at_beta"], marker=".", label=label)
-                ax_beta.plot(entry["epochs"], entry["beta"], marker=".", label=label)
+        for label, entry in _site_series(per_t):
+            ax_metric.plot(entry["epochs"], entry["metric_at_beta"], marker=".", label=label)
+            ax_beta.plot(entry["epochs"], entry["beta"], marker=".", label=label)
         ax_metric.set_title(f"{layer}: metric at the chosen β")
         ax_beta.set_title(f"{layer}: chosen β")
         for ax in (ax_metric, ax_beta):
             ax.set_xlabel("epoch")
             ax.legend(fontsize="small")
     save_figure(fig, path)
+
+
+def _site_series(per_t):
+    """(label, series) of each search site of one layer's ``search_history_metrics`` entry: keyed by
+    metric under t, or for I-LIF by level and then metric."""
+    for t, per_site in sorted(per_t.items()):
+        for key, value in per_site.items():
+            if key in ("sgv", "tgc"):
+                yield f"t={t} {key.upper()}", value
+            else:
+                yield from ((f"t={t} level={key} {metric.upper()}", entry) for metric, entry in value.items())
