@@ -123,3 +123,25 @@ def ilif_edge_neurons(x, beta, surrogate, v0=None, *, D=4, decay=0.25, input_sca
     if surrogate in WINDOWED:
         near |= (distance - beta[:, None, :]).abs() < EDGE_MARGIN
     return near.any(-1).any(0)
+
+
+def outputs_and_grads(model, x):
+    """(output, dL/dx, every parameter's gradient) of L = sum(output * arange(features)); the model's
+    gradients are zeroed after."""
+    x = x.clone().requires_grad_()
+    out = model(x)
+    (out * torch.arange(out.shape[-1], device=x.device)).sum().backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    return out, x.grad, grads
+
+
+def assert_compiled_matches_eager(model, x):
+    """torch.compile(model, fullgraph=True): the eager outputs exactly, the same gradients."""
+    eager = outputs_and_grads(model, x)
+    compiled = outputs_and_grads(torch.compile(model, fullgraph=True), x)
+    assert eager[0].sum() > 0
+    torch.testing.assert_close(compiled[0], eager[0], rtol=0, atol=0)
+    torch.testing.assert_close(compiled[1], eager[1])
+    for got, want in zip(compiled[2], eager[2]):
+        torch.testing.assert_close(got, want)

@@ -230,16 +230,8 @@ def test_plif_nodes_convert_with_their_learned_leak():
         ("sigmoid", 0.3, "soft", True), ("atan", -1.1, "hard", False)]
     assert plifs[1].v_th == pytest.approx(1.0) and plifs[1].v_reset == 0.0 and plifs[1].w.requires_grad
     g = torch.Generator().manual_seed(1)
-    x, w = torch.randn(T, 5, 8, generator=g, dtype=torch.float64), torch.randn(T, 5, 16, generator=g, dtype=torch.float64)
-    results = []
-    for net in (model, converted):
-        net.zero_grad()
-        xx = x.clone().requires_grad_()
-        out = net(xx)
-        (out * w).sum().backward()
-        functional.reset_net(net)
-        results.append((out, xx.grad, {n: p.grad.clone() for n, p in net.named_parameters()}))
-    (out_sj, gx_sj, grads_sj), (out, gx, grads) = results
+    x, w = (torch.randn(T, 5, n, generator=g, dtype=torch.float64) for n in (8, 16))
+    (out_sj, gx_sj, grads_sj, _), (out, gx, grads, _) = (forward_backward(net, x, w) for net in (model, converted))
     assert 0.05 < out_sj.mean().item() < 0.95 and torch.equal(out, out_sj)
     torch.testing.assert_close(gx, gx_sj, rtol=1e-10, atol=1e-12)
     assert grads.keys() == grads_sj.keys() and {"1.w", "3.w"} <= grads.keys()
@@ -269,17 +261,8 @@ def test_ilif_nodes_convert_to_box_windows_of_half_a_threshold():
         (4, "box", 0.25, 1.0, 1.0, False), (2, "box", 0.5, 1.0, 0.75, True)]
     assert torch.equal(ilifs[0].beta, torch.full((T, 4), 0.5)) and torch.equal(ilifs[1].beta, torch.full((T, 2), 0.375))
     g = torch.Generator().manual_seed(1)
-    x = torch.randn(T, 5, 8, generator=g, dtype=torch.float64)
-    w = torch.randn(T, 5, 16, generator=g, dtype=torch.float64)
-    results = []
-    for net in (model, converted):
-        net.zero_grad()
-        xx = x.clone().requires_grad_()
-        out = net(xx)
-        (out * w).sum().backward()
-        functional.reset_net(net)
-        results.append((out, xx.grad, {n: p.grad.clone() for n, p in net.named_parameters()}))
-    (out_sj, gx_sj, grads_sj), (out, gx, grads) = results
+    x, w = (torch.randn(T, 5, n, generator=g, dtype=torch.float64) for n in (8, 16))
+    (out_sj, gx_sj, grads_sj, _), (out, gx, grads, _) = (forward_backward(net, x, w) for net in (model, converted))
     assert torch.equal(out, out_sj) and out_sj.max() == 2 and 0.1 < (out_sj > 0).double().mean() < 0.9
     torch.testing.assert_close(gx, gx_sj, rtol=1e-10, atol=1e-12)
     assert grads.keys() == grads_sj.keys()

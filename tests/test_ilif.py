@@ -9,7 +9,7 @@ from a2sg_triton import SURROGATES
 from a2sg_triton.ilif import ILIF_FWD, ilif_fwd_torch
 from a2sg_triton.nn import ILIF
 from a2sg_triton.reference import ilif_multistep as ilif_ref
-from helpers import KERNEL_DEVICE, PER_STEP_BETA, compare_to_reference, ilif_edge_neurons, make_input, make_v0
+from helpers import KERNEL_DEVICE, assert_compiled_matches_eager, PER_STEP_BETA, compare_to_reference, ilif_edge_neurons, make_input, make_v0
 
 LEVEL_BETA = [0.3, 0.55, 0.45, 0.2]
 LEVEL_SCALE = [1.0, 0.8, 1.2, 0.6]
@@ -226,19 +226,7 @@ def test_torch_compile_fullgraph_cpu():
                                 ILIF(3, 2, "asy", v_th=0.5, detach_reset=True, backend="torch"))
     with torch.no_grad():  # weights large enough that the second layer counts too
         model[2].weight.normal_(0.1, 0.5)
-    x = 3 * torch.randn(3, 5, 6)
-    results = []
-    for m in (model, torch.compile(model, fullgraph=True)):
-        xx = x.clone().requires_grad_()
-        out = m(xx)
-        (out * torch.arange(8)).sum().backward()
-        results.append((out, xx.grad, [p.grad.clone() for p in model.parameters()]))
-        model.zero_grad()
-    (out_e, gx_e, gp_e), (out_c, gx_c, gp_c) = results
-    assert out_e.sum() > 0 and torch.equal(out_c, out_e)
-    torch.testing.assert_close(gx_c, gx_e)
-    for got, want in zip(gp_c, gp_e):
-        torch.testing.assert_close(got, want)
+    assert_compiled_matches_eager(model, 3 * torch.randn(3, 5, 6))
 
 
 # -- arguments ----------------------------------------------------------------------------------

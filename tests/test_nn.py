@@ -6,7 +6,7 @@ import torch
 import a2sg_triton
 from a2sg_triton.lif import lif_bwd_op, lif_fwd_op
 from a2sg_triton.nn import LIF
-from helpers import KERNEL_DEVICE
+from helpers import KERNEL_DEVICE, assert_compiled_matches_eager, outputs_and_grads
 
 
 def test_paper_neuron_and_beta_buffer():
@@ -67,31 +67,16 @@ def _model(backend):
     return model
 
 
-def _outputs_and_grads(model, x):
-    x = x.clone().requires_grad_()
-    out = model(x)
-    (out * torch.arange(out.shape[-1], device=x.device)).sum().backward()
-    grads = [p.grad.clone() for p in model.parameters()]
-    model.zero_grad()
-    return out, x.grad, grads
-
-
 def _check_compiled_matches_eager(backend, device):
     torch._dynamo.reset()
     model = _model(backend).to(device)
     model[1].beta.copy_(torch.tensor([0.3, 0.5, 0.7]))
     x = 3 * torch.randn(3, 5, 6, device=device)
-    eager = _outputs_and_grads(model, x)
-    compiled = _outputs_and_grads(torch.compile(model, fullgraph=True), x)
-    assert eager[0].sum() > 0
-    torch.testing.assert_close(compiled[0], eager[0], rtol=0, atol=0)
-    torch.testing.assert_close(compiled[1], eager[1])
-    for got, want in zip(compiled[2], eager[2]):
-        torch.testing.assert_close(got, want)
+    assert_compiled_matches_eager(model, x)
     # changing beta (a buffer) takes effect in the compiled model without recompiling
     model[1].beta.fill_(0.9)
-    torch.testing.assert_close(_outputs_and_grads(torch.compile(model, fullgraph=True), x)[1],
-                               _outputs_and_grads(model, x)[1])
+    torch.testing.assert_close(outputs_and_grads(torch.compile(model, fullgraph=True), x)[1],
+                               outputs_and_grads(model, x)[1])
 
 
 def test_torch_compile_fullgraph_cpu():

@@ -11,7 +11,7 @@ from a2sg_triton import A2SG, SURROGATES
 from a2sg_triton.lif import launch_config, lif_step
 from a2sg_triton.nn import PLIF
 from a2sg_triton.reference import plif_multistep as plif_ref
-from helpers import KERNEL_DEVICE, NEURON_SHAPE, beta_for, dyadic, edge_neurons, make_input, make_v0
+from helpers import KERNEL_DEVICE, assert_compiled_matches_eager, NEURON_SHAPE, beta_for, dyadic, edge_neurons, make_input, make_v0
 
 # NEURON_SHAPE's several blocks give dL/dk several per-program partial sums.
 W = -0.6  # k = sigmoid(w) = 0.354
@@ -281,19 +281,7 @@ def test_torch_compile_fullgraph_cpu():
                                 PLIF(3, "tri", reset="hard", decay_input=False, backend="torch"))
     with torch.no_grad():  # weights large enough that the second layer spikes too
         model[2].weight.normal_(0.3, 1.0)
-    x = 3 * torch.randn(3, 5, 6)
-    results = []
-    for m in (model, torch.compile(model, fullgraph=True)):
-        xx = x.clone().requires_grad_()
-        out = m(xx)
-        (out * torch.arange(8)).sum().backward()
-        results.append((out, xx.grad, [p.grad.clone() for p in model.parameters()]))
-        model.zero_grad()
-    (out_e, gx_e, gp_e), (out_c, gx_c, gp_c) = results
-    assert out_e.sum() > 0 and torch.equal(out_c, out_e)
-    torch.testing.assert_close(gx_c, gx_e)
-    for got, want in zip(gp_c, gp_e):
-        torch.testing.assert_close(got, want)
+    assert_compiled_matches_eager(model, 3 * torch.randn(3, 5, 6))
 
 
 def test_opcheck():
