@@ -67,6 +67,16 @@ class LinearToy(nn.Module):
 # -- 1. Fisher ----------------------------------------------------------------------------------
 
 
+def layer_input_and_output_grad(model, layer, x, y):
+    """({"x": the layer's input, "out": its output}, float64 dL/d(output)) of the model's
+    cross-entropy on (x, y), from a forward hook."""
+    captured = {}
+    handle = layer.register_forward_hook(lambda m, inputs, out: captured.update(x=inputs[0].detach(), out=out))
+    loss = nn.functional.cross_entropy(model(a2sg_triton.models.direct_encode(x, T)), y)
+    handle.remove()
+    return captured, torch.autograd.grad(loss, captured["out"])[0].double()
+
+
 def test_fisher_equals_numpy_on_a_linear_toy(monkeypatch):
     torch.manual_seed(0)
     model = LinearToy(7, 3)
@@ -186,12 +196,8 @@ def test_metric_vs_beta_matches_brute_force(surrogate, neuron, layer_name, t):
 
     # Brute force: the layer's input and dL/ds from hooks, then for each beta autograd through the
     # float64 reference LIF with beta[t] replaced; delta = dL/du = dL/dx / input_scale.
-    captured = {}
     lif.search_armed = False
-    handle = lif.register_forward_hook(lambda m, inputs, out: captured.update(x=inputs[0].detach(), out=out))
-    loss = nn.functional.cross_entropy(model(a2sg_triton.models.direct_encode(x, T)), y)
-    handle.remove()
-    grad_s = torch.autograd.grad(loss, captured["out"])[0].double()
+    captured, grad_s = layer_input_and_output_grad(model, lif, x, y)
     # PLIF is LIF with decay 1 - k and input_scale k
     with torch.no_grad():
         decay, input_scale = (float(v) for v in lif.leak(torch.float64))
@@ -257,12 +263,8 @@ def test_ilif_metric_vs_beta_matches_brute_force(surrogate, detach_reset, layer_
     assert ilif.search_armed
     assert_bit_identical(model, before)
 
-    captured = {}
     ilif.search_armed = False
-    handle = ilif.register_forward_hook(lambda m, inputs, out: captured.update(x=inputs[0].detach(), out=out))
-    loss = nn.functional.cross_entropy(model(a2sg_triton.models.direct_encode(x, T)), y)
-    handle.remove()
-    grad_q = torch.autograd.grad(loss, captured["out"])[0].double()
+    captured, grad_q = layer_input_and_output_grad(model, ilif, x, y)
     inputs, widths = captured["x"].double(), widths.double()
     assert captured["out"].max() > 1  # counts above 1: the levels matter
     neuron = dict(D=4, decay=ilif.decay, input_scale=ilif.input_scale, v_th=ilif.v_th, detach_reset=detach_reset,

@@ -16,6 +16,9 @@ from a2sg_triton.train import main as train
 
 TINY = ["--epochs", "2", "--limit-batches", "3", "--batch-size", "16", "--n-obs", "8", "--n-eval", "8",
         "--device", "cpu", "--backend", "torch"]
+# every instrument on little data
+QUICK = ["--max-batches", "1", "--batch-size", "50", "--fisher-samples", "8", "--landscape-steps", "3",
+         "--tsne-samples", "40"]
 FIGURES = ["firing_rates.png", "fisher.png", "landscape_1d.png", "landscape_2d.png", "membrane.png",
            "metric_vs_beta.png", "search_history.png", "spike_deletion.png", "spike_distribution.png", "tsne.png",
            "weights.png"]
@@ -31,8 +34,7 @@ def trained_run(tmp_path_factory):
 
 def test_analyze_run(trained_run, capsys):
     capsys.readouterr()
-    assert analyze([str(trained_run), "--max-batches", "1", "--batch-size", "50", "--fisher-samples", "8",
-                    "--landscape-steps", "3", "--tsne-samples", "40"]) == 0
+    assert analyze([str(trained_run), *QUICK]) == 0
     out = trained_run / "analysis"
     for name in FIGURES:
         assert (out / name).read_bytes()[:4] == b"\x89PNG", name
@@ -57,8 +59,7 @@ def ilif_run(tmp_path_factory):
 def test_analyze_ilif_run(ilif_run, capsys):
     """Every instrument on a digits_cnn with I-LIF (T = 2, D = 3): counts up to T·D, the rate as a mean
     count, Theorem 2 not applicable, the search sites per (t, level), one curve per site of metric-vs-β."""
-    assert analyze([str(ilif_run), "--max-batches", "1", "--batch-size", "50", "--fisher-samples", "8",
-                    "--landscape-steps", "3", "--tsne-samples", "40"]) == 0
+    assert analyze([str(ilif_run), *QUICK]) == 0
     out = ilif_run / "analysis"
     for name in FIGURES:
         assert (out / name).read_bytes()[:4] == b"\x89PNG", name
