@@ -5,8 +5,8 @@ import copy
 import torch
 
 from .nn import ILIF, LIF, PLIF
-from .surrogate import check_surrogate
-from .utils import check_beta
+from .ops.surrogate import check_surrogate
+from .ops.checks import check_beta
 
 
 class _Unsupported(Exception):

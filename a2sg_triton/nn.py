@@ -6,12 +6,13 @@ import weakref
 import torch
 
 from . import memory
-from .ilif import check_ilif_constants, ilif_membrane, ilif_multistep
-from .lif import lif_membrane, lif_multistep
-from .plif import _leak, plif_membrane, plif_multistep
-from .surrogate import check_surrogate
-from .tdbn_lif import lif_recomputed
-from .utils import BACKENDS, check_beta, check_flag, check_real, check_reset, check_save_dtype, is_compiling
+from .ops.ilif import check_ilif_constants, ilif_membrane, ilif_multistep
+from .ops.lif import lif_membrane, lif_multistep
+from .ops.plif import _leak, plif_membrane, plif_multistep
+from .ops.surrogate import check_surrogate
+from .ops.tdbn_lif import lif_recomputed
+from .ops.backend import BACKENDS, is_compiling
+from .ops.checks import check_beta, check_flag, check_real, check_reset, check_save_dtype
 
 # A2SG search sites: key -> (weak reference to the controller, layer name, weak reference to the
 # layer). a2sg_triton.A2SG registers its layers here; a layer passes its key to the op only while
@@ -288,3 +289,14 @@ class ILIF(SearchedNeuron):
         return (f"T={self.T}, D={self.D}, surrogate={self.surrogate!r}, decay={self.decay}, "
                 f"input_scale={self.input_scale}, v_th={self.v_th}, detach_reset={self.detach_reset}, "
                 f"backend={self.backend!r}")
+
+
+def unwrap_model(model):
+    """The plain module under DistributedDataParallel and torch.compile wrappers (any nesting)."""
+    while True:
+        if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+            model = model.module
+        elif isinstance(model, torch._dynamo.eval_frame.OptimizedModule):
+            model = model._orig_mod
+        else:
+            return model

@@ -25,7 +25,8 @@ from contextlib import contextmanager
 import torch
 
 from .nn import LIF, PLIF, SearchedNeuron
-from .utils import math_dtype, unwrap_model
+from .ops.backend import math_dtype
+from .nn import unwrap_model
 
 Membrane = namedtuple("Membrane", "layer u spikes")
 

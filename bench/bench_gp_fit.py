@@ -40,7 +40,7 @@ import time
 
 import torch
 
-from a2sg_triton import search
+from a2sg_triton.search import bo as search
 
 LO, HI = 0.05, 1.0
 FAMILIES = ("sgv", "tgc", "edge", "bumpy")

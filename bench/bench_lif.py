@@ -65,7 +65,7 @@ import torch
 
 import a2sg_triton
 from a2sg_triton import reference
-from a2sg_triton.utils import triton_interpreting
+from a2sg_triton.ops.backend import triton_interpreting
 
 try:
     import triton
@@ -143,7 +143,7 @@ def make_lif(provider, device, dtype, T, neuron="lif"):
         return make_ilif(provider, device, probe, T)
     if provider == "nn":
         module = a2sg_triton.nn.LIF(T, SURROGATE, beta_init=BETA).to(device)
-        return module, f"a2sg_triton.nn.LIF(backend='auto' -> {a2sg_triton.utils.resolve_backend('auto', probe)!r})"
+        return module, f"a2sg_triton.nn.LIF(backend='auto' -> {a2sg_triton.ops.backend.resolve_backend('auto', probe)!r})"
     if provider in ("triton", "torch", "inductor"):
         lif = functools.partial(a2sg_triton.lif_multistep, beta=BETA, surrogate=SURROGATE, backend=provider)
         interpreted = " under the Triton interpreter" if provider == "triton" and device.type == "cpu" else ""
@@ -163,7 +163,7 @@ def make_plif(provider, device, probe, T):
     """make_lif for --neuron plif: w = 0 (k = 1/2), requiring grad, so every backward computes dL/dw."""
     if provider == "nn":
         module = a2sg_triton.nn.PLIF(T, SURROGATE, beta_init=BETA).to(device)
-        return module, f"a2sg_triton.nn.PLIF(backend='auto' -> {a2sg_triton.utils.resolve_backend('auto', probe)!r})"
+        return module, f"a2sg_triton.nn.PLIF(backend='auto' -> {a2sg_triton.ops.backend.resolve_backend('auto', probe)!r})"
     w = torch.zeros((), device=device, requires_grad=True)
     if provider in ("triton", "torch", "inductor"):
         interpreted = " under the Triton interpreter" if provider == "triton" and device.type == "cpu" else ""
@@ -195,7 +195,7 @@ def make_ilif(provider, device, probe, T):
     ilif = dict(D=ILIF_D, decay=0.25, input_scale=1.0, v_th=1.0)
     if provider == "nn":
         module = a2sg_triton.nn.ILIF(T, ILIF_D, ILIF_SURROGATE, beta_init=BETA).to(device)
-        return module, f"a2sg_triton.nn.ILIF(backend='auto' -> {a2sg_triton.utils.resolve_backend('auto', probe)!r})"
+        return module, f"a2sg_triton.nn.ILIF(backend='auto' -> {a2sg_triton.ops.backend.resolve_backend('auto', probe)!r})"
     if provider in ("triton", "torch", "inductor"):
         interpreted = " under the Triton interpreter" if provider == "triton" and device.type == "cpu" else ""
         return (functools.partial(a2sg_triton.ilif_multistep, beta=BETA, surrogate=ILIF_SURROGATE, backend=provider,

@@ -8,7 +8,7 @@ are read), K candidate widths of the asy surrogate. Providers:
               --stats-backend takes one or more, e.g. auto torch: one fused row per backend;
               triton on the CPU runs under TRITON_INTERPRET=1, the interpreter: a check, not a speed)
   eager_loop  K separate eager evaluations: a Python loop over the candidates, each one call of
-              a2sg_triton.stats.candidate_stats_torch (the eager backend) with a 1-element betas tensor
+              a2sg_triton.ops.stats.candidate_stats_torch (the eager backend) with a 1-element betas tensor
               (surrogate_grad, the delta formula and the float64 sums in plain torch ops)
   naive_loop  the obvious float64 code: u, grad_s, carry, ref converted to float64, then a Python
               loop over the K widths, each delta = lif_bwd_step(...) (surrogate and delta formula)
@@ -90,14 +90,14 @@ from bench_lif import (  # noqa: E402
 )
 
 import a2sg_triton  # noqa: E402
-from a2sg_triton.lif import lif_bwd_step  # noqa: E402
+from a2sg_triton.ops.lif import lif_bwd_step  # noqa: E402
 from a2sg_triton.nn import LIF  # noqa: E402
 from a2sg_triton.search import GP_FITS  # noqa: E402
-from a2sg_triton.surrogate import SURROGATES  # noqa: E402
-from a2sg_triton.utils import resolve_backend  # noqa: E402
+from a2sg_triton.ops.surrogate import SURROGATES  # noqa: E402
+from a2sg_triton.ops.backend import resolve_backend  # noqa: E402
 
 # The eager backend of one candidate-statistics call, from the module defining the public function
-# (a2sg_triton.stats; the module was named candidate_stats before).
+# (a2sg_triton.ops.stats; the module was named candidate_stats before).
 candidate_stats_torch = sys.modules[a2sg_triton.candidate_stats.__module__].candidate_stats_torch
 
 DEFAULT_OUT = BENCH_DIR / "results" / "search.jsonl"

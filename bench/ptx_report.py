@@ -78,7 +78,7 @@ import torch  # noqa: E402
 import triton  # noqa: E402
 
 import compile_kernels  # noqa: E402
-from a2sg_triton.surrogate import SURROGATES  # noqa: E402
+from a2sg_triton.ops.surrogate import SURROGATES  # noqa: E402
 from bench_lif import run_metadata  # noqa: E402
 
 ITEMSIZE = {"fp32": 4, "fp16": 2, "bf16": 2, "u8": 1, "i32": 4, "i64": 8}

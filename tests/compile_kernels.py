@@ -13,17 +13,17 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from a2sg_triton.bitpack import BLOCK_BYTES
+from a2sg_triton.ops.bitpack import BLOCK_BYTES
 from a2sg_triton.kernels.bitpack import pack_bits_kernel, unpack_bits_kernel
 from a2sg_triton.kernels.ilif import ilif_bwd_kernel, ilif_fwd_kernel
 from a2sg_triton.kernels.lif import lif_bwd_kernel, lif_fwd_kernel
 from a2sg_triton.kernels.plif import plif_bwd_kernel, plif_fwd_kernel
 from a2sg_triton.kernels.stats import candidate_stats_kernel
 from a2sg_triton.kernels.tdbn_lif import tdbn_fwd_kernel, tdbn_lif_bwd_kernel
-from a2sg_triton.lif import BLOCK_SIZES
-from a2sg_triton.tdbn_lif import NORM_BLOCK
-from a2sg_triton.stats import BLOCK_K, BLOCK_N
-from a2sg_triton.surrogate import SURROGATES
+from a2sg_triton.ops.lif import BLOCK_SIZES
+from a2sg_triton.ops.tdbn_lif import NORM_BLOCK
+from a2sg_triton.ops.stats import BLOCK_K, BLOCK_N
+from a2sg_triton.ops.surrogate import SURROGATES
 
 CAPABILITIES = (90, 80)
 FLAGS = list(itertools.product([False, True], repeat=2))

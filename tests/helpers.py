@@ -3,9 +3,9 @@
 import torch
 
 import a2sg_triton
-from a2sg_triton.ilif import ilif_fwd_torch
-from a2sg_triton.lif import lif_step
-from a2sg_triton.utils import math_dtype
+from a2sg_triton.ops.ilif import ilif_fwd_torch
+from a2sg_triton.ops.lif import lif_step
+from a2sg_triton.ops.backend import math_dtype
 from a2sg_triton.reference import lif_multistep as lif_ref
 
 KERNEL_DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -3,8 +3,8 @@
 
 import json
 
-from a2sg_triton.ablate import main
-from a2sg_triton.train import main as train
+from a2sg_triton.cli.ablate import main
+from a2sg_triton.cli.train import main as train
 
 TINY = ["--epochs", "1", "--limit-batches", "2", "--batch-size", "16", "--n-obs", "6", "--n-eval", "6",
         "--device", "cpu", "--backend", "torch"]
@@ -95,7 +95,7 @@ def test_bad_seeds(tmp_path, capsys):
 def test_spread_and_fisher(tmp_path, monkeypatch):
     """A mean is marked beyond the seed spread only when the gap exceeds the two stds together, and
     --fisher N computes (then caches) each run's middle-layer λ_max."""
-    from a2sg_triton import ablate
+    from a2sg_triton.cli import ablate
 
     base = [{"test_acc": a, "best_test_acc": a, "train_loss": 1.0, "spikes_per_sample": 10.0, "epoch_seconds": 1.0,
              "search_seconds": 0.0, "search_share": 0.0, "at_range_ends": 0.0, "fell_back": 0, "flat": 0,

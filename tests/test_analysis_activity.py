@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import a2sg_triton
 from a2sg_triton.analysis import activity
-from a2sg_triton.ilif import ilif_membrane
+from a2sg_triton.ops.ilif import ilif_membrane
 from a2sg_triton.models import build_model, direct_encode
 from a2sg_triton.nn import ILIF, LIF, PLIF
 

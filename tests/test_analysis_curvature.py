@@ -10,8 +10,8 @@ from torch import nn
 
 import a2sg_triton
 from a2sg_triton.analysis import curvature
-from a2sg_triton.ilif import MultiLevelSurrogate, ilif_multistep_ref
-from a2sg_triton.metrics import sgv, tgc
+from a2sg_triton.ops.ilif import MultiLevelSurrogate, ilif_multistep_ref
+from a2sg_triton.search.metrics import sgv, tgc
 from a2sg_triton.models import build_model
 from a2sg_triton.nn import ILIF
 from a2sg_triton.reference import lif_multistep as lif_ref

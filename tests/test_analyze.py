@@ -7,12 +7,12 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-import a2sg_triton.analyze as analyze_module
+import a2sg_triton.cli.analyze as analyze_module
 from a2sg_triton import analysis
-from a2sg_triton.analyze import build_parser
-from a2sg_triton.analyze import main as analyze
+from a2sg_triton.cli.analyze import build_parser
+from a2sg_triton.cli.analyze import main as analyze
 from a2sg_triton.data import build_datasets
-from a2sg_triton.train import main as train
+from a2sg_triton.cli.train import main as train
 
 TINY = ["--epochs", "2", "--limit-batches", "3", "--batch-size", "16", "--n-obs", "8", "--n-eval", "8",
         "--device", "cpu", "--backend", "torch"]

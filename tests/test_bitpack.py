@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from a2sg_triton.bitpack import pack_bits, pack_bits_ref, unpack_bits, unpack_bits_ref
+from a2sg_triton.ops.bitpack import pack_bits, pack_bits_ref, unpack_bits, unpack_bits_ref
 from helpers import KERNEL_DEVICE
 
 DTYPES = {"torch": [torch.float32, torch.float16, torch.float64], "triton": [torch.float32, torch.float16]}

@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-import a2sg_triton.stats as cs
+import a2sg_triton.ops.stats as cs
 from a2sg_triton import SURROGATES, metrics, surrogate_grad
-from a2sg_triton.stats import candidate_stats, candidate_stats_ref, reference_deltas
+from a2sg_triton.ops.stats import candidate_stats, candidate_stats_ref, reference_deltas
 from helpers import KERNEL_DEVICE
 
 N = 3001  # not a multiple of the 256-wide block, 12 blocks

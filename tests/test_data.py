@@ -1,4 +1,4 @@
-"""a2sg_triton.data and a2sg_triton.dvs on small files generated here in the real formats (no network)."""
+"""a2sg_triton.data and a2sg_triton.data.dvs on small files generated here in the real formats (no network)."""
 
 import importlib
 import pickle
@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from a2sg_triton import dvs
+from a2sg_triton.data import dvs
 from torch.utils.data import Dataset, Subset, TensorDataset
 
 from a2sg_triton.data import (CIFAR_STATS, DATASETS, DatasetInfo, DatasetNotFoundError, batch_mixer,
@@ -354,7 +354,7 @@ def test_dvs_cli_errors(tmp_path, dvs_src, capsys):
 
 
 def test_dvs_missing_or_wrong_frames(tmp_path):
-    with pytest.raises(DatasetNotFoundError, match=str(tmp_path / "train") + ".*python -m a2sg_triton.dvs"):
+    with pytest.raises(DatasetNotFoundError, match=str(tmp_path / "train") + ".*python -m a2sg_triton.data.dvs"):
         build_datasets("cifar10-dvs", tmp_path)
     (tmp_path / "train" / "0").mkdir(parents=True)
     np.save(tmp_path / "train" / "0" / "a.npy", np.zeros((2, 2, 32, 32), np.float32))

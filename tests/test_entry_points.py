@@ -12,9 +12,9 @@ import pytest
 
 # pyproject.toml's [project.scripts]: command -> (module, bad arguments)
 COMMANDS = {
-    "a2sg-train": ("a2sg_triton.train", ["--model", "nope"]),
-    "a2sg-analyze": ("a2sg_triton.analyze", ["RUN", "--skip", "nope"]),
-    "a2sg-ablate": ("a2sg_triton.ablate", ["--seeds", "x"]),
+    "a2sg-train": ("a2sg_triton.cli.train", ["--model", "nope"]),
+    "a2sg-analyze": ("a2sg_triton.cli.analyze", ["RUN", "--skip", "nope"]),
+    "a2sg-ablate": ("a2sg_triton.cli.ablate", ["--seeds", "x"]),
 }
 
 

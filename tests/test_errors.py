@@ -48,8 +48,8 @@ def test_bad_input_raises_before_any_kernel(args, kwargs, exc, match, monkeypatc
     def no_kernel(*a, **k):
         raise AssertionError("a kernel ran before the argument check")
 
-    monkeypatch.setattr(a2sg_triton.lif, "lif_fwd", no_kernel)
-    monkeypatch.setattr(a2sg_triton.lif, "lif_fwd_torch", no_kernel)
+    monkeypatch.setattr(a2sg_triton.ops.lif, "lif_fwd", no_kernel)
+    monkeypatch.setattr(a2sg_triton.ops.lif, "lif_fwd_torch", no_kernel)
     with pytest.raises(exc, match=match):
         a2sg_triton.lif_multistep(*args, **kwargs)
     if not {"backend", "save_dtype"} & kwargs.keys():  # the reference takes the math's arguments alike

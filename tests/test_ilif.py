@@ -6,7 +6,7 @@ import torch
 
 import a2sg_triton
 from a2sg_triton import SURROGATES
-from a2sg_triton.ilif import ILIF_FWD, ilif_fwd_torch
+from a2sg_triton.ops.ilif import ILIF_FWD, ilif_fwd_torch
 from a2sg_triton.nn import ILIF
 from a2sg_triton.reference import ilif_multistep as ilif_ref
 from helpers import KERNEL_DEVICE, assert_compiled_matches_eager, PER_STEP_BETA, compare_to_reference, ilif_edge_neurons, make_input, make_v0
@@ -201,7 +201,7 @@ def test_bf16_saved_u_keeps_box_gradients(detach_reset):
 
 
 def test_opcheck():
-    from a2sg_triton.ilif import ilif_bwd_op, ilif_fwd_op
+    from a2sg_triton.ops.ilif import ilif_bwd_op, ilif_fwd_op
 
     g = torch.Generator().manual_seed(0)
     x = (2 * torch.randn(3, 37, generator=g)).requires_grad_()

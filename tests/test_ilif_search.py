@@ -6,7 +6,7 @@ import torch
 import a2sg_triton
 from a2sg_triton import A2SG, metrics
 from a2sg_triton.nn import ILIF, LIF
-from a2sg_triton.surrogate import surrogate_grad
+from a2sg_triton.ops.surrogate import surrogate_grad
 from helpers import KERNEL_DEVICE
 
 T, D = 3, 4

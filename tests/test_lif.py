@@ -5,7 +5,7 @@ import torch
 
 import a2sg_triton
 from a2sg_triton import SURROGATES
-from a2sg_triton.lif import lif_step
+from a2sg_triton.ops.lif import lif_step
 from helpers import KERNEL_DEVICE, NEURON_SHAPE, PER_STEP_BETA, beta_for, compare_to_reference, make_input, make_v0
 
 OTHER_NEURON = dict(decay=0.75, input_scale=1.2, v_th=0.8, v_reset=-0.1)
@@ -173,7 +173,7 @@ def test_inductor_matches_reference(surrogate, reset, detach_reset, dtype, with_
         compare_to_reference(make_input(4, device="cpu", shape=shape), beta_for("per_step", 4, "cpu"), surrogate,
                              v0=make_v0(device="cpu", shape=shape) if with_state else None, with_v=with_state,
                              dtype=dtype, backend="inductor", reset=reset, detach_reset=detach_reset)
-    from a2sg_triton import lif, utils
+    from a2sg_triton.ops import backend as utils, lif
 
     lif_variants = [key for key in utils._COMPILED if key[0] in (lif.lif_fwd_torch, lif.lif_bwd_torch)]
     assert lif_variants and not any(parallel for _, parallel, *_ in lif_variants)  # small calls: one thread
@@ -184,7 +184,7 @@ def test_compiled_variant_takes_views_of_any_base_and_grad_mode(monkeypatch):
     batch 1 and from inputs that require grad (a2sg-analyze's per-sample Fisher on sdt3): a variant
     compiles at most twice (one size, then a dynamic N), not once per base layout and grad mode until
     dynamo's recompile limit fails the fullgraph compile."""
-    from a2sg_triton import utils
+    from a2sg_triton.ops import backend as utils
 
     monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 2)
 
@@ -199,7 +199,7 @@ def test_compiled_variant_takes_views_of_any_base_and_grad_mode(monkeypatch):
 
 
 def test_auto_on_cpu_is_inductor_where_a_compiler_exists(monkeypatch):
-    from a2sg_triton import utils
+    from a2sg_triton.ops import backend as utils
 
     monkeypatch.delenv("A2SG_CPU_BACKEND")
     monkeypatch.setattr(utils.shutil, "which", lambda name: "/usr/bin/" + name)

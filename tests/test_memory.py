@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from a2sg_triton import SURROGATES, A2SG
-from a2sg_triton import lif as lif_module
-from a2sg_triton.lif import LIF_BWD, LIF_FWD
+from a2sg_triton.ops import lif as lif_module
+from a2sg_triton.ops.lif import LIF_BWD, LIF_FWD
 from a2sg_triton.memory import SavedTensors, SavedView, mark_spikes, memory_saving
 from a2sg_triton.models import VGG, NeuronConfig, ResNet, TdBatchNorm2d, TimeDistributed, build_model, direct_encode
 from a2sg_triton.nn import LIF, PLIF
-from a2sg_triton.tdbn_lif import tdbn_lif_bwd, tdbn_lif_ref, tdbn_output_torch, tdbn_output_triton
+from a2sg_triton.ops.tdbn_lif import tdbn_lif_bwd, tdbn_lif_ref, tdbn_output_torch, tdbn_output_triton
 from helpers import KERNEL_DEVICE
 
 T = 3

@@ -8,7 +8,7 @@ import pytest
 
 from a2sg_triton.data import DATASETS, IMAGE_SIZES, build_datasets
 from a2sg_triton.models import MODELS, accepts_image_size
-from a2sg_triton.train import main
+from a2sg_triton.cli.train import main
 from test_data import HAS_TORCHVISION, write_cifar10, write_cifar100, write_imagefolder
 
 T = 1
@@ -85,7 +85,7 @@ def test_pair_refused_in_one_line(model, dataset, data_dirs, tmp_path, capsys):
 def test_pair_trains(model, dataset, data_dirs, tmp_path, monkeypatch):
     needs_torchvision(dataset)
     # the end-of-run figures (half of a run's time here) do not depend on the data; test_train.py draws them
-    monkeypatch.setattr("a2sg_triton.train.plot_run", lambda out, history, cutmix: None)
+    monkeypatch.setattr("a2sg_triton.cli.train.plot_run", lambda out, history, cutmix: None)
     out = tmp_path / "run"
     assert main(["--model", model, *data_args(dataset, data_dirs), *TINY, "--out", str(out)]) == 0
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import a2sg_triton
-from a2sg_triton.lif import lif_bwd_op, lif_fwd_op
+from a2sg_triton.ops.lif import lif_bwd_op, lif_fwd_op
 from a2sg_triton.nn import LIF
 from helpers import KERNEL_DEVICE, assert_compiled_matches_eager, outputs_and_grads
 

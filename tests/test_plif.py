@@ -8,7 +8,7 @@ import torch
 
 import a2sg_triton
 from a2sg_triton import A2SG, SURROGATES
-from a2sg_triton.lif import launch_config, lif_step
+from a2sg_triton.ops.lif import launch_config, lif_step
 from a2sg_triton.nn import PLIF
 from a2sg_triton.reference import plif_multistep as plif_ref
 from helpers import KERNEL_DEVICE, assert_compiled_matches_eager, NEURON_SHAPE, beta_for, dyadic, edge_neurons, make_input, make_v0
@@ -285,7 +285,7 @@ def test_torch_compile_fullgraph_cpu():
 
 
 def test_opcheck():
-    from a2sg_triton.plif import plif_bwd_op, plif_fwd_op
+    from a2sg_triton.ops.plif import plif_bwd_op, plif_fwd_op
 
     g = torch.Generator().manual_seed(0)
     x = (2 * torch.randn(3, 37, generator=g)).requires_grad_()

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import triton
 
-from a2sg_triton.stats import BLOCK_K, BLOCK_N
+from a2sg_triton.ops.stats import BLOCK_K, BLOCK_N
 
 ROOT = Path(__file__).resolve().parents[1]
 HAS_CUDA_BACKEND = "nvidia" in getattr(triton.backends, "backends", {})

@@ -4,7 +4,7 @@ with the zoo's models and memory saving, and its refusals."""
 import pytest
 import torch
 
-from a2sg_triton.lif import HeavisideSurrogate
+from a2sg_triton.ops.lif import HeavisideSurrogate
 from a2sg_triton.models import build_model, direct_encode
 from a2sg_triton.nn import LIF, PLIF
 from a2sg_triton.rmp import Membrane, membrane_potential, record_membranes, rmp_loss

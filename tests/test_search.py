@@ -8,7 +8,7 @@ import torch
 
 from botorch.exceptions import ModelFittingError
 
-from a2sg_triton import search
+from a2sg_triton.search import bo as search
 from a2sg_triton.search import GP_FITS, GPState, SearchConfig, search_beta
 
 LO, HI = SearchConfig().beta_range

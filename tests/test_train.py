@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from a2sg_triton.train import main
+from a2sg_triton.cli.train import main
 
 TINY = ["--epochs", "2", "--limit-batches", "3", "--batch-size", "16", "--n-obs", "8", "--n-eval", "8",
         "--device", "cpu", "--backend", "torch"]
@@ -74,7 +74,7 @@ def test_compiled_training_matches_eager(tmp_path):
 def test_memory_saving_flag(tmp_path, monkeypatch):
     """On by default; --no-memory-saving builds the model without it and trains to the same metrics
     and betas (the two differ by fp32 rounding of tdBN's normalisation, docs/memory.md)."""
-    import a2sg_triton.train as train_module
+    import a2sg_triton.cli.train as train_module
 
     built = []
     build_model = train_module.build_model
@@ -205,7 +205,7 @@ def test_torchrun_two_processes_and_resume_across_ddp(tmp_path):
 
     def torchrun(*args):
         result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-                                 "2", "-m", "a2sg_triton.train", *map(str, args)],
+                                 "2", "-m", "a2sg_triton.cli.train", *map(str, args)],
                                 capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
         assert result.returncode == 0, result.stderr[-3000:]
 
@@ -220,7 +220,7 @@ def test_torchrun_two_processes_and_resume_across_ddp(tmp_path):
 
 def test_digits_deep_preset_is_box_with_st_asg():
     """The deep study's best configuration (docs/results/digits-deep-ablation.md), flags still override it."""
-    from a2sg_triton.config import resolve_config
+    from a2sg_triton.cli.config import resolve_config
 
     config, _, _ = resolve_config(["--preset", "digits-deep"])
     assert (config["model"], config["surrogate"], config["adapt"], config["beta_range"]) == (
@@ -232,7 +232,7 @@ def test_digits_deep_preset_is_box_with_st_asg():
 
 
 def test_neuron_and_rmp_flags_parse_and_default_off():
-    from a2sg_triton.config import resolve_config
+    from a2sg_triton.cli.config import resolve_config
 
     config, flags, _ = resolve_config([])
     assert (config["neuron"], config["rmp_loss"]) == ("lif", 0.0) and not flags
@@ -260,7 +260,7 @@ def test_bad_neuron_and_rmp_flags_are_one_line(args, message, tmp_path, capsys):
 def test_table_7_and_8_presets(tmp_path):
     """paper-cifar10-plif is paper-cifar10 with PLIF neurons; paper-cifar100-rmp is paper-cifar100 with
     the RMP-loss term (docs/training.md)."""
-    from a2sg_triton.config import resolve_config
+    from a2sg_triton.cli.config import resolve_config
 
     def preset(name):
         return resolve_config(["--preset", name, "--data", str(tmp_path)])[0]
@@ -295,7 +295,7 @@ def test_plif_run_with_rmp_loss(tmp_path, capsys):
 def test_sdt3_brings_its_neuron_unless_told_otherwise(tmp_path):
     """--model sdt3 over the digits preset: E-SpikeFormer's I-LIF, T x D = 1 x 4, decay 1/4, box; flags win;
     paper-imagenet-sdt3 is Table 3's setting."""
-    from a2sg_triton.config import resolve_config
+    from a2sg_triton.cli.config import resolve_config
 
     config = resolve_config(["--model", "sdt3"])[0]
     assert (config["neuron"], config["levels"], config["T"], config["tau"], config["surrogate"]) == (
@@ -325,7 +325,7 @@ def test_ilif_run_logs_every_level(tmp_path, capsys):
 
 
 def test_beta_series_labels_timesteps_and_levels():
-    from a2sg_triton.report import beta_series
+    from a2sg_triton.cli.report import beta_series
 
     assert list(beta_series([0.1, 0.2])) == [("t0", 0.1), ("t1", 0.2)]
     assert list(beta_series([[0.1, 0.2], [0.3, 0.4]])) == [("t0/level1", 0.1), ("t0/level2", 0.2),

@@ -16,12 +16,12 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-import a2sg_triton.train as train_module
-from a2sg_triton.checkpoint import CHECKPOINT_FORMAT
-from a2sg_triton.config import DEFAULTS, TrainError
+import a2sg_triton.cli.train as train_module
+from a2sg_triton.cli.checkpoint import CHECKPOINT_FORMAT
+from a2sg_triton.cli.config import DEFAULTS, TrainError
 from a2sg_triton.data import build_datasets
 from a2sg_triton.models import build_model
-from a2sg_triton.train import WorkerSeeder, make_loaders, parameter_groups, run_epoch, seed_rngs
+from a2sg_triton.cli.train import WorkerSeeder, make_loaders, parameter_groups, run_epoch, seed_rngs
 
 TINY = ["--epochs", "2", "--limit-batches", "3", "--batch-size", "16", "--n-obs", "8", "--n-eval", "8",
         "--device", "cpu", "--backend", "torch"]
@@ -345,7 +345,7 @@ def test_ddp_evaluates_with_rank_zeros_batch_norm_statistics(tmp_path):
     args = ["--epochs", "2", "--warmup-epochs", "0", "--batch-size", "64", "--n-obs", "8", "--n-eval", "8",
             "--device", "cpu", "--backend", "torch", "--out", out]
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                             "-m", "a2sg_triton.train", *map(str, args)],
+                             "-m", "a2sg_triton.cli.train", *map(str, args)],
                             capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     state = checkpoint(out)
@@ -373,7 +373,7 @@ def test_ddp_evaluates_with_rank_zeros_batch_norm_statistics(tmp_path):
 @pytest.mark.parametrize("cutmix, label", [(False, "train"),
                                            (True, "train (CutMix-mixed images, each against its own label)")])
 def test_accuracy_plot_names_the_cutmix_train_accuracy(cutmix, label, monkeypatch):
-    import a2sg_triton.report as report
+    import a2sg_triton.cli.report as report
 
     figures = []
     monkeypatch.setattr(report, "save_figure", lambda fig, path: figures.append(fig))

@@ -24,7 +24,7 @@ from torch import nn
 
 from ..models import model_input
 from ..nn import ILIF, SearchedNeuron
-from ..utils import new_figure, save_figure
+from ..figures import new_figure, save_figure
 
 __all__ = ["E_AC_PJ", "E_MAC_PJ", "FIRST_LAYER", "energy", "membrane_potentials", "membrane_statistics", "model_input",
            "plot_firing_rates", "plot_membrane_statistics", "plot_spike_deletion", "plot_spike_distribution",

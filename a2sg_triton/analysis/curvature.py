@@ -23,12 +23,12 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..ilif import ilif_bwd_torch
-from ..lif import lif_bwd_step
+from ..ops.ilif import ilif_bwd_torch
+from ..ops.lif import lif_bwd_step
 from ..nn import ILIF, LIF, PLIF, SearchedNeuron
-from ..stats import candidate_stats
-from ..surrogate import SURROGATES
-from ..utils import new_figure, save_figure
+from ..ops.stats import candidate_stats
+from ..ops.surrogate import SURROGATES
+from ..figures import new_figure, save_figure
 from ..models import model_input
 from .activity import synaptic_layers
 

@@ -7,13 +7,23 @@ layer is an ``a2sg_triton.nn.LIF`` (``nn.PLIF`` with ``neuron="plif"``, ``nn.ILI
 ``a2sg_triton.A2SG(model)`` finds them all.
 """
 
-from .layers import (NEURONS, NeuronConfig, SpikingClassifier, TdBatchNorm2d, TimeDistributed, check_count, conv_bn,
-                     conv_bn_lif, direct_encode, model_input)
+from .layers import (
+    NEURONS,
+    NeuronConfig,
+    SpikingClassifier,
+    TdBatchNorm2d,
+    TimeDistributed,
+    check_count,
+    conv_bn,
+    conv_bn_lif,
+    direct_encode,
+    model_input,
+)
 from .resnet import BasicBlock, ResNet, resnet18, resnet19
 from .sdt3 import SDT3, sdt3, sdt3_10m
 from .spikformer import Spikformer, spikformer, spikformer_4_384
 from .vgg import VGG, VGG_SPECS, digits_cnn, digits_vgg, vgg16, vgg_accepts, vggsnn
-from ..utils import check_flag
+from ..ops.checks import check_flag
 
 _BUILDERS = {"vgg16": vgg16, "resnet19": resnet19, "resnet18": resnet18, "vggsnn": vggsnn,
              "digits_cnn": digits_cnn, "digits_vgg": digits_vgg, "spikformer": spikformer,

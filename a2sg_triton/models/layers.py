@@ -12,8 +12,9 @@ from torch import nn
 
 from .. import memory
 from ..nn import ILIF, LIF, PLIF
-from ..tdbn_lif import TdBNFunction, TdBNRecipe, tdbn_backend, tdbn_statistics
-from ..utils import BACKENDS, check_flag, is_compiling
+from ..ops.tdbn_lif import TdBNFunction, TdBNRecipe, tdbn_backend, tdbn_statistics
+from ..ops.backend import BACKENDS, is_compiling
+from ..ops.checks import check_flag
 
 # tdBN's alpha for the BN layers right before a residual addition: the sum of two branches of
 # scale alpha*v_th each is then again on the scale of v_th.

@@ -2,7 +2,7 @@
 
 from torch import nn
 
-from ..memory import residual_add
+from ..memory.saving import residual_add
 from .layers import RESIDUAL_ALPHA, SpikingClassifier, TimeDistributed, conv_bn, conv_bn_lif
 
 

@@ -19,15 +19,23 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .lif import (LIF_FWD, _check_lif_args, dense_order, from_flat, launch_config, lif_bwd_dispatch, lif_multistep_ref,
-                  to_flat)
+from .lif import (
+    LIF_FWD,
+    _check_lif_args,
+    dense_order,
+    from_flat,
+    launch_config,
+    lif_bwd_dispatch,
+    lif_multistep_ref,
+    to_flat,
+)
 from .surrogate import SURROGATES
-from .utils import HAS_TRITON, math_dtype, resolve_backend
+from .backend import HAS_TRITON, math_dtype, resolve_backend
 
 if HAS_TRITON:
     import triton
 
-    from .kernels.tdbn_lif import tdbn_fwd_kernel, tdbn_lif_bwd_kernel
+    from ..kernels.tdbn_lif import tdbn_fwd_kernel, tdbn_lif_bwd_kernel
 
 NORM_BLOCK = 1024
 

@@ -10,7 +10,7 @@ import json
 import torch
 
 from .config import LEGACY_SETTINGS, RESUMABLE, TrainError
-from .utils import atomic_write
+from ..files import atomic_write
 
 CHECKPOINT_FORMAT = "a2sg-train/1"
 

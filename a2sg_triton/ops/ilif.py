@@ -1,6 +1,6 @@
 """Multistep I-LIF neuron: integer multi-level spikes (counts 0 ... D), soft reset (docs/math.md, "I-LIF").
 
-Side by side, as for LIF (``a2sg_triton.lif``): the readable reference (``ilif_multistep_ref``),
+Side by side, as for LIF (``a2sg_triton.ops.lif``): the readable reference (``ilif_multistep_ref``),
 the Triton launchers (``ilif_fwd`` / ``ilif_bwd`` around ``ilif_fwd_kernel`` / ``ilif_bwd_kernel``),
 the eager backend (``ilif_fwd_torch`` / ``ilif_bwd_torch``, compiled by inductor as
 ``ilif_*_inductor``), the torch.library ops with their autograd (``a2sg_triton::ilif_fwd`` /
@@ -20,12 +20,13 @@ import torch
 
 from .lif import _check_lif_args, dense_order, from_flat, launch_config, lif_local_grad, to_flat
 from .surrogate import SURROGATES, surrogate_grad
-from .utils import HAS_TRITON, check_beta, check_real, compiled_variant, is_compiling, math_dtype, resolve_backend
+from .backend import HAS_TRITON, compiled_variant, is_compiling, math_dtype, resolve_backend
+from .checks import check_beta, check_real
 
 if HAS_TRITON:
     import triton
 
-    from .kernels.ilif import ilif_bwd_kernel, ilif_fwd_kernel
+    from ..kernels.ilif import ilif_bwd_kernel, ilif_fwd_kernel
 
 
 def _check_ilif_args(x, beta, surrogate, D, decay, input_scale, v_th, detach_reset, h, v0, return_v, save_dtype):
@@ -263,7 +264,7 @@ def _ilif_backward(ctx, grad_q, grad_u, grad_v_last):
 def ilif_bwd_dispatch(args, search_key, eager):
     """The I-LIF backward on ``ilif_bwd_op``'s arguments: the armed A²SG search (``search_key`` >= 0),
     else the backend called directly (``eager``) or through the op (what torch.compile traces)."""
-    if search_key >= 0:  # registered by a2sg_triton.controller, looked up late to avoid an import cycle
+    if search_key >= 0:  # registered by a2sg_triton.search.controller, looked up late to avoid an import cycle
         return torch.ops.a2sg_triton.ilif_bwd_search(*args, search_key)
     if eager:
         return ILIF_BWD[args[-1]](*args[:-1])

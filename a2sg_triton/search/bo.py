@@ -33,7 +33,7 @@ with warnings.catch_warnings():
     from gpytorch.mlls import ExactMarginalLogLikelihood
     from gpytorch.utils.warnings import NumericalWarning
 
-from .utils import check_flag, check_real
+from ..ops.checks import check_flag, check_real
 
 STRATEGIES = ("bo", "grid")
 GP_FITS = ("fit", "warm", "fixed")

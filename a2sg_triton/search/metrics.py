@@ -6,7 +6,7 @@ the readable definitions those are tested against.
 
 import torch
 
-from .utils import check_tensor
+from ..ops.checks import check_tensor
 
 
 def sgv(delta):

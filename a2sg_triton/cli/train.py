@@ -3,7 +3,7 @@
     a2sg-train                                  # A²SG on the embedded digits data, on the CPU
     a2sg-train --preset paper-cifar10 --data ~/data/cifar10 --out runs/c10
     a2sg-train --resume runs/c10                # continue exactly where the run stopped
-    torchrun --nproc_per_node 4 -m a2sg_triton.train --preset paper-cifar10 --data ...
+    torchrun --nproc_per_node 4 -m a2sg_triton.cli.train --preset paper-cifar10 --data ...
 
 Every epoch appends one JSON line to OUT/metrics.jsonl and rewrites OUT/checkpoint.pt atomically;
 at the end OUT/beta.png and OUT/accuracy.png are drawn and a summary is printed.
@@ -29,13 +29,13 @@ from tqdm import tqdm
 
 from .checkpoint import load_checkpoint, prepare_out_dir, restore_checkpoint, save_epoch
 from .config import LEGACY_SETTINGS, RESUMABLE, TrainError, resolve_config
-from .controller import A2SG
-from .data import DatasetNotFoundError, batch_mixer, build_datasets, dataset_labels, stratified_order
-from .models import build_model, model_input
-from .nn import SearchedNeuron
+from ..search.controller import A2SG
+from ..data.datasets import DatasetNotFoundError, batch_mixer, build_datasets, dataset_labels, stratified_order
+from ..models import build_model, model_input
+from ..nn import SearchedNeuron
 from .report import log_epoch, plot_run, summary, tensorboard_writer
-from .rmp import record_membranes, rmp_loss
-from .utils import atomic_write
+from ..rmp import record_membranes, rmp_loss
+from ..files import atomic_write
 
 POSTFIX_EVERY = 50  # iterations between updates of a shown progress bar's loss / accuracy (a host sync each)
 

@@ -8,7 +8,7 @@ import math
 
 import torch
 
-from .utils import check_real, check_tensor
+from .checks import check_real, check_tensor
 
 SURROGATES = ("box", "tri", "asy", "asy_unit", "atan", "sigmoid")
 

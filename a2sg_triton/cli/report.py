@@ -1,7 +1,7 @@
 """What a2sg-train shows of a run: the figures, the closing summary and the TensorBoard log."""
 
 from .config import TrainError
-from .utils import new_figure, save_figure
+from ..figures import new_figure, save_figure
 
 BETA_COLUMNS = 6  # beta.png: one panel per spiking layer, this many to a row
 

@@ -11,12 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from .controller import ADAPT_MODES
-from .data import DATASETS, IMAGE_SIZES
-from .models import MODELS, NEURONS, accepts_image_size
-from .search import STRATEGIES
-from .surrogate import SURROGATES
-from .utils import BACKENDS
+from ..search.controller import ADAPT_MODES
+from ..data.datasets import DATASETS, IMAGE_SIZES
+from ..models import MODELS, NEURONS, accepts_image_size
+from ..search.bo import STRATEGIES
+from ..ops.surrogate import SURROGATES
+from ..ops.backend import BACKENDS
 
 DESCRIPTION = "a2sg-train: train a spiking network with a chosen surrogate and A²SG adaptation mode."
 

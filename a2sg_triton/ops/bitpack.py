@@ -12,12 +12,13 @@ import math
 import numpy as np
 import torch
 
-from .utils import HAS_TRITON, check_tensor, resolve_backend
+from .backend import HAS_TRITON, resolve_backend
+from .checks import check_tensor
 
 if HAS_TRITON:
     import triton
 
-    from .kernels.bitpack import pack_bits_kernel, unpack_bits_kernel
+    from ..kernels.bitpack import pack_bits_kernel, unpack_bits_kernel
 
 BLOCK_BYTES = 512  # bytes per program: 4096 spikes
 

@@ -28,22 +28,13 @@ import torch
 
 from .lif import HeavisideSurrogate, lif_bwd_step
 from .surrogate import SURROGATES, check_surrogate
-from .utils import (
-    HAS_TRITON,
-    check_flag,
-    check_real,
-    check_reset,
-    check_tensor,
-    compiled_variant,
-    is_compiling,
-    math_dtype,
-    resolve_backend,
-)
+from .backend import HAS_TRITON, compiled_variant, is_compiling, math_dtype, resolve_backend
+from .checks import check_flag, check_real, check_reset, check_tensor
 
 if HAS_TRITON:
     import triton
 
-    from .kernels.stats import candidate_stats_kernel
+    from ..kernels.stats import candidate_stats_kernel
 
 BLOCK_N = 128  # elements per loop iteration: one per thread of the default 4 warps
 BLOCK_K = 16  # candidates per program, each thread's [BLOCK_K] column of accumulators

@@ -22,13 +22,15 @@ from typing import Optional
 
 import torch
 
-from .ilif import ILIF_BWD, ilif_bwd_fake
-from .lif import lif_bwd_fake
-from .plif import PLIF_BWD, plif_bwd_fake
-from .stats import CANDIDATE_STATS, DELTA_STATS
-from .nn import SEARCH_SITES, SearchedNeuron, register_search_site, search_site_owner
-from .search import GPState, SearchConfig, search_beta
-from .utils import atomic_write, math_dtype, unwrap_model
+from ..ops.ilif import ILIF_BWD, ilif_bwd_fake
+from ..ops.lif import lif_bwd_fake
+from ..ops.plif import PLIF_BWD, plif_bwd_fake
+from ..ops.stats import CANDIDATE_STATS, DELTA_STATS
+from ..nn import SEARCH_SITES, SearchedNeuron, register_search_site, search_site_owner
+from .bo import GPState, SearchConfig, search_beta
+from ..files import atomic_write
+from ..ops.backend import math_dtype
+from ..nn import unwrap_model
 
 ADAPT_MODES = ("none", "spatial", "temporal", "spatiotemporal")
 HISTORY_FIELDS = ("epoch", "layer", "t", "level", "metric", "beta", "previous_beta", "best_beta", "best_value",

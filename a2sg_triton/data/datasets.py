@@ -233,7 +233,7 @@ def _rand_augment(size, mean):
 
 
 def _cifar10_dvs(root, T):
-    hint = (f"convert the CIFAR10-DVS events with `python -m a2sg_triton.dvs SRC {root} --T {T or 4}` "
+    hint = (f"convert the CIFAR10-DVS events with `python -m a2sg_triton.data.dvs SRC {root} --T {T or 4}` "
             "(see docs/data.md)")
     splits = {}
     for split in ("train", "test"):

@@ -14,24 +14,13 @@ from typing import Optional
 import torch
 
 from .surrogate import SURROGATES, check_surrogate, surrogate_grad
-from .utils import (
-    check_beta,
-    check_flag,
-    check_real,
-    check_reset,
-    check_save_dtype,
-    check_tensor,
-    compiled_variant,
-    is_compiling,
-    math_dtype,
-    resolve_backend,
-    HAS_TRITON,
-)
+from .checks import check_beta, check_flag, check_real, check_reset, check_save_dtype, check_tensor
+from .backend import compiled_variant, is_compiling, math_dtype, resolve_backend, HAS_TRITON
 
 if HAS_TRITON:
     import triton
 
-    from .kernels.lif import lif_bwd_kernel, lif_fwd_kernel
+    from ..kernels.lif import lif_bwd_kernel, lif_fwd_kernel
 
 # (neurons per program, warps): large blocks stream best once every SM has a few programs; below
 # that, smaller blocks keep more SMs busy. A heuristic from the SM count, not yet measured on a GPU.
@@ -323,7 +312,7 @@ def _lif_backward(ctx, grad_spikes, grad_d, grad_v_last):
 def lif_bwd_dispatch(args, search_key, eager):
     """The LIF backward on ``lif_bwd_op``'s arguments: the armed A²SG search (``search_key`` >= 0),
     else the backend called directly (``eager``) or through the op (what torch.compile traces)."""
-    if search_key >= 0:  # registered by a2sg_triton.controller, looked up late to avoid an import cycle
+    if search_key >= 0:  # registered by a2sg_triton.search.controller, looked up late to avoid an import cycle
         return torch.ops.a2sg_triton.lif_bwd_search(*args, search_key)
     if eager:
         return LIF_BWD[args[-1]](*args[:-1])

@@ -4,7 +4,7 @@
 
 - **Spikes are kept as bits.** Every tensor that an ``nn.LIF`` or ``nn.PLIF`` layer emits is marked
   as spikes; when an op saves a marked tensor (or a view of it) for backward -- a conv or linear layer its input,
-  average pooling its input -- autograd keeps it bit-packed (``a2sg_triton.bitpack``), 1 bit per
+  average pooling its input -- autograd keeps it bit-packed (``a2sg_triton.ops.bitpack``), 1 bit per
   element instead of 32, and unpacks it exactly in backward. Nothing is inspected: the mark comes
   from the layer that made the spikes, so no pass over the data decides what is binary, and a
   tensor that was changed in place after the LIF made it (its version counter moved) is saved as
@@ -13,7 +13,7 @@
   explicit formula and records how (a recipe); a LIF layer whose input is that output (or its
   time-unfolded view, or ``residual_add`` of it and another tensor) keeps the conv output and the
   statistics instead of u - v_th and recomputes both in backward, bit for bit
-  (``a2sg_triton.tdbn_lif``).
+  (``a2sg_triton.ops.tdbn_lif``).
 
 Outside the context, and under torch.compile, everything runs as before. ``SavedTensors`` measures
 what autograd keeps.
@@ -25,9 +25,10 @@ from contextlib import contextmanager
 
 import torch
 
-from .bitpack import pack_backend, pack_bits, unpack_bits
-from .tdbn_lif import SumRecipe, UnflattenRecipe
-from .utils import BACKENDS, check_flag, check_tensor
+from ..ops.bitpack import pack_backend, pack_bits, unpack_bits
+from ..ops.tdbn_lif import SumRecipe, UnflattenRecipe
+from ..ops.backend import BACKENDS
+from ..ops.checks import check_flag, check_tensor
 
 _LOCAL = threading.local()  # .contexts: active MemorySaving objects; .meters: active SavedTensors
 

@@ -17,12 +17,12 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from . import analysis
+from .. import analysis
 from .config import LEGACY_SETTINGS
-from .data import DatasetNotFoundError, build_datasets, dataset_labels, stratified_order
-from .models import build_model
-from .nn import ILIF, SearchedNeuron
-from .utils import atomic_write
+from ..data.datasets import DatasetNotFoundError, build_datasets, dataset_labels, stratified_order
+from ..models import build_model
+from ..nn import ILIF, SearchedNeuron
+from ..files import atomic_write
 
 
 class AnalyzeError(Exception):

@@ -1,6 +1,6 @@
 """Multistep PLIF neuron: LIF with a learnable leak k = sigmoid(w) (docs/math.md, "PLIF").
 
-Side by side, as for LIF (``a2sg_triton.lif``): the readable reference (``plif_multistep_ref``),
+Side by side, as for LIF (``a2sg_triton.ops.lif``): the readable reference (``plif_multistep_ref``),
 the Triton launchers (``plif_fwd`` / ``plif_bwd`` around ``plif_fwd_kernel`` /
 ``plif_bwd_kernel``), the eager backend (``plif_fwd_torch`` / ``plif_bwd_torch``, compiled by
 inductor as ``plif_*_inductor``), the torch.library ops with their autograd (``a2sg_triton::plif_fwd``
@@ -28,12 +28,13 @@ from .lif import (
     to_flat,
 )
 from .surrogate import SURROGATES
-from .utils import HAS_TRITON, check_flag, check_tensor, compiled_variant, is_compiling, math_dtype, resolve_backend
+from .backend import HAS_TRITON, compiled_variant, is_compiling, math_dtype, resolve_backend
+from .checks import check_flag, check_tensor
 
 if HAS_TRITON:
     import triton
 
-    from .kernels.plif import plif_bwd_kernel, plif_fwd_kernel
+    from ..kernels.plif import plif_bwd_kernel, plif_fwd_kernel
 
 
 def _check_plif_args(x, w, beta, surrogate, decay_input, v_th, reset, v_reset, detach_reset, h, v0, return_v,
@@ -269,7 +270,7 @@ def _plif_backward(ctx, grad_spikes, grad_d, grad_v_last):
 def plif_bwd_dispatch(args, search_key, eager):
     """The PLIF backward on ``plif_bwd_op``'s arguments: the armed A²SG search (``search_key`` >= 0),
     else the backend called directly (``eager``) or through the op (what torch.compile traces)."""
-    if search_key >= 0:  # registered by a2sg_triton.controller, looked up late to avoid an import cycle
+    if search_key >= 0:  # registered by a2sg_triton.search.controller, looked up late to avoid an import cycle
         return torch.ops.a2sg_triton.plif_bwd_search(*args, search_key)
     if eager:
         return PLIF_BWD[args[-1]](*args[:-1])

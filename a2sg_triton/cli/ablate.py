@@ -26,12 +26,13 @@ from pathlib import Path
 
 import torch
 
-from . import __version__
-from .analysis import fisher_max_eigenvalue
+from .. import __version__
+from ..analysis import fisher_max_eigenvalue
 from .analyze import analysis_loader, load_run
 from .config import LEGACY_SETTINGS, MACHINE_OPTIONS, PRESETS, TrainError, resolve_config
 from .train import main as train_main
-from .utils import atomic_write, new_figure, save_figure
+from ..files import atomic_write
+from ..figures import new_figure, save_figure
 
 # (name, surrogate, adapt, extra a2sg-train flags) — Table 6's rows, TRI with ST-ASG, static ASY, the unit-area
 # ASY with ST-ASG, and A²SG searching a narrower range of widths (docs/results/digits-deep-ablation.md).

@@ -1,6 +1,6 @@
 """Converts CIFAR10-DVS events into the frames that ``build_datasets("cifar10-dvs")`` reads.
 
-    python -m a2sg_triton.dvs SRC DST --T 10 [--test-fraction 0.1] [--split index|random [--seed 0]] [--force]
+    python -m a2sg_triton.data.dvs SRC DST --T 10 [--test-fraction 0.1] [--split index|random [--seed 0]] [--force]
 
 SRC holds one ``.npz`` per sample with integer arrays ``t, x, y, p`` under ``SRC/<class_name>/``
 (SpikingJelly's ``events_np`` layout of the original .aedat files: 128x128 sensor, p in {0, 1}).
@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .utils import atomic_write
+from ..files import atomic_write
 
 SENSOR_SIZE = 128
 FRAME_SIZE = 48
@@ -98,7 +98,7 @@ def convert(src, dst, T, test_fraction=0.1, seed=0, force=False, split="index"):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(
-        prog="python -m a2sg_triton.dvs",
+        prog="python -m a2sg_triton.data.dvs",
         description="Convert CIFAR10-DVS events (SRC/<class_name>/*.npz with t, x, y, p) into "
                     "float32 frames DST/{train,test}/<class_index>/<name>.npy of shape [T, 2, 48, 48].")
     parser.add_argument("src", metavar="SRC", help="folder of per-class folders of .npz event files")

@@ -1,0 +1,101 @@
+"""Which backend runs an op, and the compiled (inductor) variants of the eager functions."""
+
+import os
+import shutil
+import types
+
+import torch
+
+try:
+    import triton  # noqa: F401
+
+    HAS_TRITON = True
+except ImportError:  # e.g. macOS: only the torch backend is available
+    HAS_TRITON = False
+
+BACKENDS = ("auto", "triton", "torch", "inductor")
+TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _cpu_auto_backend():
+    """What backend="auto" runs on CPU tensors: "inductor" (fused C++ loops compiled by
+    torch.compile) where a C++ compiler exists, else "torch". A2SG_CPU_BACKEND=torch|inductor
+    overrides it (the test suite sets torch: compiling every variant it tries would take too long)."""
+    choice = os.environ.get("A2SG_CPU_BACKEND")
+    if choice in ("torch", "inductor"):
+        return choice
+    if choice:
+        raise ValueError(f"A2SG_CPU_BACKEND must be 'torch' or 'inductor', got {choice!r}")
+    compiler = os.environ.get("CXX") or next(filter(shutil.which, ("g++", "c++", "clang++")), None)
+    return "inductor" if compiler else "torch"
+
+
+CPU_AUTO_BACKEND = _cpu_auto_backend()
+_COMPILED = {}
+
+
+# Below this many elements per call a compiled CPU loop runs on one thread: an OpenMP team costs
+# more than it saves there, and when another process holds a core the team waits for a thread that
+# is not scheduled (22 ms instead of 0.12 ms for 4 x 256 neurons with one core busy, measured).
+PARALLEL_MIN_NUMEL = 2**18
+
+
+def compiled_variant(fn, *key, numel=None):
+    """``torch.compile(fn)`` for one variant (``key``: everything but the tensors' sizes), compiled
+    once, single-threaded when the call's ``numel`` is below PARALLEL_MIN_NUMEL. Each variant gets a code object of its
+    own, so dynamo's per-code recompile limit never counts one variant against another; a variant
+    recompiles only once more, when a second size makes the neuron count dynamic.
+
+    The variant is called with its tensor arguments detached (positional arguments, as every caller
+    passes them): dynamo guards on a view's base (its rank, strides and 0/1-specialised sizes) and on
+    requires_grad, and the neuron layers of one network hand in [T, N] views of many bases, with and
+    without grad, which recompiled a variant per combination until the recompile limit failed it.
+    Every caller runs outside autograd (an op's or autograd.Function's forward, a backward computed by
+    hand, statistics of detached tensors)."""
+    key = (fn, numel is None or numel >= PARALLEL_MIN_NUMEL, *key)
+    compiled = _COMPILED.get(key)
+    if compiled is None:
+        code = fn.__code__.replace(co_name=f"{fn.__name__}_variant{len(_COMPILED)}")
+        clone = types.FunctionType(code, fn.__globals__, code.co_name, fn.__defaults__, fn.__closure__)
+        options = {} if key[1] else {"cpp.threads": 1}
+        compiled = _COMPILED[key] = _detached_call(torch.compile(clone, fullgraph=True, options=options))
+    return compiled
+
+
+def _detached_call(compiled):
+    def call(*args):
+        return compiled(*(a.detach() if isinstance(a, torch.Tensor) else a for a in args))
+    return call
+
+
+def triton_interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def is_compiling() -> bool:
+    return torch.compiler.is_compiling()
+
+
+def math_dtype(dtype):
+    """The dtype the ops compute in: float64 for float64 input, else float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def resolve_backend(backend, x):
+    """'auto' -> 'triton' for CUDA tensors of a kernel dtype, CPU_AUTO_BACKEND for CPU tensors, else 'torch'."""
+    if not isinstance(backend, str) or backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        if x.is_cuda:
+            return "triton" if HAS_TRITON and x.dtype in TRITON_DTYPES else "torch"
+        return CPU_AUTO_BACKEND if x.device.type == "cpu" else "torch"
+    if backend == "triton":
+        if not HAS_TRITON:
+            raise ValueError("backend='triton' needs the triton package; use backend='torch'")
+        if not (x.is_cuda or (x.device.type == "cpu" and triton_interpreting())):
+            raise ValueError(
+                f"backend='triton' needs CUDA tensors (or CPU tensors with TRITON_INTERPRET=1), x is on {x.device}"
+            )
+        if x.dtype not in TRITON_DTYPES:
+            raise TypeError(f"backend='triton' takes x in float32, float16 or bfloat16, got {x.dtype}")
+    return backend
