@@ -32,8 +32,9 @@ def test_wheel_layout_and_install(tmp_path):
                     "-w", str(tmp_path), str(src)], check=True, capture_output=True)
     (wheel,) = tmp_path.glob("a2sg_triton-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    for module in ("kernels/lif", "kernels/stats", "kernels/surrogate", "models/__init__", "analysis/__init__",
-                   "train", "config", "checkpoint", "report"):
+    for module in ("kernels/lif", "kernels/stats", "kernels/surrogate", "ops/lif", "ops/_neuron", "search/controller",
+                   "memory/saving", "models/__init__", "analysis/__init__", "data/datasets", "cli/train", "cli/config",
+                   "cli/checkpoint", "cli/report"):
         assert f"a2sg_triton/{module}.py" in names
     assert not any(name.startswith("kernels/") for name in names)
 
