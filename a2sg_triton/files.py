@@ -1,12 +1,24 @@
 """Files written so that a crash never leaves half of one."""
 
+from __future__ import annotations
+
 import os
 import tempfile
+from typing import IO, Any, Callable, Union
+
+# A file or folder name: a str or a path object (pathlib.Path).
+StrPath = Union[str, os.PathLike[str]]
 
 
-def atomic_write(path, write, binary=True):
+def atomic_write(path: StrPath, write: Callable[[IO[Any]], object], binary: bool = True) -> None:
     """Writes a file through ``write(file)`` into a temporary file and a rename, so a crash never
-    leaves half a file. The temporary name starts with ".tmp-" and ends in ".part"."""
+    leaves half a file. The temporary name starts with ".tmp-" and ends in ".part".
+
+    Args:
+        path: the file to write; its folder must exist.
+        write: called once with the open temporary file; what it returns is ignored.
+        binary: open the file in binary mode ("wb"), else in text mode ("w").
+    """
     path = os.fspath(path)
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp-", suffix=".part")
     try:

@@ -19,9 +19,13 @@ Outside the context, and under torch.compile, everything runs as before. ``Saved
 what autograd keeps.
 """
 
+from __future__ import annotations
+
 import threading
 import weakref
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 import torch
 
@@ -30,10 +34,16 @@ from ..ops.tdbn_lif import SumRecipe, UnflattenRecipe
 from ..ops.backend import BACKENDS
 from ..ops.checks import check_flag, check_tensor
 
+if TYPE_CHECKING:
+    from ..ops.tdbn_lif import TdBNRecipe
+
+    # How a LIF input is recomputed in backward from the tensors kept with it.
+    Recipe = Union[TdBNRecipe, UnflattenRecipe, SumRecipe]
+
 _LOCAL = threading.local()  # .contexts: active MemorySaving objects; .meters: active SavedTensors
 
 
-def _stack(name):
+def _stack(name: str) -> list[Any]:
     stack = getattr(_LOCAL, name, None)
     if stack is None:
         stack = []
@@ -41,84 +51,87 @@ def _stack(name):
     return stack
 
 
-def active():
+def active() -> Optional[MemorySaving]:
     """The innermost active ``memory_saving`` context of this thread, or None."""
     contexts = _stack("contexts")
     return contexts[-1] if contexts else None
 
 
-def _base(t):
+def _base(t: torch.Tensor) -> torch.Tensor:
     return t if t._base is None else t._base
 
 
 class PackedSpikes:
     """A marked spike tensor (contiguous) kept as bits; ``unpack`` gives a new tensor equal to it."""
 
-    def __init__(self, spikes, backend):
+    def __init__(self, spikes: torch.Tensor, backend: str) -> None:
         self.shape, self.dtype, self.backend = spikes.shape, spikes.dtype, backend
         self.bits = pack_bits(spikes, backend)
 
-    def unpack(self):
+    def unpack(self) -> torch.Tensor:
+        """The spike tensor, unpacked (a new tensor)."""
         return unpack_bits(self.bits, self.shape, self.dtype, self.backend)
 
 
 class SavedView:
     """What autograd keeps of one saved view of a packed spike tensor: the bits and the view's geometry."""
 
-    def __init__(self, packed, t, base):
+    def __init__(self, packed: PackedSpikes, t: torch.Tensor, base: torch.Tensor) -> None:
         self.packed, self.size, self.stride = packed, t.shape, t.stride()
         self.offset = t.storage_offset() - base.storage_offset()
 
-    def unpack(self):
+    def unpack(self) -> torch.Tensor:
+        """The saved view, unpacked: a new tensor equal to it, with its size, stride and offset."""
         return self.packed.unpack().as_strided(self.size, self.stride, self.offset)
 
 
-def _unpack_hook(saved):
+def _unpack_hook(saved: Any) -> Any:
     return saved.unpack() if isinstance(saved, SavedView) else saved
 
 
 class _Registry:
     """Tensors keyed by object identity, each dropped as soon as its tensor is freed."""
 
-    def __init__(self):
-        self.entries = {}
+    def __init__(self) -> None:
+        self.entries: dict[int, list[Any]] = {}
 
-    def add(self, t, *values):
+    def add(self, t: torch.Tensor, *values: Any) -> None:
         key, entries = id(t), self.entries
 
-        def forget(ref):
+        def forget(ref: weakref.ref[torch.Tensor]) -> None:
             if entries.get(key, (None,))[0] is ref:
                 del entries[key]
 
         entries[key] = [weakref.ref(t, forget), t._version, *values]
 
-    def get(self, t):
+    def get(self, t: torch.Tensor) -> Optional[list[Any]]:
         """The entry of t, if t is registered and has not been changed in place since."""
         entry = self.entries.get(id(t))
         if entry is None or entry[0]() is not t or t._version != entry[1]:
             return None
         return entry
 
-    def clear(self):
+    def clear(self) -> None:
         self.entries.clear()
 
 
 class MemorySaving:
     """The state of one ``memory_saving`` context: marked spikes and their packed copies, recipes."""
 
-    def __init__(self, backend):
+    def __init__(self, backend: str) -> None:
         self.backend = backend
         self.spikes = _Registry()  # base tensor -> [ref, version, PackedSpikes or None]
         self.recipes = _Registry()  # LIF-input candidate -> [ref, version, recipe, tensors]
 
-    def mark_spikes(self, spikes):
+    def mark_spikes(self, spikes: torch.Tensor) -> None:
+        """Marks ``spikes`` (a contiguous tensor or a view of one) to be kept as bits when saved."""
         base = _base(spikes)
         if base.is_contiguous() and base.dtype == spikes.dtype:
             self.spikes.add(base, None)
 
-    def pack(self, t):
+    def pack(self, t: torch.Tensor) -> Union[torch.Tensor, SavedView]:
         """The saved-tensor pack hook: marked spikes become bits, anything else is kept as it is."""
-        kept = t
+        kept: Union[torch.Tensor, SavedView] = t
         base = _base(t)
         entry = self.spikes.get(base) if t.dtype == base.dtype else None
         if entry is not None:
@@ -129,11 +142,11 @@ class MemorySaving:
             meter.record(kept)
         return kept
 
-    def add_recipe(self, z, recipe, tensors):
+    def add_recipe(self, z: torch.Tensor, recipe: Recipe, tensors: Iterable[torch.Tensor]) -> None:
         """Registers z as recomputable: ``recipe.recompute(tensors)`` gives z bit for bit."""
         self.recipes.add(z, recipe, tuple(tensors))
 
-    def recipe_for(self, x):
+    def recipe_for(self, x: torch.Tensor) -> Optional[tuple[Recipe, tuple[torch.Tensor, ...]]]:
         """(recipe, tensors) that recompute x, if x is a registered tensor or its time-unfolded view
         ([T*B, ...] -> [T, B, ...]) and neither was changed in place; else None."""
         base = _base(x)
@@ -149,7 +162,7 @@ class MemorySaving:
             return UnflattenRecipe(recipe, x.shape[:2]), tensors
         return None
 
-    def add_sum(self, total, a, b):
+    def add_sum(self, total: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
         """Registers total = a + b when a is recomputable (b: recomputable too, or kept as it is)."""
         found_a = self.recipe_for(a)
         if found_a is None or a.shape != b.shape or a.dtype != b.dtype:
@@ -160,17 +173,24 @@ class MemorySaving:
         else:
             self.add_recipe(total, SumRecipe(found_a[0], found_b[0]), found_a[1] + found_b[1])
 
-    def clear(self):
+    def clear(self) -> None:
+        """Forgets every marked tensor and recipe."""
         self.spikes.clear()
         self.recipes.clear()
 
 
 @contextmanager
-def memory_saving(enabled=True, *, backend="auto"):
+def memory_saving(enabled: bool = True, *, backend: str = "auto") -> Iterator[Optional[MemorySaving]]:
     """Runs the forward inside it with bit-packed spikes and tdBN -> LIF recomputation (module doc).
 
-    ``backend`` packs the spikes: "auto" (Triton on CUDA, torch on the CPU), "triton" or "torch".
-    Backward may run after the context has closed. ``enabled=False`` does nothing, for a flag.
+    Backward may run after the context has closed.
+
+    Args:
+        enabled: False does nothing (yields None), for a flag; so does torch.compile tracing.
+        backend: packs the spikes: "auto" (Triton on CUDA, torch on the CPU), "triton" or "torch".
+
+    Yields:
+        The context's ``MemorySaving`` state, or None when disabled.
     """
     check_flag("enabled", enabled)
     if not isinstance(backend, str) or backend not in BACKENDS:
@@ -189,10 +209,18 @@ def memory_saving(enabled=True, *, backend="auto"):
             context.clear()
 
 
-def mark_spikes(spikes):
-    """Marks ``spikes`` (elements exactly 0 or 1, not checked) so that what autograd saves of it is
-    kept as bits, inside ``memory_saving``; returns it. ``nn.LIF`` and ``nn.PLIF`` mark their output themselves. Only a
-    contiguous tensor, or a view of one, is packed (others are saved as they are)."""
+def mark_spikes(spikes: torch.Tensor) -> torch.Tensor:
+    """Marks ``spikes`` so that what autograd saves of it is kept as bits, inside ``memory_saving``.
+
+    ``nn.LIF`` and ``nn.PLIF`` mark their output themselves. Only a contiguous tensor, or a view of
+    one, is packed (others are saved as they are). Outside ``memory_saving`` nothing happens.
+
+    Args:
+        spikes: any shape, elements exactly 0 or 1 (not checked).
+
+    Returns:
+        ``spikes`` itself.
+    """
     check_tensor("spikes", spikes)
     context = active()
     if context is not None:
@@ -200,9 +228,17 @@ def mark_spikes(spikes):
     return spikes
 
 
-def residual_add(a, b):
+def residual_add(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """a + b; inside ``memory_saving``, a LIF layer fed by the sum recomputes it when a is a tdBN
-    output (and b another one, or any tensor, kept as autograd would keep it: bits if spikes)."""
+    output (and b another one, or any tensor, kept as autograd would keep it: bits if spikes).
+
+    Args:
+        a: e.g. a residual branch's tdBN output [T, B, ...].
+        b: the shortcut, a's shape.
+
+    Returns:
+        a + b.
+    """
     total = a + b
     context = active()
     if context is not None and torch.is_grad_enabled():
@@ -216,30 +252,32 @@ class SavedTensors:
     ``exclude`` (e.g. ``model.parameters()``, which exist anyway) are left out. The storages are held
     until the meter is freed, so that two of them can never share an address."""
 
-    def __init__(self, exclude=()):
+    def __init__(self, exclude: Iterable[torch.Tensor] = ()) -> None:
         self.excluded = {t.untyped_storage().data_ptr() for t in exclude}
-        self.storages = {}
+        self.storages: dict[int, torch.UntypedStorage] = {}
 
-    def record(self, kept):
+    def record(self, kept: Union[torch.Tensor, SavedView]) -> None:
+        """Counts the storage of one saved tensor (of a packed view: its bits)."""
         tensor = kept.packed.bits if isinstance(kept, SavedView) else kept
         storage = tensor.untyped_storage()
         if storage.data_ptr() not in self.excluded:
             self.storages[storage.data_ptr()] = storage
 
     @property
-    def nbytes(self):
+    def nbytes(self) -> int:
+        """Bytes of the distinct storages recorded so far."""
         return sum(storage.nbytes() for storage in self.storages.values())
 
-    def _pack(self, t):
+    def _pack(self, t: torch.Tensor) -> torch.Tensor:
         self.record(t)
         return t
 
-    def __enter__(self):
+    def __enter__(self) -> SavedTensors:
         self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
         self._hooks.__enter__()
         _stack("meters").append(self)
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         _stack("meters").remove(self)
         return self._hooks.__exit__(*exc)

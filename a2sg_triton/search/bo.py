@@ -7,13 +7,17 @@ how the metric is computed. The GP is tiny (n_obs points, 1-D) and stays float64
 hyperparameter fit is the cost that matters, hence the ``gp_fit`` options (docs/search-gp-cost.md).
 """
 
+from __future__ import annotations
+
 import concurrent.futures
 import functools
 import math
 import time
 import warnings
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -51,14 +55,14 @@ WARM_MAXITER = 10
 _FIT_SEED = 0
 
 
-def _check_int(name, value, minimum):
+def _check_int(name: str, value: object, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
 
 
-def _check_choice(name, value, choices):
+def _check_choice(name: str, value: object, choices: Sequence[str]) -> None:
     if not isinstance(value, str) or value not in choices:
         raise ValueError(f"{name} must be one of {choices}, got {value!r}")
 
@@ -85,7 +89,7 @@ class SearchConfig:
     beta_range: tuple = (0.05, 1.0)
     gp_fit: str = "fixed"
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         _check_choice("strategy", self.strategy, STRATEGIES)
         _check_choice("gp_fit", self.gp_fit, GP_FITS)
         _check_int("n_obs", self.n_obs, 2)
@@ -102,6 +106,8 @@ class SearchConfig:
 
 @dataclass
 class SearchResult:
+    """What one ``search_beta`` chose and why; metric values are in the metric's own sense."""
+
     beta: float | None  # the chosen width (None: nothing finite observed and current=None)
     best_beta: float | None  # best observed width
     best_value: float  # metric value at best_beta, in the metric's own sense (nan if none finite)
@@ -133,9 +139,11 @@ class GPState:
     fitted: bool = False
 
     def state_dict(self) -> dict:
+        """The four fields as a dict, for a checkpoint."""
         return {"lengthscale": self.lengthscale, "noise": self.noise, "mean": self.mean, "fitted": self.fitted}
 
     def load_state_dict(self, state: dict) -> None:
+        """Sets the fields from a ``state_dict()``; raises ValueError on other keys."""
         if set(state) != {"lengthscale", "noise", "mean", "fitted"}:
             raise ValueError(f"GPState state must have keys lengthscale, noise, mean, fitted; got {sorted(state)}")
         for name in ("lengthscale", "noise", "mean"):
@@ -144,7 +152,7 @@ class GPState:
 
 
 @contextmanager
-def _one_thread():
+def _one_thread() -> Iterator[None]:
     """Runs the GP on one intra-op thread: a 100-point GP gains nothing from more, and when other
     processes (data loaders) keep the cores busy, OpenMP threads waiting on each other made a fit
     up to 30x slower in our measurements (docs/search-gp-cost.md)."""
@@ -156,7 +164,7 @@ def _one_thread():
         torch.set_num_threads(threads)
 
 
-def _fit(mll, **kwargs):
+def _fit(mll: ExactMarginalLogLikelihood, **kwargs: Any) -> Any:
     """fit_gpytorch_mll wherever we are called from. Inside a custom op's implementation (the A²SG
     controller searches inside one) autograd is switched off thread-locally, grad mode and dispatch
     keys alike; the fit then runs on a worker thread, and only the fit: candidate evaluations stay on
@@ -170,17 +178,17 @@ def _fit(mll, **kwargs):
 
 
 @functools.cache
-def _fit_thread():
+def _fit_thread() -> concurrent.futures.ThreadPoolExecutor:
     return concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="a2sg-gp-fit")
 
 
-def is_flat(values):
-    """True when every value of the float64 tensor ``values`` (finite, at least one) is within
+def is_flat(values: torch.Tensor) -> bool:
+    """True when every value of the float64 tensor ``values`` [K] (finite, K >= 1) is within
     FLAT_RTOL of the largest magnitude among them: a curve with nothing to model."""
     return bool(values.max() - values.min() <= FLAT_RTOL * values.abs().max())
 
 
-def _evaluate(evaluate, betas):
+def _evaluate(evaluate: Callable[[torch.Tensor], Any], betas: torch.Tensor) -> torch.Tensor:
     values = torch.as_tensor(evaluate(betas), dtype=torch.float64, device="cpu")
     if values.shape != betas.shape:
         raise ValueError(f"evaluate must return one value per candidate, shape {tuple(betas.shape)}, "
@@ -188,7 +196,7 @@ def _evaluate(evaluate, betas):
     return values
 
 
-def _fit_gp(beta, y, config, gp_state):
+def _fit_gp(beta: torch.Tensor, y: torch.Tensor, config: SearchConfig, gp_state: GPState | None) -> SingleTaskGP:
     """A SingleTaskGP on (beta, y) with hyperparameters set per ``config.gp_fit``; ``gp_state`` is
     updated with the fitted ones."""
     lo, hi = config.beta_range
@@ -198,8 +206,9 @@ def _fit_gp(beta, y, config, gp_state):
     state = gp_state if gp_state is not None else GPState()
     warm = config.gp_fit == "warm" and state.fitted
     if config.gp_fit == "fixed" or warm:
+        # gpytorch (no type information) defines initialize; mypy resolves it through nn.Module.__getattr__
         model.initialize(**{"covar_module.lengthscale": state.lengthscale, "likelihood.noise": state.noise,
-                            "mean_module.constant": state.mean})
+                            "mean_module.constant": state.mean})  # type: ignore[operator]
     if config.gp_fit != "fixed":
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(_FIT_SEED)
@@ -213,15 +222,26 @@ def _fit_gp(beta, y, config, gp_state):
     return model.eval()
 
 
-def search_beta(evaluate, *, maximize: bool, config: SearchConfig, generator: torch.Generator,
-                current: float | None, gp_state: GPState | None = None) -> SearchResult:
+def search_beta(evaluate: Callable[[torch.Tensor], Any], *, maximize: bool, config: SearchConfig,
+                generator: torch.Generator, current: float | None, gp_state: GPState | None = None) -> SearchResult:
     """Chooses β for one (layer, timestep); see the module docstring and docs/search.md.
 
-    ``evaluate(betas)`` maps a float64 CPU tensor [K] of widths to a float64 tensor [K] of metric
-    values (non-finite values are ignored). It is called once for "bo" (K = n_obs) and twice for
-    "grid" (K = n_obs, then n_eval). ``maximize`` says which way the metric is better; ``current``
-    is returned when no value is finite or the observed curve is flat (``is_flat``; None: the caller
-    keeps its width itself, the A²SG controller does so on the device); ``gp_state`` carries hyperparameters for "warm"/"fixed".
+    Args:
+        evaluate: maps a float64 CPU tensor [K] of widths to a float64 tensor [K] (or anything
+            ``torch.as_tensor`` turns into one) of metric values; non-finite values are ignored.
+            Called once for "bo" (K = n_obs) and twice for "grid" (K = n_obs, then n_eval).
+        maximize: which way the metric is better (True: larger).
+        config: the strategy, candidate counts, window radius, width range and GP fit.
+        generator: a CPU torch.Generator that draws the observed widths.
+        current: the width returned when no value is finite or the observed curve is flat
+            (``is_flat``); None: the caller keeps its width itself, as the A²SG controller does
+            on the device.
+        gp_state: the site's GP hyperparameters for "warm"/"fixed", updated by a fit.
+
+    Returns:
+        A ``SearchResult``: the chosen width, the best observed one and its value, the GP's
+        prediction, whether it fell back or the curve was flat, the GP time and the number of
+        candidates evaluated.
     """
     check_flag("maximize", maximize)
     if not isinstance(config, SearchConfig):

@@ -4,15 +4,23 @@ The search computes them from fused sums instead (``CandidateStats.sgv`` / ``.tg
 the readable definitions those are tested against.
 """
 
+from __future__ import annotations
+
 import torch
 
 from ..ops.checks import check_tensor
 
 
-def sgv(delta):
+def sgv(delta: torch.Tensor) -> torch.Tensor:
     """Spatial gradient variation Var(delta) / mean(|delta|) over all elements (population variance).
 
-    +inf when mean(|delta|) = 0. Not scale-invariant, as the paper defines it.
+    Not scale-invariant, as the paper defines it.
+
+    Args:
+        delta: local gradients, any shape (e.g. [B, ...] of one timestep).
+
+    Returns:
+        A float64 scalar tensor on delta's device; +inf when mean(|delta|) = 0.
     """
     check_tensor("delta", delta)
     delta = delta.detach().double().flatten()
@@ -22,8 +30,16 @@ def sgv(delta):
     return delta.var(correction=0) / mean_abs
 
 
-def tgc(a, b):
-    """Temporal gradient consistency: cosine similarity <a, b> / (|a| |b|); 0 when either norm is 0."""
+def tgc(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Temporal gradient consistency: cosine similarity <a, b> / (|a| |b|) over all elements.
+
+    Args:
+        a: local gradients of one timestep, any shape.
+        b: those of another timestep, a's shape.
+
+    Returns:
+        A float64 scalar tensor on a's device; 0 when either norm is 0.
+    """
     check_tensor("a", a)
     check_tensor("b", b)
     if a.shape != b.shape:
