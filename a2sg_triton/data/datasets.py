@@ -8,14 +8,24 @@ the augmentation recipe are in docs/data.md. torchvision and timm (``pip install
 'a2sg-triton[vision]'``) are imported only for augmentation, downloads, ``imagefolder`` and CutMix.
 """
 
+from __future__ import annotations
+
 import importlib
 import pickle
+from collections.abc import Callable, Sequence, Sized
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Optional, Union, cast
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset, TensorDataset
+
+from ..files import StrPath
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
 
 DATASETS = ("digits", "cifar10", "cifar100", "cifar10-dvs", "imagefolder")
 
@@ -45,6 +55,8 @@ class DatasetNotFoundError(FileNotFoundError):
 
 @dataclass
 class DatasetInfo:
+    """What a model needs to know of a dataset: its name, classes, image channels and side."""
+
     name: str
     num_classes: int
     in_channels: int
@@ -52,15 +64,28 @@ class DatasetInfo:
     sequence: bool  # True when samples are already event frames [T, C, H, W]
 
 
-def build_datasets(name, root=None, *, T=None, download=False, augment=False, seed=0):
+def build_datasets(name: str, root: Optional[StrPath] = None, *, T: Optional[int] = None, download: bool = False,
+                   augment: bool = False, seed: int = 0) -> tuple[Dataset[Any], Dataset[Any], DatasetInfo]:
     """Returns ``(train_dataset, test_dataset, DatasetInfo)`` for one of ``DATASETS``.
 
     Samples are ``(x, label)`` with ``x`` float32 ``[C, H, W]`` (static images, which the model
     repeats over its T steps) or ``[T, C, H, W]`` (``cifar10-dvs``) and ``label`` int64.
-    ``T`` is checked against the stored frames of ``cifar10-dvs`` and ignored otherwise;
-    ``augment`` (crop, flip and RandAugment) affects the training images of
-    ``cifar10``/``cifar100``/``imagefolder`` only;
-    ``seed`` chooses the ``digits`` split; ``root`` is ignored for ``digits``.
+
+    Args:
+        name: one of ``DATASETS``.
+        root: the folder that holds the dataset's files (docs/data.md); ignored for ``digits``.
+        T: checked against the stored frames of ``cifar10-dvs``, ignored otherwise.
+        download: download CIFAR (needs torchvision) when its files are missing.
+        augment: crop, flip and RandAugment on the training images of
+            ``cifar10``/``cifar100``/``imagefolder`` only.
+        seed: chooses the ``digits`` split.
+
+    Returns:
+        (train dataset, test dataset, DatasetInfo).
+
+    Raises:
+        DatasetNotFoundError: the files are not there; the message says how to get them.
+        ValueError: an unknown name, a missing root or frames that do not fit.
     """
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
@@ -79,13 +104,22 @@ def build_datasets(name, root=None, *, T=None, download=False, augment=False, se
     return _imagefolder(root, augment)
 
 
-def batch_mixer(info, augment):
+def batch_mixer(info: DatasetInfo,
+                augment: bool) -> Optional[Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]]:
     """The paper's CutMix for a batch, or None (no augmentation, or event-frame data).
 
-    Returns timm's ``Mixup`` configured as pure CutMix: a callable ``(x, y) -> (x, soft_targets)``
-    that mixes ``x`` in place; ``soft_targets`` is float ``[B, num_classes]``, so the loss must
-    accept class probabilities (``torch.nn.functional.cross_entropy`` does). timm requires an even
-    batch size: use an even batch size and ``drop_last=True`` (a2sg-train does both).
+    timm requires an even batch size: use an even batch size and ``drop_last=True`` (a2sg-train
+    does both).
+
+    Args:
+        info: the dataset's ``DatasetInfo`` (its class count; event frames are never mixed).
+        augment: False gives None.
+
+    Returns:
+        timm's ``Mixup`` configured as pure CutMix: a callable ``(x, y) -> (x, soft_targets)``
+        that mixes ``x`` [B, C, H, W] in place; ``soft_targets`` is float ``[B, num_classes]``, so
+        the loss must accept class probabilities (``torch.nn.functional.cross_entropy`` does).
+        None without augmentation or for event-frame data.
     """
     if not augment or info.sequence:
         return None
@@ -94,7 +128,7 @@ def batch_mixer(info, augment):
                        num_classes=info.num_classes)
 
 
-def dataset_labels(dataset):
+def dataset_labels(dataset: Dataset[Any]) -> torch.Tensor:
     """The labels of ``dataset`` as an int64 tensor, read without loading the samples where the
     dataset keeps them: ours (``labels``), torchvision's ImageFolder (``targets``), a
     ``TensorDataset`` (its second tensor) or a ``Subset`` of one; any other dataset is read sample
@@ -106,10 +140,10 @@ def dataset_labels(dataset):
             return torch.as_tensor(getattr(dataset, name), dtype=torch.int64)
     if isinstance(dataset, TensorDataset):
         return dataset.tensors[1].long()
-    return torch.tensor([int(dataset[i][1]) for i in range(len(dataset))], dtype=torch.int64)
+    return torch.tensor([int(dataset[i][1]) for i in range(len(cast(Sized, dataset)))], dtype=torch.int64)
 
 
-def stratified_order(labels, seed=0):
+def stratified_order(labels: Union[torch.Tensor, Sequence[int]], seed: int = 0) -> list[int]:
     """A seeded order of all samples (a list of indices) in which the classes take turns: turn k holds
     the k-th sample, in a seeded shuffle, of every class that has one, in shuffled order. So the first
     k·C samples hold k of each of C classes (while every class has k), whatever the order of the
@@ -127,20 +161,28 @@ def stratified_order(labels, seed=0):
 class ImageArrayDataset(Dataset):
     """uint8 images ``[N, C, H, W]`` kept as bytes (4x smaller than floats), normalised per item.
 
-    ``augment``, if given, maps a PIL image to a PIL image (crop, flip, RandAugment).
+    Args:
+        images: uint8 array [N, C, H, W].
+        labels: N class indices.
+        mean: per-channel mean of the images scaled to [0, 1].
+        std: per-channel standard deviation, likewise.
+        augment: if given, maps a PIL image to a PIL image (crop, flip, RandAugment).
     """
 
-    def __init__(self, images, labels, mean, std, augment=None):
+    def __init__(self, images: np.ndarray, labels: Union[Sequence[int], np.ndarray, torch.Tensor],
+                 mean: Sequence[float], std: Sequence[float],
+                 augment: Optional[Callable[[Image], Image]] = None) -> None:
         self.images = images
         self.labels = torch.as_tensor(labels, dtype=torch.int64)
         self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
         self.augment = augment
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, i):
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(normalised float32 image [C, H, W], int64 label)."""
         image = self.images[i]
         if self.augment is not None:
             from PIL import Image  # installed with torchvision, which augment needs anyway
@@ -150,17 +192,25 @@ class ImageArrayDataset(Dataset):
 
 
 class EventFramesDataset(Dataset):
-    """Event frames stored one ``.npy`` ``[T, 2, H, W]`` per sample, loaded when indexed."""
+    """Event frames stored one ``.npy`` ``[T, 2, H, W]`` per sample, loaded when indexed.
 
-    def __init__(self, files, labels, shape):
+    Args:
+        files: one .npy file per sample.
+        labels: a class index per file.
+        shape: the shape every file must hold, (T, 2, H, W).
+    """
+
+    def __init__(self, files: Sequence[StrPath], labels: Union[Sequence[int], np.ndarray, torch.Tensor],
+                 shape: tuple[int, ...]) -> None:
         self.files = files
         self.labels = torch.as_tensor(labels, dtype=torch.int64)
         self.shape = shape
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, i):
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(float32 frames [T, 2, H, W], int64 label); ValueError if the file has another shape."""
         frames = np.load(self.files[i])
         if frames.shape != self.shape:
             raise ValueError(f"{self.files[i]} has shape {frames.shape}, expected {self.shape} "
@@ -168,7 +218,7 @@ class EventFramesDataset(Dataset):
         return torch.from_numpy(frames.astype(np.float32, copy=False)), self.labels[i]
 
 
-def _digits(seed):
+def _digits(seed: int) -> tuple[TensorDataset, TensorDataset, DatasetInfo]:
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -182,7 +232,8 @@ def _digits(seed):
     return split[0], split[1], DatasetInfo("digits", 10, 1, IMAGE_SIZES["digits"], False)
 
 
-def _cifar(name, root, download, augment):
+def _cifar(name: str, root: Path, download: bool,
+           augment: bool) -> tuple[ImageArrayDataset, ImageArrayDataset, DatasetInfo]:
     folder, train_files, test_files, label_key, url = _CIFAR_FILES[name]
     base = root / folder
     if download and not all((base / f).is_file() for f in train_files + test_files):
@@ -191,8 +242,9 @@ def _cifar(name, root, download, augment):
                                   f"or download {url} and extract it into {root} (giving {base})")
         getattr(datasets, name.upper())(str(root), train=True, download=True)
 
-    def read(files):
-        images, labels = [], []
+    def read(files: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        images: list[np.ndarray] = []
+        labels: list[np.ndarray] = []
         for f in files:
             path = base / f
             if not path.is_file():
@@ -213,7 +265,7 @@ def _cifar(name, root, download, augment):
     return train, test, DatasetInfo(name, 10 if name == "cifar10" else 100, 3, IMAGE_SIZES[name], False)
 
 
-def _cifar_augment(mean):
+def _cifar_augment(mean: Sequence[float]) -> Any:
     """Random crop 32 (padding 4), horizontal flip, then the paper's RandAugment."""
     transforms = _vision_import("torchvision.transforms", "augment=True")
     return transforms.Compose([
@@ -223,7 +275,7 @@ def _cifar_augment(mean):
     ])
 
 
-def _rand_augment(size, mean):
+def _rand_augment(size: int, mean: Sequence[float]) -> Any:
     """The paper's RandAugment (A.10) on PIL images: one op, magnitude 1, magnitude std 0.4, each op
     applied with probability 0.5 (timm's default); timm's hparams for a ``size``-px image with the
     dataset's mean as fill colour."""
@@ -232,10 +284,10 @@ def _rand_augment(size, mean):
     return auto_augment.rand_augment_transform("rand-m1-n1-mstd0.4", hparams)
 
 
-def _cifar10_dvs(root, T):
+def _cifar10_dvs(root: Path, T: Optional[int]) -> tuple[EventFramesDataset, EventFramesDataset, DatasetInfo]:
     hint = (f"convert the CIFAR10-DVS events with `python -m a2sg_triton.data.dvs SRC {root} --T {T or 4}` "
             "(see docs/data.md)")
-    splits = {}
+    splits: dict[str, EventFramesDataset] = {}
     for split in ("train", "test"):
         files = sorted((root / split).glob("*/*.npy"))
         if not files:
@@ -259,7 +311,7 @@ def _cifar10_dvs(root, T):
     return splits["train"], splits["test"], DatasetInfo("cifar10-dvs", 10, 2, IMAGE_SIZES["cifar10-dvs"], True)
 
 
-def _imagefolder(root, augment):
+def _imagefolder(root: Path, augment: bool) -> tuple[Any, Any, DatasetInfo]:
     for split in ("train", "val"):
         if not (root / split).is_dir():
             raise DatasetNotFoundError(
@@ -281,7 +333,7 @@ def _imagefolder(root, augment):
     return train, test, DatasetInfo("imagefolder", len(train.classes), 3, size, False)
 
 
-def _vision_import(module, purpose, alternative=""):
+def _vision_import(module: str, purpose: str, alternative: str = "") -> ModuleType:
     try:
         return importlib.import_module(module)
     except ImportError as err:

@@ -12,26 +12,42 @@ last ``round(n × test_fraction)`` files in name order: the usual 9:1 split by i
 ``split_to_train_test_set(0.9, ...)``); ``--split random`` draws them with ``--seed`` instead.
 """
 
+from __future__ import annotations
+
 import argparse
 import shutil
 import sys
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from numpy.typing import ArrayLike
 from tqdm import tqdm
 
-from ..files import atomic_write
+from ..files import StrPath, atomic_write
 
 SENSOR_SIZE = 128
 FRAME_SIZE = 48
 SPLITS = ("index", "random")
 
 
-def events_to_frames(x, y, p, T, size=SENSOR_SIZE):
-    """Event counts ``[T, 2, size, size]`` (float32): the events, in their stored (time) order,
-    split into T slices of ``N // T`` events, the last slice taking the remainder."""
+def events_to_frames(x: ArrayLike, y: ArrayLike, p: ArrayLike, T: int, size: int = SENSOR_SIZE) -> np.ndarray:
+    """Event counts per slice, polarity and pixel: the events, in their stored (time) order, split
+    into T slices of ``N // T`` events, the last slice taking the remainder.
+
+    Args:
+        x: N event columns, integers in [0, size).
+        y: N event rows, likewise.
+        p: N polarities, 0 or 1.
+        T: slices (frames).
+        size: the sensor's side.
+
+    Returns:
+        float32 counts [T, 2, size, size].
+    """
     x, y, p = (np.asarray(a, dtype=np.int64) for a in (x, y, p))
     if len(x) and (x.min() < 0 or x.max() >= size or y.min() < 0 or y.max() >= size):
         raise ValueError(f"event coordinates outside the {size}x{size} sensor")
@@ -46,15 +62,28 @@ def events_to_frames(x, y, p, T, size=SENSOR_SIZE):
     return counts.reshape(T, 2, size, size).astype(np.float32)
 
 
-def resize_frames(frames, size=FRAME_SIZE):
+def resize_frames(frames: np.ndarray, size: int = FRAME_SIZE) -> np.ndarray:
     """``[T, 2, H, W]`` -> ``[T, 2, size, size]`` by area interpolation (averages over each cell)."""
     return F.interpolate(torch.from_numpy(frames), size=(size, size), mode="area").numpy()
 
 
-def convert(src, dst, T, test_fraction=0.1, seed=0, force=False, split="index"):
-    """Converts every ``SRC/<class_name>/*.npz``; returns ``{"train": n, "test": n}``. Each class's
-    test samples are its last ``round(n × test_fraction)`` files in name order (``split="index"``) or
-    as many drawn by a permutation seeded with ``seed`` (``split="random"``)."""
+def convert(src: StrPath, dst: StrPath, T: int, test_fraction: float = 0.1, seed: int = 0, force: bool = False,
+            split: str = "index") -> dict[str, int]:
+    """Converts every ``SRC/<class_name>/*.npz`` into frames [T, 2, 48, 48] under DST (module doc).
+
+    Args:
+        src: the folder of per-class folders of .npz event files.
+        dst: the output folder; must be empty unless ``force``.
+        T: frames per sample.
+        test_fraction: the share of each class's samples that goes to test/.
+        seed: seeds the permutation of ``split="random"``.
+        force: replace DST/train and DST/test when DST is not empty.
+        split: "index": each class's test samples are its last ``round(n × test_fraction)`` files
+            in name order; "random": as many drawn by a permutation seeded with ``seed``.
+
+    Returns:
+        ``{"train": n, "test": n}``, the samples written.
+    """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     src, dst = Path(src), Path(dst)
@@ -71,7 +100,8 @@ def convert(src, dst, T, test_fraction=0.1, seed=0, force=False, split="index"):
             shutil.rmtree(dst / split, ignore_errors=True)
 
     rng = np.random.default_rng(seed)
-    jobs, counts = [], {"train": 0, "test": 0}
+    jobs: list[tuple[Path, Path]] = []
+    counts = {"train": 0, "test": 0}
     for c, files in enumerate(per_class):
         n_test = round(len(files) * test_fraction)
         is_test = np.zeros(len(files), dtype=bool)
@@ -96,7 +126,8 @@ def convert(src, dst, T, test_fraction=0.1, seed=0, force=False, split="index"):
     return counts
 
 
-def main(argv=None):
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``python -m a2sg_triton.data.dvs``; returns the exit status (2 on bad input)."""
     parser = argparse.ArgumentParser(
         prog="python -m a2sg_triton.data.dvs",
         description="Convert CIFAR10-DVS events (SRC/<class_name>/*.npz with t, x, y, p) into "
