@@ -8,9 +8,14 @@ attention and MLP). Every residual adds pre-spike values (the "membrane shortcut
 starts with its own neuron. Tensors between layers are [T, B, C, H, W].
 """
 
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
 from torch import nn
 
-from .layers import SpikingClassifier, conv_bn
+from .layers import NeuronConfig, SpikingClassifier, conv_bn
 
 
 class SepConv(nn.Module):
@@ -18,18 +23,20 @@ class SepConv(nn.Module):
     pointwise up to ``expansion`` × channels, depthwise k×k, pointwise back. ``neuron``: a
     NeuronConfig, whose threshold the tdBNs scale to."""
 
-    def __init__(self, channels, neuron, kernel_size, expansion=2):
+    def __init__(self, channels: int, neuron: NeuronConfig, kernel_size: int, expansion: int = 2) -> None:
         super().__init__()
         hidden = expansion * channels
         self.body = nn.Sequential(neuron.make(), _conv_bn(channels, hidden, neuron), neuron.make(),
                                   _conv_bn(hidden, hidden, neuron, kernel_size, groups=hidden), neuron.make(),
                                   _conv_bn(hidden, channels, neuron))
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """[T, B, channels, H, W] -> [T, B, channels, H, W] (pre-spike values)."""
         return self.body(x)
 
 
-def _conv_bn(in_channels, out_channels, neuron, kernel_size=1, stride=1, groups=1):
+def _conv_bn(in_channels: int, out_channels: int, neuron: NeuronConfig, kernel_size: int = 1, stride: int = 1,
+             groups: int = 1) -> nn.Module:
     """conv-tdBN at the neurons' threshold (alpha 1: E-SpikeFormer's plain BN at v_th = 1)."""
     return conv_bn(in_channels, out_channels, kernel_size, stride, v_th=neuron.v_th, backend=neuron.backend,
                    groups=groups)
@@ -39,12 +46,13 @@ class ChannelMLP(nn.Module):
     """neuron, conv to ``ratio`` × channels, BN, neuron, conv back, BN (3×3 convs in the convolutional
     stages, 1×1 — a per-token MLP — in the transformer stages)."""
 
-    def __init__(self, channels, neuron, ratio=4, kernel_size=1):
+    def __init__(self, channels: int, neuron: NeuronConfig, ratio: int = 4, kernel_size: int = 1) -> None:
         super().__init__()
         self.body = nn.Sequential(neuron.make(), _conv_bn(channels, ratio * channels, neuron, kernel_size),
                                   neuron.make(), _conv_bn(ratio * channels, channels, neuron, kernel_size))
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """[T, B, channels, H, W] -> [T, B, channels, H, W] (pre-spike values)."""
         return self.body(x)
 
 
@@ -55,7 +63,7 @@ class SpikeDrivenAttention(nn.Module):
     is ``v_ratio`` × channels wide. Counts are divided by ``levels`` (I-LIF's D; 1 for binary
     spikes) so Q, K, V lie in [0, 1]."""
 
-    def __init__(self, channels, heads, neuron, levels=1, v_ratio=4):
+    def __init__(self, channels: int, heads: int, neuron: NeuronConfig, levels: int = 1, v_ratio: int = 4) -> None:
         super().__init__()
         if isinstance(heads, bool) or not isinstance(heads, int) or heads < 1 or channels % heads:
             raise ValueError(f"heads must be an int >= 1 that divides the width {channels}, got {heads!r}")
@@ -69,12 +77,13 @@ class SpikeDrivenAttention(nn.Module):
         self.attention_neuron = neuron.make()
         self.proj = _conv_bn(v_ratio * channels, channels, neuron)
 
-    def _heads(self, x):
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
         """[T, B, C, H, W] -> [T, B, heads, H*W, C/heads]"""
         T, B, C = x.shape[:3]
         return x.reshape(T, B, self.heads, C // self.heads, -1).transpose(-1, -2)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """[T, B, channels, H, W] -> [T, B, channels, H, W] (the projection's pre-spike values)."""
         T, B, _, H, W = x.shape
         x = self.input_neuron(x)
         q, k, v = (self._heads(neuron(conv(x)) / self.levels) for conv, neuron in
@@ -85,24 +94,30 @@ class SpikeDrivenAttention(nn.Module):
 
 
 class ConvBlock(nn.Module):
-    def __init__(self, channels, neuron, mlp_ratio, kernel_size):
+    """x + SepConv(x) with a ``kernel_size`` depthwise conv, then that plus a 3×3 ChannelMLP."""
+
+    def __init__(self, channels: int, neuron: NeuronConfig, mlp_ratio: int, kernel_size: int) -> None:
         super().__init__()
         self.sepconv = SepConv(channels, neuron, kernel_size)
         self.mlp = ChannelMLP(channels, neuron, mlp_ratio, kernel_size=3)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """[T, B, channels, H, W] -> the same shape."""
         x = x + self.sepconv(x)
         return x + self.mlp(x)
 
 
 class TransformerBlock(nn.Module):
-    def __init__(self, channels, heads, neuron, mlp_ratio, levels):
+    """x + SepConv(x), + SpikeDrivenAttention, + a 1×1 ChannelMLP, each a membrane shortcut."""
+
+    def __init__(self, channels: int, heads: int, neuron: NeuronConfig, mlp_ratio: int, levels: int) -> None:
         super().__init__()
         self.sepconv = SepConv(channels, neuron, 3)
         self.attention = SpikeDrivenAttention(channels, heads, neuron, levels)
         self.mlp = ChannelMLP(channels, neuron, mlp_ratio)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """[T, B, channels, H, W] -> the same shape."""
         x = x + self.sepconv(x)
         x = x + self.attention(x)
         return x + self.mlp(x)
@@ -115,11 +130,12 @@ class SDT3(SpikingClassifier):
     input, with ``stem_kernel``). The classifier averages the last map over space, passes it through a
     neuron and a linear layer; the logits are the mean over T. ``neuron``: a NeuronConfig."""
 
-    def __init__(self, num_classes, in_channels, neuron, stages, conv_stages, heads, mlp_ratio=4, stem_kernel=3,
-                 conv_kernel=7):
+    def __init__(self, num_classes: int, in_channels: int, neuron: NeuronConfig, stages: Sequence[tuple[int, int, int]],
+                 conv_stages: int, heads: int, mlp_ratio: int = 4, stem_kernel: int = 3, conv_kernel: int = 7) -> None:
         super().__init__(neuron.T, backend=neuron.backend)
         levels = neuron.levels if neuron.neuron == "ilif" else 1
-        layers, width = [], in_channels
+        layers: list[nn.Module] = []
+        width = in_channels
         for i, (channels, depth, stride) in enumerate(stages):
             layers += ([] if i == 0 else [neuron.make()]) + [
                 _conv_bn(width, channels, neuron, stem_kernel if i == 0 else 3, stride)]
@@ -133,18 +149,18 @@ class SDT3(SpikingClassifier):
 class _GlobalAverage(nn.Module):
     """[T, B, C, H, W] -> [T, B, C]"""
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.mean((-2, -1))
 
 
-def sdt3(num_classes, in_channels, neuron):
+def sdt3(num_classes: int, in_channels: int, neuron: NeuronConfig) -> SDT3:
     """A small sdt3 for the 8×8 digits: widths 16 (8×8) and 32 (4×4) in convolutional stages, 64
     (2×2, 4 tokens) in one transformer stage of one block."""
     return SDT3(num_classes, in_channels, neuron, stages=((16, 1, 1), (32, 1, 2), (64, 1, 2)), conv_stages=2,
                 heads=2, conv_kernel=3)
 
 
-def sdt3_10m(num_classes, in_channels, neuron):
+def sdt3_10m(num_classes: int, in_channels: int, neuron: NeuronConfig) -> SDT3:
     """E-SpikeFormer's 10M model (widths 48, 96, 192, 240, eight heads) for 224×224 ImageNet: a 7×7
     stride-2 stem at half the first width, convolutional stages of 1, 1 and 2 blocks, transformer
     stages of 6 and 2 blocks, each stage halving the map but the last."""
