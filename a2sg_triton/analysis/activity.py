@@ -15,16 +15,24 @@ hooks are removed even on error, and the results are plain dicts, lists and floa
 Timesteps are 0-based (the paper's t = 1 … T are t = 0 … T-1 here).
 """
 
+from __future__ import annotations
+
 import math
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Optional, Union, cast
 
 import numpy as np
 import torch
 from torch import nn
 
 from ..models import model_input
-from ..nn import ILIF, SearchedNeuron
+from ..nn import ILIF, LIF, PLIF, SearchedNeuron
+from ..files import StrPath
 from ..figures import new_figure, save_figure
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = ["E_AC_PJ", "E_MAC_PJ", "FIRST_LAYER", "energy", "membrane_potentials", "membrane_statistics", "model_input",
            "plot_firing_rates", "plot_membrane_statistics", "plot_spike_deletion", "plot_spike_distribution",
@@ -37,22 +45,34 @@ E_MAC_PJ = 4.6
 E_AC_PJ = 0.9
 # The layers with weights whose operations are counted.
 SYNAPTIC = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+Synaptic = Union[nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear]
 # How often energy() charges the first layer's MACs: at every one of the T steps, or once.
 FIRST_LAYER = ("every_step", "once")
 
+# What the instruments take as data: (x, y) batches, x [B, C, H, W] or [B, T, C, H, W], y [B] (a DataLoader).
+Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
-def membrane_potentials(lif, x):
-    """The membrane potential u [T, ...] (float64, before the reset) of ``lif`` for its input currents
-    x [T, ...] with v[-1] = 0, from the layer's own forward: for LIF and PLIF u - v_th (``LIF.membrane``,
+
+def membrane_potentials(lif: Union[LIF, PLIF, ILIF], x: torch.Tensor) -> torch.Tensor:
+    """The membrane potential u (before the reset) of ``lif`` for its input currents, with
+    v[-1] = 0, from the layer's own forward: for LIF and PLIF u - v_th (``LIF.membrane``,
     ``PLIF.membrane``, whose ``>= 0`` are exactly its spikes) plus v_th, so within one float64 rounding
     of the u the layer computed; for I-LIF u itself (``ILIF.membrane``, whose
     ``round(clip(u / v_th, 0, D))`` are exactly its counts).
+
+    Args:
+        lif: the spiking layer.
+        x: its input currents [T, ...].
+
+    Returns:
+        u, float64 [T, ...].
     """
     u = lif.membrane(x).double()
     return u if isinstance(lif, ILIF) else u + lif.v_th
 
 
-def spike_statistics(model, loader, T, device, max_batches=None):
+def spike_statistics(model: nn.Module, loader: Batches, T: int, device: Union[torch.device, str],
+                     max_batches: Optional[int] = None) -> dict[str, Any]:
     """Spikes of every LIF layer (by module name) over the loader's samples; an I-LIF count c is c
     spikes (the module docstring), D (``levels``) is 1 for LIF and PLIF.
 
@@ -67,6 +87,17 @@ def spike_statistics(model, loader, T, device, max_batches=None):
 
     ``input_rates`` gives, per Conv/Linear layer, the mean of its input per element and timestep:
     for a layer fed by spikes (also through average pooling) the firing rate ``energy`` needs.
+
+    Args:
+        model: takes [T, B, ...]; its spiking layers are its ``SearchedNeuron`` modules.
+        loader: (x, y) batches (module docstring).
+        T: timesteps.
+        device: where the batches go (the model's device).
+        max_batches: at most this many batches (None: all).
+
+    Returns:
+        {"T", "samples", "spikes_per_sample", "firing_rate", "layers": {name: per-layer dict},
+        "input_rates": {Conv/Linear name: rate}}.
     """
     lifs = _lifs(model)
     levels = {name: _levels(lif) for name, lif in lifs.items()}
@@ -91,14 +122,15 @@ def spike_statistics(model, loader, T, device, max_batches=None):
             input_sums[name][1] += inputs[0].numel()
         return hook
 
-    hooks = [(m.register_forward_hook, lif_hook(name)) for name, m in lifs.items()]
+    hooks: list[tuple[Callable[..., Any], Any]] = [(m.register_forward_hook, lif_hook(name))
+                                                  for name, m in lifs.items()]
     hooks += [(m.register_forward_pre_hook, input_hook(name)) for name, m in synaptic_layers(model).items()]
     samples = 0
     with _inference(model), _hooked(hooks):
         for x, _ in _batches(loader, T, device, max_batches):
             model(x)
             samples += x.shape[1]
-    layers = {}
+    layers: dict[str, dict[str, Any]] = {}
     for name, lif in lifs.items():
         total = float(per_t[name].sum()) / samples
         layers[name] = {
@@ -123,7 +155,8 @@ def spike_statistics(model, loader, T, device, max_batches=None):
     }
 
 
-def energy(model, spike_stats, input_shape, first_layer="every_step"):
+def energy(model: nn.Module, spike_stats: Mapping[str, Any], input_shape: Sequence[int],
+           first_layer: str = "every_step") -> dict[str, Any]:
     """Inference energy per sample, in mJ, with the usual SNN convention (45 nm, E_MAC = 4.6 pJ,
     E_AC = 0.9 pJ): E = E_MAC·FLOPs(first layer) + E_AC·SOPs(every later layer).
 
@@ -142,6 +175,16 @@ def energy(model, spike_stats, input_shape, first_layer="every_step"):
     pooling, residual additions, products of two spike tensors (spiking attention's Q Kᵀ V) and the
     neuron updates are not counted. MACs are counted with forward hooks on one sample of
     ``input_shape`` (as the loader yields it, without the batch: [C, H, W] or [T, C, H, W]).
+
+    Args:
+        model: the model ``spike_stats`` was measured on.
+        spike_stats: a ``spike_statistics`` result (its T and input rates).
+        input_shape: one sample's shape, [C, H, W] or [T, C, H, W].
+        first_layer: "every_step" or "once" (FIRST_LAYER).
+
+    Returns:
+        {"convention", "first_layer", "e_mac_pj", "e_ac_pj", "flops", "sops", "energy_mj",
+        "layers": {name: {"op", "macs_per_timestep", "input_rate", "ops", "energy_mj"}}}.
     """
     if first_layer not in FIRST_LAYER:
         raise ValueError(f"first_layer must be one of {FIRST_LAYER}, got {first_layer!r}")
@@ -150,7 +193,7 @@ def energy(model, spike_stats, input_shape, first_layer="every_step"):
                          "[T, C, H, W], whose frames differ per step")
     T = spike_stats["T"]
     synaptic = synaptic_layers(model)
-    macs = {}  # total over the T steps of one sample; insertion order is execution order
+    macs: dict[str, int] = {}  # total over the T steps of one sample; insertion order is execution order
 
     def hook(name):
         def count(module, inputs, output):
@@ -162,7 +205,7 @@ def energy(model, spike_stats, input_shape, first_layer="every_step"):
     device = next(model.parameters()).device
     with _inference(model), _hooked([(m.register_forward_hook, hook(name)) for name, m in synaptic.items()]):
         model(model_input(torch.zeros(1, *input_shape, device=device), T))
-    layers = {}
+    layers: dict[str, dict[str, Any]] = {}
     for i, (name, layer_macs) in enumerate(macs.items()):
         if i == 0:
             rate, ops, e_pj = None, layer_macs / T if first_layer == "once" else layer_macs, E_MAC_PJ
@@ -192,7 +235,8 @@ def energy(model, spike_stats, input_shape, first_layer="every_step"):
     }
 
 
-def membrane_statistics(model, loader, T, device, max_batches=None):
+def membrane_statistics(model: nn.Module, loader: Batches, T: int, device: Union[torch.device, str],
+                        max_batches: Optional[int] = None) -> dict[str, dict[str, Any]]:
     """Membrane potential statistics of every LIF layer and Theorem 2's condition.
 
     u (before the reset) is recomputed from each layer's input (``membrane_potentials``). Per layer:
@@ -211,8 +255,19 @@ def membrane_statistics(model, loader, T, device, max_batches=None):
     I-LIF layers have ``levels`` D, ``level_thresholds`` [θ_1 … θ_D] and ``saturated_fraction``, the
     fraction of (t, sample, neuron) with u > (D + ½)·v_th: where the clip at D cuts the count (its
     unclipped rounding would exceed D).
+
+    Args:
+        model: takes [T, B, ...]; its spiking layers are its ``SearchedNeuron`` modules.
+        loader: (x, y) batches (module docstring).
+        T: timesteps.
+        device: where the batches go (the model's device).
+        max_batches: at most this many batches (None: all).
+
+    Returns:
+        {layer name: its statistics, as above}.
     """
-    lifs = _lifs(model)
+    # every SearchedNeuron of a2sg_triton.nn is one of these (v_th, beta and membrane; I-LIF's D)
+    lifs = cast("dict[str, Union[LIF, PLIF, ILIF]]", _lifs(model))
     # per t: count, Σu, Σu² and, for I-LIF, the saturated count
     sums = {name: torch.zeros(4 if isinstance(lif, ILIF) else 3, T, dtype=torch.float64) for name, lif in lifs.items()}
 
@@ -229,7 +284,7 @@ def membrane_statistics(model, loader, T, device, max_batches=None):
     with _inference(model), _hooked([(m.register_forward_pre_hook, hook(name)) for name, m in lifs.items()]):
         for x, _ in _batches(loader, T, device, max_batches):
             model(x)
-    layers = {}
+    layers: dict[str, dict[str, Any]] = {}
     for name, lif in lifs.items():
         n, s1, s2 = sums[name][:3]
         mu, sigma = _mean_std(n.sum(), s1.sum(), s2.sum())
@@ -250,13 +305,13 @@ def membrane_statistics(model, loader, T, device, max_batches=None):
             "theorem2": None if ilif else _theorem2(sum(beta) / len(beta), lif.v_th, mu, sigma),
             "theorem2_per_t": None if ilif else [_theorem2(b, lif.v_th, mu, sigma) for b in beta],
         }
-        if ilif:
+        if isinstance(lif, ILIF):
             layers[name].update(levels=lif.D, level_thresholds=[(i + 0.5) * lif.v_th for i in range(lif.D)],
                                 saturated_fraction=float(sums[name][3].sum() / n.sum()))
     return layers
 
 
-def weight_statistics(model, bins=50):
+def weight_statistics(model: nn.Module, bins: int = 50) -> dict[str, dict[str, Any]]:
     """Per Conv/Linear layer (by module name), its weight's (not bias) mean, std (population), min,
     max, count and histogram (``bins`` equal-width bins: ``edges`` [bins+1], ``counts`` [bins]), Fig. 7."""
     stats = {}
@@ -269,7 +324,9 @@ def weight_statistics(model, bins=50):
     return stats
 
 
-def spike_deletion(model, loader, T, device, fractions=(0.0, 0.1, 0.2, 0.3), seed=0, max_batches=None):
+def spike_deletion(model: nn.Module, loader: Batches, T: int, device: Union[torch.device, str],
+                   fractions: Iterable[float] = (0.0, 0.1, 0.2, 0.3), seed: int = 0,
+                   max_batches: Optional[int] = None) -> list[dict[str, Any]]:
     """Accuracy and spikes under deletion noise (Table A3): every LIF layer's output spikes are each
     zeroed independently with probability ``fraction`` (one ``torch.Generator`` seeded with ``seed``
     per fraction), so the next layer sees only the kept spikes. An I-LIF count c is c spikes, each
@@ -279,11 +336,21 @@ def spike_deletion(model, loader, T, device, fractions=(0.0, 0.1, 0.2, 0.3), see
     Returns one dict per fraction: ``accuracy``, ``spikes_per_sample`` (kept spikes, the ones that
     reach the next layer; 0 at fraction 1), ``emitted_spikes_per_sample`` (before deletion: it also
     changes, since every layer after the first receives fewer spikes) and both per layer.
+
+    Args:
+        model: takes [T, B, ...]; its spiking layers are its ``SearchedNeuron`` modules.
+        loader: (x, y) batches (module docstring).
+        T: timesteps.
+        device: where the batches go (the model's device).
+        fractions: the deletion probabilities, each in [0, 1].
+        seed: seeds each fraction's generator.
+        max_batches: at most this many batches (None: all).
     """
     return [_deletion_run(model, loader, T, device, float(fraction), seed, max_batches) for fraction in fractions]
 
 
-def _deletion_run(model, loader, T, device, fraction, seed, max_batches):
+def _deletion_run(model: nn.Module, loader: Batches, T: int, device: Union[torch.device, str], fraction: float,
+                  seed: int, max_batches: Optional[int]) -> dict[str, Any]:
     lifs = _lifs(model)
     generator = torch.Generator(device=device).manual_seed(seed)
     emitted, kept = dict.fromkeys(lifs, 0.0), dict.fromkeys(lifs, 0.0)
@@ -316,14 +383,32 @@ def _deletion_run(model, loader, T, device, fraction, seed, max_batches):
     }
 
 
-def tsne_features(model, loader, T, device, layer, timesteps, n_samples=500, seed=0):
+def tsne_features(model: nn.Module, loader: Batches, T: int, device: Union[torch.device, str], layer: str,
+                  timesteps: Sequence[int], n_samples: int = 500, seed: int = 0) -> dict[str, Any]:
     """2-D t-SNE of the output of module ``layer`` at each of ``timesteps`` (Fig. 6).
 
     The module's output must be [T, B, ...] (a LIF layer's spikes, or e.g. a time-folded conv);
     at step t each sample's output[t] is flattened into one feature vector. The first ``n_samples``
     samples of the loader are embedded (give it a class-balanced order, e.g. a ``Subset`` in
     ``a2sg_triton.data.stratified_order``, if the data is stored class by class) with
-    ``TSNE(n_components=2, random_state=seed, init="pca", perplexity=min(30, n-1))``. Returns ``labels`` [n] and, per timestep, ``points`` [n, 2].
+    ``TSNE(n_components=2, random_state=seed, init="pca", perplexity=min(30, n-1))``.
+
+    Args:
+        model: takes [T, B, ...].
+        loader: (x, y) batches (module docstring).
+        T: timesteps.
+        device: where the batches go (the model's device).
+        layer: the module's name in ``model.named_modules()``.
+        timesteps: the steps to embed, each in [0, T).
+        n_samples: how many samples to embed, from the loader's start.
+        seed: t-SNE's random_state.
+
+    Returns:
+        {"layer", "labels": [n], "timesteps": [{"t", "points": [n, 2]} per timestep]}.
+
+    Raises:
+        ValueError: no such layer, bad timesteps, an output not [T, B, ...], or an output that is
+            the same for every sample at some step.
     """
     from sklearn.manifold import TSNE  # heavy import, only needed here
 
@@ -332,9 +417,10 @@ def tsne_features(model, loader, T, device, layer, timesteps, n_samples=500, see
         raise ValueError(f"no module named {layer!r} in the model")
     if not timesteps or any(not 0 <= t < T for t in timesteps):
         raise ValueError(f"timesteps must be a non-empty list of steps in 0 … {T - 1}, got {timesteps!r}")
-    features, labels = [], []
+    features: list[torch.Tensor] = []
+    labels: list[torch.Tensor] = []
 
-    def hook(module, inputs, output):
+    def hook(module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
         if output.dim() < 2 or output.shape[0] != T:
             raise ValueError(f"module {layer!r} must output [T={T}, B, ...], got {list(output.shape)}")
         features.append(output[list(timesteps)].flatten(2).float().cpu())  # [steps, B, features]
@@ -345,11 +431,11 @@ def tsne_features(model, loader, T, device, layer, timesteps, n_samples=500, see
             labels.append(y.cpu())
             if sum(len(batch) for batch in labels) >= n_samples:
                 break
-    features = torch.cat(features, 1)[:, :n_samples].numpy()
+    arrays = torch.cat(features, 1)[:, :n_samples].numpy()
     labels = torch.cat(labels)[:n_samples].tolist()
     n = len(labels)
     embeddings = []
-    for t, x in zip(timesteps, features):
+    for t, x in zip(timesteps, arrays):
         if np.ptp(x, axis=0).max() == 0:  # sklearn's PCA initialisation divides by zero (and may crash)
             raise ValueError(f"every sample has the same output of {layer!r} at t={t}; t-SNE is undefined")
         tsne = TSNE(n_components=2, random_state=seed, init="pca", perplexity=min(30, n - 1))
@@ -362,7 +448,7 @@ def tsne_features(model, loader, T, device, layer, timesteps, n_samples=500, see
 # ---------------------------------------------------------------------------------------------
 
 
-def plot_spike_distribution(spike_stats, path):
+def plot_spike_distribution(spike_stats: Mapping[str, Any], path: StrPath) -> None:
     """Table A1 as bars: per LIF layer, the percentage of (sample, neuron) pairs with k spikes over T,
     k = 0 … T·D (for I-LIF the summed count: a count c is c spikes, which the axis label says)."""
     layers = spike_stats["layers"]
@@ -378,7 +464,7 @@ def plot_spike_distribution(spike_stats, path):
     save_figure(fig, path)
 
 
-def plot_firing_rates(spike_stats, path):
+def plot_firing_rates(spike_stats: Mapping[str, Any], path: StrPath) -> None:
     """Firing rate of every LIF layer (left) and per timestep (right); with I-LIF layers the axes say
     that their rate is the mean count per neuron and step."""
     layers = spike_stats["layers"]
@@ -396,7 +482,7 @@ def plot_firing_rates(spike_stats, path):
     save_figure(fig, path)
 
 
-def plot_weight_histograms(weight_stats, path):
+def plot_weight_histograms(weight_stats: Mapping[str, Mapping[str, Any]], path: StrPath) -> None:
     """Fig. 7: the weight histogram of every Conv/Linear layer."""
     fig, axes = _figure(len(weight_stats), sharey=False)
     for ax, (name, w) in zip(axes, weight_stats.items()):
@@ -407,7 +493,7 @@ def plot_weight_histograms(weight_stats, path):
     save_figure(fig, path)
 
 
-def plot_membrane_statistics(membrane_stats, path):
+def plot_membrane_statistics(membrane_stats: Mapping[str, Mapping[str, Any]], path: StrPath) -> None:
     """Per LIF layer: μ_u ± σ_u against the firing threshold θ (v_th; I-LIF: v_th/2, with its other
     level thresholds as grey ticks), RMD = (θ - μ_u) / σ_u (Eq. A10), and Theorem 2's L·κ against σ_u²
     (mean β), marked "n/a" for I-LIF layers, where it does not apply."""
@@ -448,7 +534,7 @@ def plot_membrane_statistics(membrane_stats, path):
     save_figure(fig, path)
 
 
-def plot_spike_deletion(results, path):
+def plot_spike_deletion(results: Sequence[Mapping[str, Any]], path: StrPath) -> None:
     """Table A3 as curves: accuracy and kept spikes per sample against the deleted fraction."""
     fractions = [100 * r["fraction"] for r in results]
     fig, (acc_ax, spike_ax) = _figure(2, sharey=False)
@@ -463,7 +549,7 @@ def plot_spike_deletion(results, path):
     save_figure(fig, path)
 
 
-def plot_tsne(tsne, path):
+def plot_tsne(tsne: Mapping[str, Any], path: StrPath) -> None:
     """Fig. 6: the t-SNE points of every timestep, coloured by label; the last panel's legend says
     which colour is which label."""
     fig, axes = _figure(len(tsne["timesteps"]))
@@ -482,27 +568,28 @@ def plot_tsne(tsne, path):
 # ---------------------------------------------------------------------------------------------
 
 
-def _lifs(model):
+def _lifs(model: nn.Module) -> dict[str, SearchedNeuron]:
     return {name: m for name, m in model.named_modules() if isinstance(m, SearchedNeuron)}
 
 
-def _levels(lif):
+def _levels(lif: nn.Module) -> int:
     """The largest number of spikes a layer emits per neuron and step: I-LIF's D, else 1."""
     return lif.D if isinstance(lif, ILIF) else 1
 
 
-def _rate_definition(levels):
+def _rate_definition(levels: int) -> str:
     if levels == 1:
         return "spikes (0/1) per neuron and step"
     return f"mean count (0 … {levels}) per neuron and step: a count c is c spikes"
 
 
-def synaptic_layers(model):
+def synaptic_layers(model: nn.Module) -> dict[str, Synaptic]:
     """{module name: module} of the layers with weights whose operations are counted (SYNAPTIC)."""
     return {name: m for name, m in model.named_modules() if isinstance(m, SYNAPTIC)}
 
 
-def _batches(loader, T, device, max_batches):
+def _batches(loader: Batches, T: int, device: Union[torch.device, str],
+             max_batches: Optional[int]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(x [T, B, ...], y) on ``device``, at most ``max_batches`` of them."""
     for i, (x, y) in enumerate(loader):
         if max_batches is not None and i >= max_batches:
@@ -511,7 +598,7 @@ def _batches(loader, T, device, max_batches):
 
 
 @contextmanager
-def _inference(model):
+def _inference(model: nn.Module) -> Iterator[None]:
     """Eval mode and no_grad; every module's own training flag is restored afterwards."""
     flags = [(m, m.training) for m in model.modules()]
     model.eval()
@@ -524,7 +611,7 @@ def _inference(model):
 
 
 @contextmanager
-def _hooked(hooks):
+def _hooked(hooks: Iterable[tuple[Callable[..., Any], Any]]) -> Iterator[None]:
     """Registers hooks given as (register method, hook) pairs and removes them all on exit."""
     handles = []
     try:
@@ -536,19 +623,19 @@ def _hooked(hooks):
             handle.remove()
 
 
-def _mean_std(n, s1, s2):
+def _mean_std(n: torch.Tensor, s1: torch.Tensor, s2: torch.Tensor) -> tuple[float, float]:
     mean = float(s1 / n)
     return mean, math.sqrt(max(float(s2 / n) - mean * mean, 0.0))
 
 
-def _theorem2(beta, v_th, mu, sigma):
+def _theorem2(beta: float, v_th: float, mu: float, sigma: float) -> dict[str, Any]:
     L, a = 2 * beta, v_th - beta
     kappa = a - mu
     return {"beta": beta, "L": L, "a": a, "kappa": kappa, "L_kappa": L * kappa, "sigma2": sigma * sigma,
             "holds": L * kappa > sigma * sigma}
 
 
-def _figure(panels, sharey=True):
+def _figure(panels: int, sharey: bool = True) -> tuple[Figure, np.ndarray]:
     """One row of square panels."""
     fig, axes = new_figure(columns=panels, panel_size=(3.2, 3.2), sharey=sharey)
     return fig, axes[0]

@@ -16,21 +16,27 @@ loader are ``(x, y)`` as in training: static ``x`` [B, C, H, W] is repeated over
 (``direct_encode``), sequences [B, T, ...] are made time-major.
 """
 
+from __future__ import annotations
+
 import contextlib
 import math
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any, Optional, Union
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from tqdm import tqdm
 
 from ..ops.ilif import ilif_bwd_torch
 from ..ops.lif import lif_bwd_step
 from ..nn import ILIF, LIF, PLIF, SearchedNeuron
-from ..ops.stats import candidate_stats
+from ..ops.stats import CandidateStats, candidate_stats
 from ..ops.surrogate import SURROGATES
+from ..files import StrPath
 from ..figures import new_figure, save_figure
 from ..models import model_input
-from .activity import synaptic_layers
+from .activity import Batches, synaptic_layers
 
 # method="auto": the exact Gram route keeps a float64 copy of a layer's [n, P] gradients; above this
 # many elements it uses float32 power iteration instead.
@@ -43,7 +49,7 @@ LEGEND_INSIDE_MAX = 8
 
 
 @contextlib.contextmanager
-def _preserved(model, train=None):
+def _preserved(model: nn.Module, train: Optional[bool] = None) -> Iterator[None]:
     """Runs the body with ``model.train(train)`` (None: modes unchanged) and no A²SG search armed;
     then restores the state_dict bit for bit, every module's training flag and the armed flags."""
     state = {key: value.detach().clone() for key, value in model.state_dict().items()}
@@ -57,20 +63,20 @@ def _preserved(model, train=None):
         yield
     finally:
         model.load_state_dict(state)
-        for module, mode in modes.items():
-            module.training = mode
+        for submodule, mode in modes.items():
+            submodule.training = mode
         for module, flag in armed.items():
             module.search_armed = flag
 
 
-def _weights(model):
+def _weights(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
     """(module name, weight) of every Conv/Linear whose weight is trained."""
     return [(name, module.weight) for name, module in synaptic_layers(model).items() if module.weight.requires_grad]
 
 
-def _take_batches(loader, max_batches):
+def _take_batches(loader: Batches, max_batches: Optional[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The first ``max_batches`` (all when None) (x, y) batches, kept so every point sees the same data."""
-    batches = []
+    batches: list[tuple[torch.Tensor, torch.Tensor]] = []
     for x, y in loader:
         if max_batches is not None and len(batches) >= max_batches:
             break
@@ -81,7 +87,8 @@ def _take_batches(loader, max_batches):
 
 
 @torch.no_grad()
-def _evaluate(model, batches, T, device):
+def _evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], T: int,
+              device: Union[torch.device, str]) -> tuple[float, float]:
     """(mean cross-entropy, accuracy) over the batches, weighted by sample."""
     total_loss = correct = count = 0.0
     for x, y in batches:
@@ -96,7 +103,8 @@ def _evaluate(model, batches, T, device):
 # -- 1. Fisher information ---------------------------------------------------------------------
 
 
-def fisher_max_eigenvalue(model, loader, T, device, n_samples=64, method="auto", iters=50, seed=0):
+def fisher_max_eigenvalue(model: nn.Module, loader: Batches, T: int, device: Union[torch.device, str],
+                          n_samples: int = 64, method: str = "auto", iters: int = 50, seed: int = 0) -> dict[str, Any]:
     """Largest eigenvalue of each Conv/Linear layer's empirical Fisher (Eq. A8, Fig. 5c).
 
     F = (1/n) sum_i g_i g_i^T, g_i the gradient of sample i's cross-entropy (true label) w.r.t. the
@@ -107,7 +115,18 @@ def fisher_max_eigenvalue(model, loader, T, device, n_samples=64, method="auto",
     iterations of v -> (1/n) Gamma^T (Gamma v) from a seeded random start and reports the Rayleigh
     quotient, ``"auto"`` uses gram when n × P <= GRAM_MAX_ELEMENTS. Also reports trace(F).
 
-    Returns {"n_samples", "layers": {module name: {"lambda_max", "trace", "method", "n_params"}}}.
+    Args:
+        model: takes [T, B, ...] and returns logits [B, classes].
+        loader: (x, y) batches, x [B, C, H, W] or [B, T, C, H, W].
+        T: timesteps.
+        device: where the samples go (the model's device).
+        n_samples: how many samples, from the loader's start.
+        method: "auto", "gram" or "power".
+        iters: power iterations.
+        seed: seeds the power iteration's start.
+
+    Returns:
+        {"n_samples", "layers": {module name: {"lambda_max", "trace", "method", "n_params"}}}.
     """
     if method not in ("auto", "gram", "power"):
         raise ValueError(f"method must be 'auto', 'gram' or 'power', got {method!r}")
@@ -115,7 +134,7 @@ def fisher_max_eigenvalue(model, loader, T, device, n_samples=64, method="auto",
         weights = _weights(model)
         if not weights:
             raise ValueError("model has no Conv/Linear weight to analyse")
-        rows = {name: [] for name, _ in weights}
+        rows: dict[str, list[torch.Tensor]] = {name: [] for name, _ in weights}
         n = 0
         for x, y in loader:
             for i in range(y.shape[0]):
@@ -145,7 +164,7 @@ def fisher_max_eigenvalue(model, loader, T, device, n_samples=64, method="auto",
     return {"n_samples": n, "layers": layers}
 
 
-def _power_iteration(gamma, iters, generator):
+def _power_iteration(gamma: torch.Tensor, iters: int, generator: torch.Generator) -> float:
     """Top eigenvalue of (1/n) Gamma^T Gamma by power iteration (Rayleigh quotient of the last iterate)."""
     n = gamma.shape[0]
     v = torch.randn(gamma.shape[1], generator=generator).to(gamma)
@@ -162,7 +181,8 @@ def _power_iteration(gamma, iters, generator):
 # -- 2. Loss landscapes ------------------------------------------------------------------------
 
 
-def _filter_normalised_direction(model, generator, layers):
+def _filter_normalised_direction(model: nn.Module, generator: torch.Generator,
+                                 layers: Optional[Iterable[str]]) -> dict[str, torch.Tensor]:
     """Per parameter: a Gaussian direction whose every filter (slice along dim 0: a conv's output
     channel, a linear layer's output row) has the norm of the parameter's filter (Li et al. 2018).
     Parameters of dim <= 1 (biases, batch-norm scale and shift) and parameters outside ``layers``
@@ -180,7 +200,9 @@ def _filter_normalised_direction(model, generator, layers):
     return direction
 
 
-def _landscape(model, loader, T, device, directions, steps, span, max_batches, progress):
+def _landscape(model: nn.Module, loader: Batches, T: int, device: Union[torch.device, str],
+               directions: Sequence[Mapping[str, torch.Tensor]], steps: int, span: float, max_batches: Optional[int],
+               progress: bool) -> tuple[list[float], list[Any], list[Any]]:
     """Loss and accuracy at theta + a_1 d_1 (+ a_2 d_2) on the grid linspace(-span, span, steps)^k;
     ``progress``: a tqdm bar over the grid points (off when stderr is not a terminal)."""
     if steps < 1:
@@ -191,7 +213,7 @@ def _landscape(model, loader, T, device, directions, steps, span, max_batches, p
     bar = tqdm(total=steps ** len(directions), desc=f"{len(directions)}-D landscape", leave=False,
                disable=None if progress else True)
 
-    def at(coefficients):
+    def at(coefficients: Sequence[float]) -> tuple[float, float]:
         with torch.no_grad():
             for name, param in model.named_parameters():
                 param.copy_(theta[name] + sum(c * d[name] for c, d in zip(coefficients, directions)))
@@ -206,8 +228,9 @@ def _landscape(model, loader, T, device, directions, steps, span, max_batches, p
     return alphas, [[p[0] for p in row] for row in grid], [[p[1] for p in row] for row in grid]
 
 
-def loss_landscape_1d(model, loader, T, device, steps=21, span=1.0, seed=0, max_batches=None, *, layers=None,
-                      progress=False):
+def loss_landscape_1d(model: nn.Module, loader: Batches, T: int, device: Union[torch.device, str], steps: int = 21,
+                      span: float = 1.0, seed: int = 0, max_batches: Optional[int] = None, *,
+                      layers: Optional[Iterable[str]] = None, progress: bool = False) -> dict[str, list[float]]:
     """Mean cross-entropy and accuracy at theta + alpha d, alpha in linspace(-span, span, steps) (Fig. 1).
 
     d is a filter-normalised Gaussian direction (Li et al. 2018; seeded): every filter of every weight
@@ -215,7 +238,22 @@ def loss_landscape_1d(model, loader, T, device, steps=21, span=1.0, seed=0, max_
     ``layers`` (module names) restricts the perturbation to those modules' weights, e.g. one conv
     as in Fig. 1. Batch norm in eval mode; the first ``max_batches`` batches (all when None), the
     same ones at every point. With odd ``steps`` the middle alpha is exactly 0, so its loss is the
-    model's plain loss. ``progress``: a progress bar over the points. Returns {"alphas", "loss", "accuracy"}.
+    model's plain loss.
+
+    Args:
+        model: takes [T, B, ...] and returns logits [B, classes].
+        loader: (x, y) batches, x [B, C, H, W] or [B, T, C, H, W].
+        T: timesteps.
+        device: where the batches go (the model's device).
+        steps: points along the direction.
+        span: the largest |alpha|.
+        seed: seeds the direction.
+        max_batches: the first this many batches (None: all).
+        layers: module names whose weights are perturbed (None: all).
+        progress: a progress bar over the points.
+
+    Returns:
+        {"alphas": [steps], "loss": [steps], "accuracy": [steps]}.
     """
     with _preserved(model, train=False):
         generator = torch.Generator().manual_seed(seed)
@@ -225,11 +263,18 @@ def loss_landscape_1d(model, loader, T, device, steps=21, span=1.0, seed=0, max_
     return {"alphas": alphas, "loss": loss, "accuracy": accuracy}
 
 
-def loss_landscape_2d(model, loader, T, device, steps=11, span=1.0, seed=0, max_batches=None, *, layers=None,
-                      progress=False):
+def loss_landscape_2d(model: nn.Module, loader: Batches, T: int, device: Union[torch.device, str], steps: int = 11,
+                      span: float = 1.0, seed: int = 0, max_batches: Optional[int] = None, *,
+                      layers: Optional[Iterable[str]] = None, progress: bool = False) -> dict[str, list[Any]]:
     """As ``loss_landscape_1d`` on the plane theta + alpha d + beta e (two independent seeded
-    directions; these alpha and beta are step sizes, not the surrogate width); ``loss[i][j]`` is at
-    (alphas[i], betas[j]). Returns {"alphas", "betas", "loss", "accuracy"}."""
+    directions; these alpha and beta are step sizes, not the surrogate width).
+
+    Args: as ``loss_landscape_1d``'s; ``steps`` points per axis.
+
+    Returns:
+        {"alphas": [steps], "betas": [steps], "loss": [steps][steps], "accuracy": [steps][steps]};
+        ``loss[i][j]`` is at (alphas[i], betas[j]).
+    """
     with _preserved(model, train=False):
         generator = torch.Generator().manual_seed(seed)
         directions = [_filter_normalised_direction(model, generator, layers) for _ in range(2)]
@@ -241,7 +286,8 @@ def loss_landscape_2d(model, loader, T, device, steps=11, span=1.0, seed=0, max_
 # -- 3. SGV and TGC as functions of beta --------------------------------------------------------
 
 
-def metric_vs_beta(model, x, y, layer_name, t, betas, T=None, level=None):
+def metric_vs_beta(model: nn.Module, x: torch.Tensor, y: torch.Tensor, layer_name: str, t: int,
+                   betas: torch.Tensor, T: Optional[int] = None, level: Optional[int] = None) -> dict[str, Any]:
     """SGV and TGC of the A²SG search site (t) of LIF or PLIF layer ``layer_name``, or (t, ``level``) of
     an I-LIF layer, for each candidate width (Fig. 3).
 
@@ -262,8 +308,20 @@ def metric_vs_beta(model, x, y, layer_name, t, betas, T=None, level=None):
     visited just before, (t, level + 1) or, at level D, (t + 1, 1), with the width the layer holds
     for it.
 
-    Returns {"layer", "t", "level" (None for LIF and PLIF), "betas", "sgv", "tgc" (None at the first
-    site visited, where the controller takes SGV: t = T-1, and for I-LIF level D), "current_beta"}.
+    Args:
+        model: takes [T, B, ...] and returns logits [B, classes].
+        x: one batch as a loader gives it, [B, C, H, W] or [B, T, C, H, W].
+        y: its labels [B].
+        layer_name: the LIF, PLIF or I-LIF layer's name in ``model.named_modules()``.
+        t: the timestep, in [0, T).
+        betas: the candidate widths [K] (e.g. float64).
+        T: the model's timesteps (None: the layer's T).
+        level: the I-LIF level, 1 … D; None for LIF and PLIF.
+
+    Returns:
+        {"layer", "t", "level" (None for LIF and PLIF), "betas" [K], "sgv" [K], "tgc" [K] (None at
+        the first site visited, where the controller takes SGV: t = T-1, and for I-LIF level D),
+        "current_beta"}.
     """
     lif = dict(model.named_modules()).get(layer_name)
     if not isinstance(lif, (LIF, PLIF, ILIF)):
@@ -278,9 +336,9 @@ def metric_vs_beta(model, x, y, layer_name, t, betas, T=None, level=None):
     elif level is not None:
         raise ValueError(f"level is for nn.ILIF layers; {layer_name!r} is an nn.{type(lif).__name__}, searched per "
                          "timestep alone")
-    captured = {}
+    captured: dict[str, torch.Tensor] = {}
 
-    def capture(module, inputs, output):
+    def capture(module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
         captured["input"], captured["output"] = inputs[0].detach(), output
 
     with _preserved(model), torch.enable_grad():
@@ -292,6 +350,7 @@ def metric_vs_beta(model, x, y, layer_name, t, betas, T=None, level=None):
         loss = F.cross_entropy(logits, y)
         grad_s = torch.autograd.grad(loss, captured["output"])[0].detach().double()
         if isinstance(lif, ILIF):
+            assert level is not None  # checked above: an int in [1, D]
             stats = _ilif_site_stats(lif, captured["input"].double(), grad_s, t, level, betas)
             current_beta = float(lif.beta[t, level - 1])
         else:
@@ -301,7 +360,8 @@ def metric_vs_beta(model, x, y, layer_name, t, betas, T=None, level=None):
             "tgc": None if stats.dot is None else stats.tgc().tolist(), "current_beta": current_beta}
 
 
-def _lif_step_stats(lif, x, grad_s, t, betas):
+def _lif_step_stats(lif: Union[LIF, PLIF], x: torch.Tensor, grad_s: torch.Tensor, t: int,
+                    betas: torch.Tensor) -> CandidateStats:
     """``candidate_stats`` of LIF or PLIF step t (float64 x and dL/ds), carry and reference from the
     LIF backward from T-1 down to t+1 with the layer's betas."""
     d = lif.membrane(x)  # u - v_th by the layer's forward, in float64
@@ -317,7 +377,8 @@ def _lif_step_stats(lif, x, grad_s, t, betas):
                            h=lif.h, reset=lif.reset, v_reset=lif.v_reset, detach_reset=lif.detach_reset)
 
 
-def _ilif_site_stats(ilif, x, grad_q, t, level, betas):
+def _ilif_site_stats(ilif: ILIF, x: torch.Tensor, grad_q: torch.Tensor, t: int, level: int,
+                     betas: torch.Tensor) -> CandidateStats:
     """``candidate_stats`` of I-LIF search site (t, level) (float64 x and dL/dq; docs/search.md)."""
     u, grad_q = ilif.membrane(x).flatten(1), grad_q.flatten(1)  # [T, N]
     widths = ilif.beta.to(u)
@@ -325,10 +386,11 @@ def _ilif_site_stats(ilif, x, grad_q, t, level, betas):
     delta, _ = ilif_bwd_torch(grad_q, u, widths, None, SURROGATES.index(ilif.surrogate), ilif.D, ilif.decay, 1.0,
                               ilif.v_th, ilif.detach_reset, ilif.h, False)
 
-    def carry(step):  # c[step] = dL/dv[step]: none after the last step
+    def carry(step: int) -> Optional[torch.Tensor]:  # c[step] = dL/dv[step]: none after the last step
         return None if step == ilif.T - 1 else ilif.decay * delta[step + 1]
 
-    def window(step, i, width):  # delta_i[step]: the local gradient with level i's window alone
+    # delta_i[step]: the local gradient with level i's window alone
+    def window(step: int, i: int, width: Any) -> torch.Tensor:
         return lif_bwd_step(u[step] - (i - 0.5) * ilif.v_th, grad_q[step], carry(step), width, ilif.surrogate,
                             ilif.v_th, False, 0.0, ilif.detach_reset, ilif.h)
 
@@ -345,12 +407,12 @@ def _ilif_site_stats(ilif, x, grad_q, t, level, betas):
 # -- 4. Search history -------------------------------------------------------------------------
 
 
-def search_history_metrics(history):
+def search_history_metrics(history: Iterable[Mapping[str, Any]]) -> dict[str, dict[int, dict[Any, Any]]]:
     """``A2SG.history`` rows -> {layer: {t: {metric: {"epochs", "beta", "metric_at_beta", "best_value"}}}},
     each series in epoch order: the chosen beta and the metric at it per search (Figs. 3, 5, A3, A4).
     I-LIF rows (``level`` 1 … D: one search site per timestep and level) nest one level deeper,
     {layer: {t: {level: {metric: ...}}}}, so that each series is one site's."""
-    series = {}
+    series: dict[str, dict[int, dict[Any, Any]]] = {}
     for row in sorted(history, key=lambda row: row["epoch"]):
         site = series.setdefault(row["layer"], {}).setdefault(row["t"], {})
         if row.get("level") is not None:  # histories written before I-LIF have no level
@@ -366,12 +428,12 @@ def search_history_metrics(history):
 # -- 5. Figures --------------------------------------------------------------------------------
 
 
-def _labelled(results, single_key):
+def _labelled(results: Mapping[str, Any], single_key: str) -> Mapping[str, Any]:
     """{label: result}; a single result (recognised by ``single_key``) becomes {"": result}."""
     return {"": results} if single_key in results else results
 
 
-def plot_fisher_eigenvalues(results, path):
+def plot_fisher_eigenvalues(results: Mapping[str, Any], path: StrPath) -> None:
     """Bars of lambda_max per layer (log scale), one bar group per label (Fig. 5c). ``results``: one
     ``fisher_max_eigenvalue`` result or {label: result}. A log scale has no 0: a layer with
     lambda_max <= 0 (no gradient reached it) gets a hatched bar at a floor a decade below the smallest
@@ -406,7 +468,7 @@ def plot_fisher_eigenvalues(results, path):
     save_figure(fig, path)
 
 
-def plot_loss_landscape_1d(results, path):
+def plot_loss_landscape_1d(results: Mapping[str, Any], path: StrPath) -> None:
     """Loss against alpha, one curve per label (Fig. 1). ``results``: one ``loss_landscape_1d``
     result or {label: result}."""
     runs = _labelled(results, "alphas")
@@ -421,7 +483,7 @@ def plot_loss_landscape_1d(results, path):
     save_figure(fig, path)
 
 
-def plot_loss_landscape_2d(result, path, levels=20):
+def plot_loss_landscape_2d(result: Mapping[str, Any], path: StrPath, levels: int = 20) -> None:
     """Contours of the loss over the plane of one ``loss_landscape_2d`` result."""
     fig, axes = new_figure(panel_size=(4.5, 4.0))
     ax = axes[0][0]
@@ -436,7 +498,7 @@ def plot_loss_landscape_2d(result, path, levels=20):
     save_figure(fig, path)
 
 
-def plot_metric_vs_beta(results, path):
+def plot_metric_vs_beta(results: Mapping[str, Any], path: StrPath) -> None:
     """SGV (and TGC where present) against beta, the current beta dashed, one curve per label (Fig. 3).
     ``results``: one ``metric_vs_beta`` result or {label: result}. I-LIF results get one row of panels
     per level (in the order the results first name them), LIF and PLIF results one row together. A
@@ -458,7 +520,8 @@ def plot_metric_vs_beta(results, path):
     save_figure(fig, path)
 
 
-def _plot_metric_row(axes, metrics, runs, level, crowded):
+def _plot_metric_row(axes: Sequence[Any], metrics: Sequence[str], runs: Mapping[str, Mapping[str, Any]],
+                     level: Optional[int], crowded: bool) -> None:
     """One row of ``plot_metric_vs_beta``: the results of one I-LIF level (None: LIF and PLIF)."""
     from matplotlib.lines import Line2D  # matplotlib is imported only to draw, as in new_figure
 
@@ -495,7 +558,7 @@ def _plot_metric_row(axes, metrics, runs, level, crowded):
             ax.legend(handles, labels, fontsize="small")
 
 
-def plot_search_history(metrics, path):
+def plot_search_history(metrics: Mapping[str, Any], path: StrPath) -> None:
     """One row per layer: the metric at the chosen beta (left) and the chosen beta (right) over the
     epochs, one curve per search site (timestep; I-LIF: timestep and level). ``metrics``: a
     ``search_history_metrics`` result."""
@@ -512,7 +575,7 @@ def plot_search_history(metrics, path):
     save_figure(fig, path)
 
 
-def _site_series(per_t):
+def _site_series(per_t: Mapping[Any, Any]) -> Iterator[tuple[str, Mapping[str, Any]]]:
     """(label, series) of each search site of one layer's ``search_history_metrics`` entry: keyed by
     metric under t, or for I-LIF by level and then metric."""
     for t, per_site in sorted(per_t.items()):
