@@ -15,6 +15,8 @@ against the BOX baseline, with the machine they ran on; OUT/ablation_curves.png 
 OUT/ablation_beta.png the curves over epochs.
 """
 
+from __future__ import annotations
+
 import argparse
 import datetime
 import json
@@ -22,7 +24,9 @@ import platform
 import statistics
 import subprocess
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any, Optional
 
 import torch
 
@@ -51,12 +55,13 @@ CONFIGS = (
 BASELINE = "BOX"
 
 
-def run_name(surrogate, adapt, seed, extra=()):
+def run_name(surrogate: str, adapt: str, seed: int, extra: Sequence[str] = ()) -> str:
+    """The run folder's name, e.g. "asy-spatiotemporal-beta-0.2-1.0-seed0" for ``extra`` flags."""
     flags = "".join(f"-{a.lstrip('-').replace('beta-range', 'beta')}" for a in extra)
     return f"{surrogate}-{adapt}{flags}-seed{seed}"
 
 
-def read_metrics(run_dir):
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     """The run's metrics rows, [] when there are none."""
     try:
         return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -64,7 +69,7 @@ def read_metrics(run_dir):
         return []
 
 
-def plan(run_dir, requested):
+def plan(run_dir: Path, requested: Mapping[str, Any]) -> tuple[str, Any]:
     """What to do with one run folder for the ``requested`` config: ("train", None) when it holds no
     run, ("differs", ["lr=0.005 there, 0.001 asked", ...]) when its run has other settings (machine
     options aside), ("reuse", rows) when that run finished, else ("resume", rows so far)."""
@@ -84,7 +89,7 @@ def plan(run_dir, requested):
     return ("resume" if (run_dir / "checkpoint.pt").is_file() else "train"), rows
 
 
-def summarise(rows):
+def summarise(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """One run's numbers: final and best test accuracy, final training loss, spikes per sample, mean
     epoch and search seconds, the search's share of training time, and what its log says (rows
     written before the log existed count as none)."""
@@ -105,7 +110,7 @@ def summarise(rows):
     }
 
 
-def _mean_std(values):
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
     return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
@@ -114,14 +119,14 @@ SPREAD_KEYS = ("test_acc", "best_test_acc", "train_loss", "spikes_per_sample", "
                "fisher_lambda_max")
 
 
-def table(results):
+def table(results: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[dict[str, Any]]:
     """results: {config name: [per-seed summaries]} -> rows with means, stds and overhead. A mean
     differs from the baseline's beyond the seed spread when the gap exceeds the sum of the two
     standard deviations (``beyond_spread``: the keys where it does)."""
     base_time = statistics.mean(s["epoch_seconds"] for s in results[BASELINE]) if BASELINE in results else None
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name, summaries in results.items():
-        row = {"config": name, "seeds": len(summaries)}
+        row: dict[str, Any] = {"config": name, "seeds": len(summaries)}
         for key in SPREAD_KEYS:
             values = [s[key] for s in summaries if s.get(key) is not None]
             row[f"{key}_mean"], row[f"{key}_std"] = _mean_std(values) if values else (None, None)
@@ -144,7 +149,7 @@ def table(results):
     return rows
 
 
-def fisher_of_middle_layer(run_dir, n_samples, epochs):
+def fisher_of_middle_layer(run_dir: Path, n_samples: int, epochs: int) -> float:
     """λ_max of the empirical Fisher of the model's middle Conv/Linear layer (by order in the model),
     on the first ``n_samples`` test samples of a2sg-analyze's class-balanced order; cached in
     RUN_DIR/fisher.json for the run's config and ``epochs`` (a retrained or resumed run is another)."""
@@ -163,7 +168,7 @@ def fisher_of_middle_layer(run_dir, n_samples, epochs):
     return payload["lambda_max"]
 
 
-def plot_ablation(out, curves):
+def plot_ablation(out: Path, curves: Mapping[str, Sequence[Sequence[Mapping[str, Any]]]]) -> None:
     """OUT/ablation_curves.png: test accuracy and training loss per epoch, mean over seeds (band:
     ± one standard deviation); OUT/ablation_beta.png: the mean β over layers at t = T-1 and over
     t < T-1, per epoch and configuration (mean over seeds). ``curves``: {config: [metrics rows per seed]}."""
@@ -197,7 +202,8 @@ def plot_ablation(out, curves):
     save_figure(fig, out / "ablation_beta.png")
 
 
-def machine():
+def machine() -> dict[str, Any]:
+    """The machine and code a table was made with: CPU, threads, GPU, versions, git commit, date (UTC)."""
     cpu = platform.processor() or platform.machine()
     try:
         cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
@@ -215,7 +221,7 @@ def machine():
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
 
 
-def _cell(row, key, scale=1.0, digits=2):
+def _cell(row: Mapping[str, Any], key: str, scale: float = 1.0, digits: int = 2) -> str:
     mean, std = row[f"{key}_mean"], row[f"{key}_std"]
     if mean is None:
         return "—"
@@ -223,7 +229,8 @@ def _cell(row, key, scale=1.0, digits=2):
     return f"{scale * mean:.{digits}f} ± {scale * std:.{digits}f}{mark}"
 
 
-def markdown(rows, info, command):
+def markdown(rows: Sequence[Mapping[str, Any]], info: Mapping[str, Any], command: str) -> str:
+    """ablation.md: the ``table`` rows as a Markdown table, the spread note, the machine and the command."""
     with_fisher = any(r["fisher_lambda_max_mean"] is not None for r in rows)
     lines = [
         "| configuration | seeds | test accuracy (%) | best test accuracy (%) | training loss | spikes / sample | "
@@ -247,7 +254,8 @@ def markdown(rows, info, command):
                       f"Machine: {machine_line}.", "", f"Command: `{command}`", ""])
 
 
-def build_parser():
+def build_parser() -> argparse.ArgumentParser:
+    """a2sg-ablate's own flags; the others go to every a2sg-train run."""
     p = argparse.ArgumentParser(prog="a2sg-ablate", description=__doc__.split("\n")[0])
     p.add_argument("--preset", default="digits", choices=sorted(PRESETS))
     p.add_argument("--seeds", type=int, default=3, help="seeds 0 .. N-1 for every configuration")
@@ -261,7 +269,8 @@ def build_parser():
     return p
 
 
-def main(argv=None):
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """a2sg-ablate; returns the exit status (2 on bad input, else a failed run's)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     # Flags after the known ones go to every a2sg-train run (e.g. --epochs 5 --data DIR).
     args, train_args = build_parser().parse_known_args(argv)
@@ -294,7 +303,8 @@ def main(argv=None):
               "another --out, or --force to retrain it", file=sys.stderr)
         return 2
     out.mkdir(parents=True, exist_ok=True)
-    results, curves = {}, {}
+    results: dict[str, list[dict[str, Any]]] = {}
+    curves: dict[str, list[list[dict[str, Any]]]] = {}
     for name, seed, run_dir, flags, (action, detail) in runs:
         if action == "reuse":
             print(f"[a2sg-ablate] {name}, seed {seed}: reusing the finished run in {run_dir}", flush=True)

@@ -7,31 +7,48 @@ analysis.md with the tables. The instruments see the test set in a seeded class-
 0 for all), on the GPU when there is one.
 """
 
+from __future__ import annotations
+
 import argparse
 import json
 import math
 import sys
+from collections.abc import Mapping, Sequence, Sized
 from pathlib import Path
+from typing import Any, Optional, Union, cast
 
 import torch
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from .. import analysis
 from .config import LEGACY_SETTINGS
-from ..data.datasets import DatasetNotFoundError, build_datasets, dataset_labels, stratified_order
+from ..data.datasets import DatasetInfo, DatasetNotFoundError, build_datasets, dataset_labels, stratified_order
 from ..models import build_model
 from ..nn import ILIF, SearchedNeuron
-from ..files import atomic_write
+from ..files import StrPath, atomic_write
 
 
 class AnalyzeError(Exception):
     """A problem with the user's input: printed as one line, exit code 2."""
 
 
-def load_run(run_dir, device, data=None):
-    """-> (config, model with the checkpoint's weights and betas, test set, data info, controller history).
-    ``data``: the dataset's folder, if not the one the run trained from."""
+def load_run(run_dir: Path, device: Union[torch.device, str], data: Optional[StrPath] = None
+             ) -> tuple[dict[str, Any], torch.nn.Module, Dataset[Any], DatasetInfo, list[dict[str, Any]]]:
+    """Rebuilds a finished a2sg-train run.
+
+    Args:
+        run_dir: the run folder (config.json, checkpoint.pt).
+        device: where the model goes.
+        data: the dataset's folder, if not the one the run trained from.
+
+    Returns:
+        (config, model in eval mode with the checkpoint's weights and betas, test set, data info,
+        the A²SG controller's history rows).
+
+    Raises:
+        AnalyzeError: not a run folder, an unreadable checkpoint or missing data.
+    """
     try:
         config = {**LEGACY_SETTINGS, **json.loads((run_dir / "config.json").read_text())}
         state = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)
@@ -57,7 +74,7 @@ def load_run(run_dir, device, data=None):
     return config, model.to(device).eval(), test_set, info, state["controller"]["history"]
 
 
-def _finite(value):
+def _finite(value: Any) -> Any:
     """JSON has no inf/nan: they become strings."""
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
@@ -68,7 +85,7 @@ def _finite(value):
     return value
 
 
-def analysis_loader(test_set, batch_size, seed):
+def analysis_loader(test_set: Dataset[Any], batch_size: int, seed: int) -> DataLoader[Any]:
     """The test set in a seeded class-balanced order: whatever prefix an instrument takes (its first
     batches, Fisher's and t-SNE's first samples, metric-vs-β's first batch) holds every class, also
     when the set is stored class by class (CIFAR10-DVS, ImageFolder)."""
@@ -76,47 +93,64 @@ def analysis_loader(test_set, batch_size, seed):
     return DataLoader(Subset(test_set, order), batch_size=batch_size, shuffle=False)
 
 
-def run_all(config, model, test_set, info, history, out, device, args):
+def run_all(config: Mapping[str, Any], model: torch.nn.Module, test_set: Dataset[Any], info: DatasetInfo,
+            history: Sequence[Mapping[str, Any]], out: Path, device: torch.device,
+            args: argparse.Namespace) -> dict[str, Any]:
+    """Runs every instrument not in ``args.skip`` and writes its PNG to ``out``.
+
+    Args:
+        config: the run's settings.
+        model: the trained model, on ``device``.
+        test_set: the samples the instruments see (in ``analysis_loader``'s order).
+        info: the dataset's info (not read).
+        history: the A²SG controller's history rows.
+        out: the folder the figures go to.
+        device: where the batches go.
+        args: a2sg-analyze's parsed flags (batch size, limits, sample counts, skip).
+
+    Returns:
+        {instrument: its results}, JSON-ready but for non-finite floats (``_finite``).
+    """
     T = config["T"]
     loader = analysis_loader(test_set, args.batch_size, config["seed"])
     lifs = {name: m for name, m in model.named_modules() if isinstance(m, SearchedNeuron)}
     x0, y0 = next(iter(loader))
     x0, y0 = x0.to(device), y0.to(device)
-    common = dict(T=T, device=device, max_batches=args.max_batches or None)
-    results = {}
+    common: dict[str, Any] = dict(T=T, device=device, max_batches=args.max_batches or None)
+    results: dict[str, Any] = {}
 
-    def spikes():
+    def spikes() -> None:
         results["spikes"] = analysis.spike_statistics(model, loader, **common)
         analysis.plot_spike_distribution(results["spikes"], out / "spike_distribution.png")
         analysis.plot_firing_rates(results["spikes"], out / "firing_rates.png")
         results["energy"] = analysis.energy(model, results["spikes"], tuple(test_set[0][0].shape),
                                             first_layer=args.energy_first_layer)
 
-    def membrane():
+    def membrane() -> None:
         results["membrane"] = analysis.membrane_statistics(model, loader, **common)
         analysis.plot_membrane_statistics(results["membrane"], out / "membrane.png")
 
-    def weights():
+    def weights() -> None:
         results["weights"] = analysis.weight_statistics(model)
         analysis.plot_weight_histograms(results["weights"], out / "weights.png")
 
-    def deletion():
+    def deletion() -> None:
         results["spike_deletion"] = analysis.spike_deletion(model, loader, fractions=(0.0, 0.1, 0.2, 0.3),
                                                             seed=config["seed"], **common)
         analysis.plot_spike_deletion(results["spike_deletion"], out / "spike_deletion.png")
 
-    def fisher():
+    def fisher() -> None:
         results["fisher"] = analysis.fisher_max_eigenvalue(model, loader, T, device, n_samples=args.fisher_samples)
         analysis.plot_fisher_eigenvalues(results["fisher"], out / "fisher.png")
 
-    def landscapes():
+    def landscapes() -> None:
         results["landscape_1d"] = analysis.loss_landscape_1d(model, loader, progress=True, **common)
         analysis.plot_loss_landscape_1d(results["landscape_1d"], out / "landscape_1d.png")
         results["landscape_2d"] = analysis.loss_landscape_2d(model, loader, steps=args.landscape_steps, progress=True,
                                                              **common)
         analysis.plot_loss_landscape_2d(results["landscape_2d"], out / "landscape_2d.png")
 
-    def search():
+    def search() -> None:
         results["search_history"] = analysis.search_history_metrics(history)
         if history:
             analysis.plot_search_history(results["search_history"], out / "search_history.png")
@@ -129,7 +163,7 @@ def run_all(config, model, test_set, info, history, out, device, args):
         results["metric_vs_beta"] = curves
         analysis.plot_metric_vs_beta(curves, out / "metric_vs_beta.png")
 
-    def tsne():
+    def tsne() -> None:
         try:
             results["tsne"] = analysis.tsne_features(model, loader, T, device, list(lifs)[-1], sorted({0, T - 1}),
                                                      n_samples=args.tsne_samples, seed=config["seed"])
@@ -146,7 +180,8 @@ def run_all(config, model, test_set, info, history, out, device, args):
     return results
 
 
-def markdown(config, results):
+def markdown(config: Mapping[str, Any], results: Mapping[str, Any]) -> str:
+    """analysis.md: the tables of the spike, membrane, deletion, Fisher and landscape results."""
     lines = [f"# Analysis of {config['model']} on {config['dataset']} ({config['surrogate']} + {config['adapt']}, "
              f"T={config['T']})", ""]
     if "spikes" in results:
@@ -192,7 +227,8 @@ def markdown(config, results):
     return "\n".join(lines)
 
 
-def build_parser():
+def build_parser() -> argparse.ArgumentParser:
+    """a2sg-analyze's command line."""
     p = argparse.ArgumentParser(prog="a2sg-analyze", description=__doc__.split("\n")[0])
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--out", metavar="DIR", help="default: RUN_DIR/analysis")
@@ -213,7 +249,8 @@ def build_parser():
     return p
 
 
-def resolve_device(name):
+def resolve_device(name: str) -> torch.device:
+    """--device as a torch.device: "auto" is CUDA when available, else the CPU; AnalyzeError if unusable."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -225,7 +262,8 @@ def resolve_device(name):
     return device
 
 
-def main(argv=None):
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """a2sg-analyze; returns the exit status (2 on bad input, printed as one line)."""
     args = build_parser().parse_args(argv)
     try:
         for name, minimum in (("batch_size", 1), ("max_batches", 0), ("fisher_samples", 1), ("landscape_steps", 1),
@@ -238,8 +276,8 @@ def main(argv=None):
         out = Path(args.out) if args.out else run_dir / "analysis"
         out.mkdir(parents=True, exist_ok=True)
         subset = f"at most {args.max_batches} batches of {args.batch_size}" if args.max_batches else "all"
-        print(f"a2sg-analyze: on {device}; each instrument takes {subset} of the {len(test_set)} test samples, in a "
-              f"class-balanced order (seed {config['seed']}; --max-batches 0 for all)", flush=True)
+        print(f"a2sg-analyze: on {device}; each instrument takes {subset} of the {len(cast(Sized, test_set))} test "
+              f"samples, in a class-balanced order (seed {config['seed']}; --max-batches 0 for all)", flush=True)
         results = run_all(config, model, test_set, info, history, out, device, args)
     except AnalyzeError as error:
         print(f"a2sg-analyze: error: {error}", file=sys.stderr)

@@ -5,18 +5,48 @@ metrics, each atomically, so the two always describe the same epochs. ``load_che
 and checks a checkpoint without writing anything; ``restore_checkpoint`` loads it into the run.
 """
 
+from __future__ import annotations
+
 import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
 from .config import LEGACY_SETTINGS, RESUMABLE, TrainError
 from ..files import atomic_write
 
+if TYPE_CHECKING:
+    from torch.optim.lr_scheduler import LRScheduler
+
+    from ..search.controller import A2SG
+
 CHECKPOINT_FORMAT = "a2sg-train/1"
 
 
-def load_checkpoint(out, config, flags):
-    """Reads OUT/checkpoint.pt and checks it belongs to this run; writes nothing."""
+class _Stateful(Protocol):
+    """What a checkpoint saves and restores: a model, optimizer, scheduler or A²SG controller."""
+
+    def state_dict(self) -> Any: ...
+
+    def load_state_dict(self, state: Any, /) -> object: ...
+
+
+def load_checkpoint(out: Path, config: Mapping[str, Any], flags: Mapping[str, Any]) -> dict[str, Any]:
+    """Reads OUT/checkpoint.pt and checks it belongs to this run; writes nothing.
+
+    Args:
+        out: the run folder.
+        config: the config resolved from this command line (not read: the checkpoint has its own).
+        flags: the flags given explicitly; any but ``RESUMABLE`` must equal the checkpoint's.
+
+    Returns:
+        The checkpoint: format, config, epoch, model, optimizer, scheduler, controller, metrics.
+
+    Raises:
+        TrainError: no checkpoint, an unreadable one, or one for other settings.
+    """
     path = out / "checkpoint.pt"
     if not path.is_file():
         raise TrainError(f"--resume {out}: no checkpoint.pt there")
@@ -35,15 +65,33 @@ def load_checkpoint(out, config, flags):
     return state
 
 
-def restore_checkpoint(state, out, model, optimizer, scheduler, controller):
-    """Loads a checkpoint that ``load_checkpoint`` read into the run's objects; returns the metrics so
-    far and the epoch to continue with. No RNG state is restored: a2sg-train seeds every RNG at the
-    start of each epoch from (seed, epoch, rank), so an epoch draws the same whether or not the run
-    stopped before it (older checkpoints' RNG states go unused). The model and the A²SG controller
-    are the unwrapped ones (no DDP ``module.``, no torch.compile ``_orig_mod.`` in their names), so
-    a checkpoint resumes under torchrun, --compile or neither, whichever wrote it."""
-    for part, target in (("model", model), ("optimizer", optimizer), ("scheduler", scheduler),
-                         ("controller", controller)):
+def restore_checkpoint(state: Mapping[str, Any], out: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                       scheduler: LRScheduler, controller: A2SG) -> tuple[list[dict[str, Any]], int]:
+    """Loads a checkpoint that ``load_checkpoint`` read into the run's objects.
+
+    No RNG state is restored: a2sg-train seeds every RNG at the start of each epoch from (seed,
+    epoch, rank), so an epoch draws the same whether or not the run stopped before it (older
+    checkpoints' RNG states go unused). The model and the A²SG controller are the unwrapped ones
+    (no DDP ``module.``, no torch.compile ``_orig_mod.`` in their names), so a checkpoint resumes
+    under torchrun, --compile or neither, whichever wrote it.
+
+    Args:
+        state: what ``load_checkpoint`` returned.
+        out: the run folder (for messages).
+        model: the unwrapped model.
+        optimizer: the run's optimizer.
+        scheduler: the run's learning-rate scheduler.
+        controller: the run's A²SG controller.
+
+    Returns:
+        (the metrics rows so far, the epoch to continue with).
+
+    Raises:
+        TrainError: a part of the checkpoint does not fit this run's objects.
+    """
+    targets: tuple[tuple[str, _Stateful], ...] = (("model", model), ("optimizer", optimizer),
+                                                   ("scheduler", scheduler), ("controller", controller))
+    for part, target in targets:
         try:
             target.load_state_dict(state[part])
         except (KeyError, ValueError, RuntimeError) as error:  # torch's messages span lines: one line here
@@ -52,7 +100,17 @@ def restore_checkpoint(state, out, model, optimizer, scheduler, controller):
     return state["metrics"], state["epoch"] + 1
 
 
-def prepare_out_dir(out, resume, force):
+def prepare_out_dir(out: Path, resume: bool, force: bool) -> None:
+    """Creates the run folder OUT; refuses one that holds another run unless ``force``.
+
+    Args:
+        out: the run folder.
+        resume: a resumed run: nothing to do.
+        force: reuse a folder that holds another run.
+
+    Raises:
+        TrainError: OUT holds another run and ``force`` is False.
+    """
     if resume:
         return
     if out.exists() and any((out / name).exists() for name in ("checkpoint.pt", "config.json", "metrics.jsonl")):
@@ -62,8 +120,21 @@ def prepare_out_dir(out, resume, force):
     out.mkdir(parents=True, exist_ok=True)
 
 
-def save_epoch(out, config, epoch, model, optimizer, scheduler, controller, history):
-    """Checkpoint first, then the metrics file that mirrors it: both always describe the same epochs."""
+def save_epoch(out: Path, config: Mapping[str, Any], epoch: int, model: torch.nn.Module,
+               optimizer: torch.optim.Optimizer, scheduler: LRScheduler, controller: A2SG,
+               history: Sequence[Mapping[str, Any]]) -> None:
+    """Checkpoint first, then the metrics file that mirrors it: both always describe the same epochs.
+
+    Args:
+        out: the run folder.
+        config: the run's settings.
+        epoch: the epoch just finished (0-based).
+        model: the unwrapped model.
+        optimizer: the run's optimizer.
+        scheduler: the run's learning-rate scheduler.
+        controller: the run's A²SG controller.
+        history: every metrics row so far, one per epoch.
+    """
     atomic_write(out / "checkpoint.pt", lambda f: torch.save({
         "format": CHECKPOINT_FORMAT, "config": config, "epoch": epoch, "model": model.state_dict(),
         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),

@@ -5,11 +5,14 @@ flags), the flags given explicitly, and the ``RunOptions`` of this invocation. A
 ``TrainError``, which a2sg-train prints as one line with exit status 2.
 """
 
+from __future__ import annotations
+
 import argparse
 import datetime
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, NoReturn, Optional
 
 from ..search.controller import ADAPT_MODES
 from ..data.datasets import DATASETS, IMAGE_SIZES
@@ -27,12 +30,12 @@ MACHINE_OPTIONS = ("data", "download", "device", "workers", "backend", "tensorbo
 # setting given with --resume must equal the run's own.
 RESUMABLE = (*MACHINE_OPTIONS, "epochs", "limit_batches")
 # Settings that a run started before they existed lacks in its config, with the value it trained with.
-LEGACY_SETTINGS = {"memory_saving": True, "decay_norm_and_bias": True, "beta_range": (0.05, 1.0), "neuron": "lif",
-                   "rmp_loss": 0.0, "levels": 4}
+LEGACY_SETTINGS: dict[str, Any] = {"memory_saving": True, "decay_norm_and_bias": True, "beta_range": (0.05, 1.0),
+                                   "neuron": "lif", "rmp_loss": 0.0, "levels": 4}
 
-_PAPER_CIFAR = dict(model="vgg16", T=4, epochs=310, warmup_epochs=20, batch_size=100, augment=True,
-                    surrogate="asy", adapt="spatiotemporal")
-PRESETS = {
+_PAPER_CIFAR: dict[str, Any] = dict(model="vgg16", T=4, epochs=310, warmup_epochs=20, batch_size=100, augment=True,
+                                    surrogate="asy", adapt="spatiotemporal")
+PRESETS: dict[str, dict[str, Any]] = {
     # The embedded default: trains in about a minute on 2 CPU cores.
     "digits": dict(model="digits_cnn", dataset="digits", T=4, epochs=12, warmup_epochs=1, batch_size=32,
                    lr=5e-3, lr_start=1e-4, weight_decay=1e-2, augment=False, surrogate="asy",
@@ -65,14 +68,16 @@ PRESETS = {
                               batch_size=32, lr=6e-3, lr_start=1e-5, weight_decay=2e-2, augment=False,
                               surrogate="asy", adapt="spatiotemporal"),
 }
-DEFAULTS = dict(PRESETS["digits"], strategy="bo", tau=2.0, v_th=1.0, h=0.5, beta_init=0.5, n_obs=100,
-                n_eval=150, radius=0.05, beta_range=(0.05, 1.0), every=1, seed=0, backend="auto", device="auto", amp="auto",
-                workers=0, data=None, download=False, limit_batches=None, tensorboard=False, compile=False,
-                memory_saving=True, decay_norm_and_bias=False, neuron="lif", rmp_loss=0.0, levels=4)
+DEFAULTS: dict[str, Any] = dict(
+    PRESETS["digits"], strategy="bo", tau=2.0, v_th=1.0, h=0.5, beta_init=0.5, n_obs=100, n_eval=150, radius=0.05,
+    beta_range=(0.05, 1.0), every=1, seed=0, backend="auto", device="auto", amp="auto", workers=0, data=None,
+    download=False, limit_batches=None, tensorboard=False, compile=False, memory_saving=True,
+    decay_norm_and_bias=False, neuron="lif", rmp_loss=0.0, levels=4)
 # What --model brings over the preset's settings (flags still win) when the preset names another
 # model: sdt3 is E-SpikeFormer's integer-spike transformer, T x D = 1 x 4, I-LIF at decay 1/4 with
 # box windows (its straight-through estimator).
-MODEL_DEFAULTS = {name: dict(neuron="ilif", T=1, tau=4.0, surrogate="box") for name in ("sdt3", "sdt3-10m")}
+MODEL_DEFAULTS: dict[str, dict[str, Any]] = {name: dict(neuron="ilif", T=1, tau=4.0, surrogate="box")
+                                             for name in ("sdt3", "sdt3-10m")}
 
 
 @dataclass
@@ -90,11 +95,12 @@ class TrainError(Exception):
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message):
+    def error(self, message: str) -> NoReturn:
         raise TrainError(message)
 
 
-def build_parser():
+def build_parser() -> argparse.ArgumentParser:
+    """a2sg-train's command line; a bad flag raises ``TrainError`` instead of exiting."""
     p = _Parser(prog="a2sg-train", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     arg = p.add_argument
     arg("--preset", choices=sorted(PRESETS), help="base settings (default: digits); flags override them")
@@ -154,8 +160,18 @@ def build_parser():
     return p
 
 
-def resolve_config(argv):
-    """Preset, then explicit flags; checks values. Returns (config, explicit flags, run options)."""
+def resolve_config(argv: Optional[Sequence[str]]) -> tuple[dict[str, Any], dict[str, Any], RunOptions]:
+    """Preset, then explicit flags; checks values.
+
+    Args:
+        argv: a2sg-train's arguments (None: sys.argv[1:]).
+
+    Returns:
+        (config, the flags given explicitly as the config holds them, this invocation's RunOptions).
+
+    Raises:
+        TrainError: a bad flag or value, as one line for the user.
+    """
     args = build_parser().parse_args(argv)
     preset = PRESETS.get(args.preset or "digits", {})
     run_options = ("preset", "out", "resume", "force", "stop_after")
@@ -213,8 +229,16 @@ def resolve_config(argv):
     return config, flags, RunOptions(out, args.resume is not None, args.force, args.stop_after)
 
 
-def check_model_fits_data(model, dataset):
-    """Refuses a model that cannot run on the dataset's image size, naming what would work."""
+def check_model_fits_data(model: str, dataset: str) -> None:
+    """Refuses a model that cannot run on the dataset's image size, naming what would work.
+
+    Args:
+        model: one of ``MODELS``.
+        dataset: one of ``DATASETS``.
+
+    Raises:
+        TrainError: the model cannot take the dataset's images.
+    """
     size = IMAGE_SIZES[dataset]
     if accepts_image_size(model, size):
         return

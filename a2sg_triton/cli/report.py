@@ -1,12 +1,21 @@
 """What a2sg-train shows of a run: the figures, the closing summary and the TensorBoard log."""
 
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional, Union
+
 from .config import TrainError
 from ..figures import new_figure, save_figure
+
+if TYPE_CHECKING:
+    from torch.utils.tensorboard import SummaryWriter
 
 BETA_COLUMNS = 6  # beta.png: one panel per spiking layer, this many to a row
 
 
-def beta_series(betas):
+def beta_series(betas: Sequence[Union[float, list[float]]]) -> Iterator[tuple[str, float]]:
     """(label, width) pairs of one layer's logged widths: "t0", "t1", ... for a [T] list, "t0/level1",
     ... for I-LIF's [T, D] nested list."""
     for t, beta in enumerate(betas):
@@ -16,18 +25,23 @@ def beta_series(betas):
             yield f"t{t}", beta
 
 
-def plot_run(out, history, cutmix=False):
+def plot_run(out: Path, history: Sequence[Mapping[str, Any]], cutmix: bool = False) -> None:
     """beta.png: every spiking layer's beta per timestep (and I-LIF level) over the epochs (a panel
     each, titled with the layer's name); accuracy.png: the accuracy curves.
-    ``cutmix``: the train accuracy was measured on CutMix-mixed images against each image's own
-    label, which the legend says (it is not comparable with the test accuracy on clean images)."""
+
+    Args:
+        out: the run folder the PNGs are written to.
+        history: the metrics rows, one per epoch (at least one).
+        cutmix: the train accuracy was measured on CutMix-mixed images against each image's own
+            label, which the legend says (it is not comparable with the test accuracy on clean images).
+    """
     epochs = [row["epoch"] + 1 for row in history]
     layers = list(history[0]["beta"])
     columns = min(len(layers), BETA_COLUMNS)
     fig, axes = new_figure(-(-len(layers) // columns), columns, panel_size=(3, 3), sharey=True)
     panels = axes.flatten()
     for ax, name in zip(panels, layers):
-        series = {}
+        series: dict[str, list[float]] = {}
         for row in history:
             for label, beta in beta_series(row["beta"][name]):
                 series.setdefault(label, []).append(beta)
@@ -52,7 +66,9 @@ def plot_run(out, history, cutmix=False):
     save_figure(fig, out / "accuracy.png")
 
 
-def summary(config, out, history):
+def summary(config: Mapping[str, Any], out: Path, history: Sequence[Mapping[str, Any]]) -> str:
+    """The closing summary a2sg-train prints: accuracy, spikes, time and the search's share, one
+    line each."""
     last, best = history[-1], max(history, key=lambda row: row["test_acc"])
     total = sum(row["epoch_seconds"] for row in history)
     search = sum(row["search_seconds"] for row in history)
@@ -68,7 +84,7 @@ def summary(config, out, history):
     ])
 
 
-def _search_lines(history):
+def _search_lines(history: Sequence[Mapping[str, Any]]) -> list[str]:
     """The search log over the run (rows written before it existed have none)."""
     logs = [row["search"] for row in history if "search" in row]
     if not logs or not sum(log["searches"] for log in logs):
@@ -79,8 +95,8 @@ def _search_lines(history):
             f"now: {last['at_lower_end']} low, {last['at_upper_end']} high of {last['widths']}"]
 
 
-def tensorboard_writer(out):
-    """A SummaryWriter logging to OUT/tensorboard."""
+def tensorboard_writer(out: Path) -> SummaryWriter:
+    """A SummaryWriter logging to OUT/tensorboard; TrainError without the tensorboard package."""
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
@@ -88,8 +104,8 @@ def tensorboard_writer(out):
     return SummaryWriter(out / "tensorboard")
 
 
-def log_epoch(writer, row):
-    """One metrics row as TensorBoard scalars; nothing without a writer."""
+def log_epoch(writer: Optional[SummaryWriter], row: Mapping[str, Any]) -> None:
+    """One metrics row as TensorBoard scalars (its epoch as the step); nothing without a writer."""
     if writer is None:
         return
     for key in ("train_loss", "train_acc", "test_loss", "test_acc", "lr", "firing_rate_mean", "search_seconds",

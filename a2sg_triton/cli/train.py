@@ -12,23 +12,27 @@ This module runs the loop; the settings are in config.py, the checkpoint in chec
 figures, summary and TensorBoard log in report.py.
 """
 
+from __future__ import annotations
+
 import json
 import math
 import os
 import random
 import sys
 import time
-from contextlib import nullcontext
+from collections.abc import Callable, Mapping, Sequence, Sized
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any, Optional, Union, cast
 
 import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Subset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Subset
 from tqdm import tqdm
 
 from .checkpoint import load_checkpoint, prepare_out_dir, restore_checkpoint, save_epoch
-from .config import LEGACY_SETTINGS, RESUMABLE, TrainError, resolve_config
+from .config import LEGACY_SETTINGS, RESUMABLE, RunOptions, TrainError, resolve_config
 from ..search.controller import A2SG
 from ..data.datasets import DatasetNotFoundError, batch_mixer, build_datasets, dataset_labels, stratified_order
 from ..models import build_model, model_input
@@ -45,8 +49,15 @@ POSTFIX_EVERY = 50  # iterations between updates of a shown progress bar's loss 
 # ---------------------------------------------------------------------------------------------
 
 
-def setup_distributed(config):
-    """Returns (device, rank, world size); initialises torch.distributed under torchrun."""
+def setup_distributed(config: Mapping[str, Any]) -> tuple[torch.device, int, int]:
+    """Returns (device, rank, world size); initialises torch.distributed under torchrun.
+
+    Args:
+        config: the run's settings; its "device" is auto, cpu, cuda or cuda:N.
+
+    Raises:
+        TrainError: a CUDA device was asked for and there is none.
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     want = config["device"]
     cuda = torch.cuda.is_available() and want != "cpu"
@@ -64,8 +75,8 @@ def setup_distributed(config):
     return torch.device(want), 0, 1
 
 
-def all_reduce_sum(values, device, world):
-    """Sums a list of floats over the ranks."""
+def all_reduce_sum(values: list[float], device: torch.device, world: int) -> list[float]:
+    """Sums a list of floats over the ranks (elementwise); ``values`` itself when world is 1."""
     if world == 1:
         return values
     tensor = torch.tensor(values, dtype=torch.float64, device=device)
@@ -73,7 +84,7 @@ def all_reduce_sum(values, device, world):
     return tensor.tolist()
 
 
-def broadcast_buffers(model, world):
+def broadcast_buffers(model: torch.nn.Module, world: int) -> None:
     """Gives every rank rank 0's buffers (BN running statistics): DDP sends them before each training
     forward, but that forward then updates them from the rank's own batch, so after an epoch the ranks
     differ. The test pass then evaluates, on every shard, the model that rank 0 saves."""
@@ -87,7 +98,7 @@ def broadcast_buffers(model, world):
 # ---------------------------------------------------------------------------------------------
 
 
-def seed_rngs(*key):
+def seed_rngs(*key: int) -> int:
     """Seeds torch (every device), numpy and Python's random from ``key`` (ints, e.g. seed, epoch and
     rank) and returns a fourth seed from it for a generator of the caller's. CutMix draws from numpy,
     RandAugment from random; SeedSequence mixes the key, so neighbouring keys give unrelated streams."""
@@ -104,10 +115,10 @@ class WorkerSeeder:
     workers; a persistent worker would keep the stream of the epoch it started in, which a resumed run
     starts in a different epoch."""
 
-    def __init__(self, seed, rank):
+    def __init__(self, seed: int, rank: int) -> None:
         self.seed, self.rank, self.epoch = seed, rank, 0
 
-    def __call__(self, worker_id):
+    def __call__(self, worker_id: int) -> None:
         seed_rngs(self.seed, self.epoch, self.rank, worker_id)
 
 
@@ -116,8 +127,16 @@ class WorkerSeeder:
 # ---------------------------------------------------------------------------------------------
 
 
-def lr_factor(epoch, config):
-    """Linear warm-up from lr_start to lr, then cosine decay to 0 (per epoch)."""
+def lr_factor(epoch: int, config: Mapping[str, Any]) -> float:
+    """Linear warm-up from lr_start to lr, then cosine decay to 0 (per epoch).
+
+    Args:
+        epoch: 0-based.
+        config: the run's settings (lr, lr_start, warmup_epochs, epochs).
+
+    Returns:
+        The factor on the peak learning rate ``lr`` for that epoch.
+    """
     warmup, epochs = config["warmup_epochs"], config["epochs"]
     start = config["lr_start"] / config["lr"]
     if epoch < warmup:
@@ -129,27 +148,46 @@ def lr_factor(epoch, config):
 class SpikeCounter:
     """Counts the spikes every spiking layer (LIF, PLIF: ``SearchedNeuron``) emits (forward hooks), per layer."""
 
-    def __init__(self, model):
+    def __init__(self, model: torch.nn.Module) -> None:
         self.layers = {name: m for name, m in model.named_modules() if isinstance(m, SearchedNeuron)}
-        self.spikes = {name: 0.0 for name in self.layers}
+        # summed on the device (a tensor after the first batch); read once per epoch
+        self.spikes: dict[str, Union[float, torch.Tensor]] = {name: 0.0 for name in self.layers}
         self.neurons = {name: 0 for name in self.layers}  # per sample and timestep
         self.handles = [m.register_forward_hook(self._hook(name)) for name, m in self.layers.items()]
 
-    def _hook(self, name):
-        def hook(module, inputs, output):
+    def _hook(self, name: str) -> Callable[[torch.nn.Module, Any, torch.Tensor], None]:
+        def hook(module: torch.nn.Module, inputs: Any, output: torch.Tensor) -> None:
             self.spikes[name] += output.detach().sum(dtype=torch.float64)  # on the device; read once per epoch
             self.neurons[name] = output[0, 0].numel()
         return hook
 
-    def remove(self):
+    def remove(self) -> None:
+        """Removes the hooks."""
         for handle in self.handles:
             handle.remove()
 
 
-def run_epoch(model, loader, config, device, optimizer=None, mixer=None, autocast=nullcontext, progress=False):
-    """One pass over loader; trains when an optimizer is given. Returns summed cross-entropy, correct,
-    count and summed RMP-loss (0 unless training with --rmp-loss, which adds lambda times it to the
-    loss that is minimised)."""
+def run_epoch(model: torch.nn.Module, loader: DataLoader[Any], config: Mapping[str, Any], device: torch.device,
+              optimizer: Optional[torch.optim.Optimizer] = None,
+              mixer: Optional[Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]] = None,
+              autocast: Callable[[], AbstractContextManager[Any]] = nullcontext,
+              progress: bool = False) -> tuple[float, float, float, float]:
+    """One pass over loader; trains when an optimizer is given.
+
+    Args:
+        model: takes [T, B, ...] and returns logits [B, classes].
+        loader: yields (x, y): images [B, C, H, W] or frames [B, T, C, H, W], labels [B].
+        config: the run's settings (T, rmp_loss, limit_batches).
+        device: where the batches go.
+        optimizer: trains with it; None evaluates (no gradients).
+        mixer: CutMix ``(x, y) -> (x, soft targets)``, or None.
+        autocast: makes the context the forward runs in (bf16 autocast or a null context).
+        progress: show a tqdm bar (when stderr is a terminal).
+
+    Returns:
+        (summed cross-entropy, correct, count, summed RMP-loss); the RMP-loss is 0 unless training
+        with --rmp-loss, which adds lambda times it to the loss that is minimised.
+    """
     training = optimizer is not None
     model.train(training)
     rmp = config["rmp_loss"] if training else 0.0
@@ -173,9 +211,10 @@ def run_epoch(model, loader, config, device, optimizer=None, mixer=None, autocas
             with autocast():
                 logits = model(x)
                 loss = F.cross_entropy(logits.float(), target)
-            if training:
+            if optimizer is not None:  # training
                 objective = loss
                 if rmp:
+                    assert membranes is not None  # record_membranes' list when rmp is on
                     regulariser = rmp_loss(membranes)
                     membranes.clear()
                     objective = loss + rmp * regulariser
@@ -192,22 +231,44 @@ def run_epoch(model, loader, config, device, optimizer=None, mixer=None, autocas
     return float(total_loss), float(correct), float(count), float(total_rmp)
 
 
-def make_loaders(train_set, test_set, config, rank, world, data_generator, worker_seeder, mixing):
+def make_loaders(train_set: Dataset[Any], test_set: Dataset[Any], config: Mapping[str, Any], rank: int, world: int,
+                 data_generator: torch.Generator, worker_seeder: WorkerSeeder, mixing: bool
+                 ) -> tuple[DataLoader[Any], DataLoader[Any], Union[DistributedSampler[Any], RandomSampler]]:
     """The training loader (shuffled by data_generator, or a DistributedSampler under torchrun), the
-    rank's share of the test set and the sampler. ``mixing`` (CutMix) drops the last, partial batch of
-    every rank: CutMix needs an even batch. Under --limit-batches the test set is taken in
-    ``stratified_order``, so the first batches hold every class even if the set is stored class by class."""
-    common = dict(batch_size=config["batch_size"], num_workers=config["workers"], pin_memory=torch.cuda.is_available())
+    rank's share of the test set and the sampler.
+
+    Under --limit-batches the test set is taken in ``stratified_order``, so the first batches hold
+    every class even if the set is stored class by class.
+
+    Args:
+        train_set: the training samples.
+        test_set: the test samples.
+        config: the run's settings (batch_size, workers, seed, limit_batches).
+        rank: this process's rank.
+        world: the number of processes.
+        data_generator: shuffles the training set on one process.
+        worker_seeder: the training loader's ``worker_init_fn``.
+        mixing: CutMix: drop the last, partial batch of every rank (CutMix needs an even batch).
+
+    Returns:
+        (training loader, this rank's test loader, the training sampler).
+
+    Raises:
+        TrainError: no training batch is left.
+    """
+    common: dict[str, Any] = dict(batch_size=config["batch_size"], num_workers=config["workers"],
+                                  pin_memory=torch.cuda.is_available())
+    sampler: Union[DistributedSampler[Any], RandomSampler]
     if world > 1:
         sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=config["seed"])
     else:
-        sampler = RandomSampler(train_set, generator=data_generator)
+        sampler = RandomSampler(cast(Sized, train_set), generator=data_generator)
     train = DataLoader(train_set, sampler=sampler, generator=data_generator, drop_last=mixing,
                        worker_init_fn=worker_seeder, **common)
     if len(train) == 0:
         raise TrainError(f"--batch-size {config['batch_size']} is larger than the {len(sampler)} training samples "
                          "of a process, and with --augment the partial batch is dropped: no batch is left")
-    order = range(len(test_set))
+    order: Sequence[int] = range(len(cast(Sized, test_set)))
     if config["limit_batches"]:
         order = stratified_order(dataset_labels(test_set), config["seed"])
     # every rank a stride of the order: exact, every sample once; nothing random, so the workers may persist
@@ -216,7 +277,20 @@ def make_loaders(train_set, test_set, config, rank, world, data_generator, worke
     return train, test, sampler
 
 
-def train(config, flags, options):
+def train(config: dict[str, Any], flags: Mapping[str, Any], options: RunOptions) -> int:
+    """Trains (or resumes) one run as ``resolve_config`` describes it; returns the exit status.
+
+    Args:
+        config: the run's settings (on --resume replaced by the checkpoint's, but for ``RESUMABLE``).
+        flags: the flags given explicitly.
+        options: the run folder, --resume, --force and --stop-after.
+
+    Returns:
+        0 when the epochs ran.
+
+    Raises:
+        TrainError: a problem with the user's input or data.
+    """
     out = options.out
     state = load_checkpoint(out, config, flags) if options.resume else None
     if state is not None:  # the run's own settings; only the epoch count and the machine may change
@@ -245,15 +319,25 @@ def train(config, flags, options):
             dist.destroy_process_group()
 
 
-def parameter_groups(model, weight_decay, decay_norm_and_bias=False):
+def parameter_groups(model: torch.nn.Module, weight_decay: float,
+                     decay_norm_and_bias: bool = False) -> list[dict[str, Any]]:
     """AdamW's parameter groups: weight decay on parameters of 2 or more dimensions (conv kernels,
     linear matrices) only, as timm-style recipes do; norm scales and shifts, biases and any other
     1-D or scalar parameter get none, since decay would pull a tdBN scale, and with it the layer's
-    input current, towards 0 over a long schedule. ``decay_norm_and_bias``: one group, all decayed."""
+    input current, towards 0 over a long schedule.
+
+    Args:
+        model: its parameters are grouped.
+        weight_decay: AdamW's decoupled weight decay of the decayed group.
+        decay_norm_and_bias: one group, all decayed.
+
+    Returns:
+        The non-empty groups, each {"params": [...], "weight_decay": ...}.
+    """
     params = list(model.parameters())
     if decay_norm_and_bias:
         return [{"params": params, "weight_decay": weight_decay}]
-    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+    groups: list[dict[str, Any]] = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
     return [group for group in groups if group["params"]]
 
@@ -340,7 +424,8 @@ def _train(config, options, state, device, rank, world, train_set, test_set, inf
     return 0
 
 
-def main(argv=None):
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """a2sg-train; returns the exit status (2 on bad input, printed as one line)."""
     try:
         return train(*resolve_config(argv))
     except TrainError as error:
