@@ -160,7 +160,7 @@ def _ilif_from_node(node, T, surrogate, beta_init, sj_surrogate):
         surrogate, beta_init = "box", node.v_threshold / 2
     else:
         beta_init = beta_init[:, None].expand(T, D)
-    return ILIF(T, D, surrogate, decay=1.0 - 1.0 / node.tau, input_scale=1.0, v_th=node.v_threshold,
+    return ILIF(T, surrogate, levels=D, decay=1.0 - 1.0 / node.tau, input_scale=1.0, v_th=node.v_threshold,
                 beta_init=beta_init, detach_reset=node.detach_reset)
 
 

@@ -192,9 +192,9 @@ def make_plif(provider, device, probe, T):
 
 def make_ilif(provider, device, probe, T):
     """make_lif for --neuron ilif: D = 4 levels, box windows of beta = 1/2 (SpikingJelly's STE)."""
-    ilif = dict(D=ILIF_D, decay=0.25, input_scale=1.0, v_th=1.0)
+    ilif = dict(levels=ILIF_D, decay=0.25, input_scale=1.0, v_th=1.0)
     if provider == "nn":
-        module = a2sg_triton.nn.ILIF(T, ILIF_D, ILIF_SURROGATE, beta_init=BETA).to(device)
+        module = a2sg_triton.nn.ILIF(T, ILIF_SURROGATE, levels=ILIF_D, beta_init=BETA).to(device)
         return module, f"a2sg_triton.nn.ILIF(backend='auto' -> {a2sg_triton.ops.backend.resolve_backend('auto', probe)!r})"
     if provider in ("triton", "torch", "inductor"):
         interpreted = " under the Triton interpreter" if provider == "triton" and device.type == "cpu" else ""

@@ -90,7 +90,7 @@ from bench_lif import (  # noqa: E402
 )
 
 import a2sg_triton  # noqa: E402
-from a2sg_triton.ops.lif import lif_bwd_step  # noqa: E402
+from a2sg_triton.ops.lif import StepParams, lif_bwd_step  # noqa: E402
 from a2sg_triton.nn import LIF  # noqa: E402
 from a2sg_triton.search import GP_FITS  # noqa: E402
 from a2sg_triton.ops.surrogate import SURROGATES  # noqa: E402
@@ -171,21 +171,21 @@ def make_stats_step(provider, data, K, backend="auto"):
         return fused, f"a2sg_triton.candidate_stats(backend={backend!r})"
     if provider == "eager_loop":
         singles = [beta.reshape(1).to(device=data.device, dtype=torch.float32) for beta in betas]
-        surrogate_id = SURROGATES.index(SURROGATE)
+        step = StepParams(SURROGATES.index(SURROGATE), V_TH, False, 0.0, False, H)
 
         def eager_loop():
-            return [candidate_stats_torch(u, grad_s, carry, ref, beta, surrogate_id, V_TH, V_TH, False, 0.0, False,
-                                          H) for beta in singles]
+            return [candidate_stats_torch(u, grad_s, carry, ref, beta, step, th_offset=V_TH) for beta in singles]
 
         return eager_loop, "K x candidate_stats_torch(1 candidate)"
     if provider == "naive_loop":
         widths = betas.tolist()
+        step = StepParams(SURROGATES.index(SURROGATE), V_TH, False, 0.0, False, H)
 
         def naive_loop():
             d, g, c, r = (t.double() for t in (u - V_TH, grad_s, carry, ref))
             sums = []
             for beta in widths:
-                delta = lif_bwd_step(d, g, c, beta, SURROGATE, V_TH, False, 0.0, False, H)
+                delta = lif_bwd_step(d, g, c, beta, step)
                 sums.append(torch.stack([delta.sum(), (delta * delta).sum(), delta.abs().sum(), delta.dot(r)]))
             return torch.stack(sums)
 

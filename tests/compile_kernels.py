@@ -20,7 +20,7 @@ from a2sg_triton.kernels.lif import lif_bwd_kernel, lif_fwd_kernel
 from a2sg_triton.kernels.plif import plif_bwd_kernel, plif_fwd_kernel
 from a2sg_triton.kernels.stats import candidate_stats_kernel
 from a2sg_triton.kernels.tdbn_lif import tdbn_fwd_kernel, tdbn_lif_bwd_kernel
-from a2sg_triton.ops.lif import BLOCK_SIZES
+from a2sg_triton.ops._neuron import BLOCK_SIZES
 from a2sg_triton.ops.tdbn_lif import NORM_BLOCK
 from a2sg_triton.ops.stats import BLOCK_K, BLOCK_N
 from a2sg_triton.ops.surrogate import SURROGATES

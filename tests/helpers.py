@@ -3,7 +3,7 @@
 import torch
 
 import a2sg_triton
-from a2sg_triton.ops.ilif import ilif_fwd_torch
+from a2sg_triton.ops.ilif import ILIFParams, ilif_fwd_torch
 from a2sg_triton.ops.lif import lif_step
 from a2sg_triton.ops.backend import math_dtype
 from a2sg_triton.reference import lif_multistep as lif_ref
@@ -109,16 +109,17 @@ def compare_to_reference(x, beta, surrogate, *, v0=None, with_v=True, dtype=torc
     return ref, out
 
 
-def ilif_edge_neurons(x, beta, surrogate, v0=None, *, D=4, decay=0.25, input_scale=1.0, v_th=1.0, **_):
+def ilif_edge_neurons(x, beta, surrogate, v0=None, *, levels=4, decay=0.25, input_scale=1.0, v_th=1.0, **_):
     """edge_neurons for I-LIF: bool [N], the neurons whose float64 membrane u comes within EDGE_MARGIN
     of a level threshold theta_i = (i - 1/2) v_th (where the count steps) or, for windowed
     surrogates, of a window edge theta_i +- beta[t, i], at any t."""
     T = x.shape[0]
     x = x.double().reshape(T, -1)
-    beta = torch.as_tensor(beta, dtype=torch.float64, device=x.device).expand(T, D)
+    beta = torch.as_tensor(beta, dtype=torch.float64, device=x.device).expand(T, levels)
     v0 = None if v0 is None else v0.double().reshape(-1)
-    _, u, _ = ilif_fwd_torch(x, v0, D, decay, input_scale, v_th, False, torch.float64)
-    distance = (u[..., None] - (torch.arange(D, dtype=torch.float64, device=x.device) + 0.5) * v_th).abs()
+    params = ILIFParams(0, levels, decay, input_scale, v_th, False, 0.5)  # the forward reads no surrogate
+    _, u, _ = ilif_fwd_torch(x, v0, params, False, torch.float64)
+    distance = (u[..., None] - (torch.arange(levels, dtype=torch.float64, device=x.device) + 0.5) * v_th).abs()
     near = distance < EDGE_MARGIN  # [T, N, D]
     if surrogate in WINDOWED:
         near |= (distance - beta[:, None, :]).abs() < EDGE_MARGIN

@@ -63,7 +63,7 @@ ILIF_U = [2, 2, 1.5, 1.375, 0, 0, 5, 5.25, .375, .46875, 3.25, 3.3125]
 
 
 def tiny_ilif():
-    return Tiny(ILIF_T, ILIF(ILIF_T, 4, backend="torch"))
+    return Tiny(ILIF_T, ILIF(ILIF_T, levels=4, backend="torch"))
 
 
 @pytest.fixture(autouse=True)
@@ -231,8 +231,8 @@ def test_membrane_potentials_reproduce_plif_spikes():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("neuron", [dict(), dict(D=1, v_th=0.7, decay=0.6, input_scale=0.8),
-                                    dict(D=3, v_th=0.7, decay=0.9, input_scale=1.3)])
+@pytest.mark.parametrize("neuron", [dict(), dict(levels=1, v_th=0.7, decay=0.6, input_scale=0.8),
+                                    dict(levels=3, v_th=0.7, decay=0.9, input_scale=1.3)])
 def test_ilif_membrane_reproduces_the_op_counts(neuron, dtype):
     """ILIF.membrane is u before the reset, from the op's own forward: round(clip(u / v_th, 0, D)) are
     exactly ilif_multistep's counts, and u follows the recurrence u[t] = decay (u[t-1] - v_th q[t-1])
@@ -240,9 +240,9 @@ def test_ilif_membrane_reproduces_the_op_counts(neuron, dtype):
     ilif = ILIF(T, backend="torch", **neuron)
     x = (torch.randn(T, 64, 5, generator=torch.Generator().manual_seed(1)) * 2 + 1).to(dtype)
     u, counts = ilif.membrane(x), ilif(x)
-    assert u.shape == x.shape and u.dtype == dtype and counts.max() == ilif.D and counts.min() == 0
-    assert torch.equal(torch.round(torch.clamp(u / ilif.v_th, 0, ilif.D)), counts)
-    op = a2sg_triton.ilif_multistep(x, 0.5, D=ilif.D, decay=ilif.decay, input_scale=ilif.input_scale,
+    assert u.shape == x.shape and u.dtype == dtype and counts.max() == ilif.levels and counts.min() == 0
+    assert torch.equal(torch.round(torch.clamp(u / ilif.v_th, 0, ilif.levels)), counts)
+    op = a2sg_triton.ilif_multistep(x, 0.5, levels=ilif.levels, decay=ilif.decay, input_scale=ilif.input_scale,
                                     v_th=ilif.v_th, backend="torch")
     assert torch.equal(op, counts)
     u64, q, x64 = u.double(), counts.double(), x.double()
@@ -257,12 +257,12 @@ def test_ilif_membrane_reproduces_the_op_counts(neuron, dtype):
 def test_ilif_membrane_from_a_state_and_its_checks():
     x = torch.randn(T, 30, generator=torch.Generator().manual_seed(2)) * 3
     v0 = torch.randn(30, generator=torch.Generator().manual_seed(3))
-    u = ilif_membrane(x, D=2, v0=v0, backend="torch")
-    counts = a2sg_triton.ilif_multistep(x, 0.5, D=2, v0=v0, backend="torch")
+    u = ilif_membrane(x, levels=2, v0=v0, backend="torch")
+    counts = a2sg_triton.ilif_multistep(x, 0.5, levels=2, v0=v0, backend="torch")
     assert torch.equal(torch.round(torch.clamp(u, 0, 2)), counts)
     torch.testing.assert_close(u[0], 0.25 * v0 + x[0])
-    with pytest.raises(TypeError, match="D \\(the largest count\\) must be an int"):
-        ilif_membrane(x, D=2.0)
+    with pytest.raises(TypeError, match="levels \\(the largest count\\) must be an int"):
+        ilif_membrane(x, levels=2.0)
     with pytest.raises(ValueError, match="v_th must be > 0"):
         ilif_membrane(x, v_th=0.0)
 
@@ -376,7 +376,7 @@ def test_spike_deletion_removes_single_spikes_of_an_ilif_count():
     """Every neuron emits count 4 at both steps; deleting a fraction p drops each of the 4 spikes on its
     own, so the counts that go on are Binomial(4, 1 - p): every value 0 … 4 occurs, not only 0 and 4."""
     torch.manual_seed(0)
-    fc1, ilif, fc2 = nn.Linear(1, 500, bias=False), ILIF(ILIF_T, 4, backend="torch"), nn.Linear(500, 2, bias=False)
+    fc1, ilif, fc2 = nn.Linear(1, 500, bias=False), ILIF(ILIF_T, levels=4, backend="torch"), nn.Linear(500, 2, bias=False)
     with torch.no_grad():
         fc1.weight.fill_(1.0)
     model = nn.Sequential(fc1, ilif, fc2)

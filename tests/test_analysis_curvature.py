@@ -267,7 +267,7 @@ def test_ilif_metric_vs_beta_matches_brute_force(surrogate, detach_reset, layer_
     captured, grad_q = layer_input_and_output_grad(model, ilif, x, y)
     inputs, widths = captured["x"].double(), widths.double()
     assert captured["out"].max() > 1  # counts above 1: the levels matter
-    neuron = dict(D=4, decay=ilif.decay, input_scale=ilif.input_scale, v_th=ilif.v_th, detach_reset=detach_reset,
+    neuron = dict(levels=4, decay=ilif.decay, input_scale=ilif.input_scale, v_th=ilif.v_th, detach_reset=detach_reset,
                   h=ilif.h)
 
     def state(step):  # v[step] after the reset, from v = 0
@@ -310,7 +310,7 @@ class LinearILIF(nn.Module):
     def __init__(self):
         super().__init__()
         self.fc1, self.fc2 = nn.Linear(6, 40), nn.Linear(40, 4)
-        self.ilif = ILIF(3, 3, "tri", decay=0.5, backend="torch")
+        self.ilif = ILIF(3, "tri", levels=3, decay=0.5, backend="torch")
 
     def forward(self, x):
         return self.fc2(self.ilif(self.fc1(x))).mean(0)

@@ -7,6 +7,7 @@ import torch
 
 import a2sg_triton.ops.stats as cs
 from a2sg_triton import SURROGATES, metrics, surrogate_grad
+from a2sg_triton.ops.lif import StepParams
 from a2sg_triton.ops.stats import candidate_stats, candidate_stats_ref, reference_deltas
 from helpers import KERNEL_DEVICE
 
@@ -156,10 +157,10 @@ def test_delta_stats_step(surrogate, reset, detach_reset, grad_dtype, with_ref, 
     carry_scale, input_scale, hard = 0.6, 0.7, reset == "hard"
     grad_x = torch.empty(N, dtype=grad_dtype, device=u.device)
     step = cs.DELTA_STATS[backend]
-    delta, stats = step(u - V_TH, grad_s, carry, carry_scale, ref, beta.float().to(u.device),
-                        SURROGATES.index(surrogate), V_TH, hard, V_RESET, detach_reset, 0.6, input_scale, grad_x)
-    want = reference_deltas(u, grad_s, beta, surrogate, carry_scale * carry.double(), V_TH, 0.6, hard, V_RESET,
-                            detach_reset)[0]
+    params = StepParams(SURROGATES.index(surrogate), V_TH, hard, V_RESET, detach_reset, 0.6)
+    delta, stats = step(u - V_TH, grad_s, carry, ref, beta.float().to(u.device), params, grad_x,
+                        carry_scale=carry_scale, input_scale=input_scale)
+    want = reference_deltas(u, grad_s, beta, carry_scale * carry.double(), params)[0]
     atol = 1e-5 * want.abs().max().item()
     torch.testing.assert_close(delta.double().cpu(), want.cpu(), rtol=1e-5, atol=atol)
     rtol = 1e-5 if grad_dtype == torch.float32 else 2**-10

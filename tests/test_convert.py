@@ -257,7 +257,7 @@ def test_ilif_nodes_convert_to_box_windows_of_half_a_threshold():
             linear.weight.normal_(0.2, 0.6)
     converted = a2sg_triton.from_spikingjelly(model, T)
     ilifs = [m for m in converted if isinstance(m, ILIF)]
-    assert [(m.D, m.surrogate, m.decay, m.input_scale, m.v_th, m.detach_reset) for m in ilifs] == [
+    assert [(m.levels, m.surrogate, m.decay, m.input_scale, m.v_th, m.detach_reset) for m in ilifs] == [
         (4, "box", 0.25, 1.0, 1.0, False), (2, "box", 0.5, 1.0, 0.75, True)]
     assert torch.equal(ilifs[0].beta, torch.full((T, 4), 0.5)) and torch.equal(ilifs[1].beta, torch.full((T, 2), 0.375))
     g = torch.Generator().manual_seed(1)

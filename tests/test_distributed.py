@@ -23,7 +23,7 @@ def model_of(kind):
     """The controller tests' two LIF layers, or the same net with two-level I-LIF neurons."""
     model = two_layer_model()
     if kind == "ilif":
-        model[1], model[3] = ILIF(T, 2, backend="torch"), ILIF(T, 2, backend="torch")
+        model[1], model[3] = ILIF(T, levels=2, backend="torch"), ILIF(T, levels=2, backend="torch")
     return model
 
 

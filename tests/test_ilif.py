@@ -6,7 +6,7 @@ import torch
 
 import a2sg_triton
 from a2sg_triton import SURROGATES
-from a2sg_triton.ops.ilif import ILIF_FWD, ilif_fwd_torch
+from a2sg_triton.ops.ilif import ILIF_FWD, ILIFParams, ilif_fwd_torch
 from a2sg_triton.nn import ILIF
 from a2sg_triton.reference import ilif_multistep as ilif_ref
 from helpers import KERNEL_DEVICE, assert_compiled_matches_eager, PER_STEP_BETA, compare_to_reference, ilif_edge_neurons, make_input, make_v0
@@ -24,14 +24,14 @@ def beta_for(kind, T, D, device=KERNEL_DEVICE):
     return (torch.tensor(PER_STEP_BETA[:T])[:, None] * torch.tensor(LEVEL_SCALE[:D])).to(device)
 
 
-def compare_ilif(x, beta, surrogate, *, D=4, **kwargs):
+def compare_ilif(x, beta, surrogate, *, levels=4, **kwargs):
     """The op against the float64 reference (helpers.compare_to_reference with I-LIF's edges: level
     thresholds and window edges); the counts must use every level."""
     ref, out = compare_to_reference(x, beta, surrogate, op=a2sg_triton.ilif_multistep, ref_op=ilif_ref,
-                                    edges=ilif_edge_neurons, D=D, **kwargs)
+                                    edges=ilif_edge_neurons, levels=levels, **kwargs)
     counts = ref[0]
-    assert torch.equal(counts, counts.round()) and counts.min() == 0 and counts.max() == D
-    assert ((counts > 0) & (counts < D)).any() or D == 1, "the inputs reach no middle level"
+    assert torch.equal(counts, counts.round()) and counts.min() == 0 and counts.max() == levels
+    assert ((counts > 0) & (counts < levels)).any() or levels == 1, "the inputs reach no middle level"
     return ref, out
 
 
@@ -49,7 +49,7 @@ def test_triton_matches_reference(surrogate, detach_reset):
 @pytest.mark.parametrize("D", [1, 4])
 @pytest.mark.parametrize("beta_kind", ["scalar", "level", "step_level"])
 def test_triton_beta_shapes_and_levels(beta_kind, D):
-    compare_ilif(make_input(3), beta_for(beta_kind, 3, D), "asy", D=D, v0=make_v0(), h=0.6)
+    compare_ilif(make_input(3), beta_for(beta_kind, 3, D), "asy", levels=D, v0=make_v0(), h=0.6)
 
 
 @pytest.mark.parametrize("D", [1, 4])
@@ -57,7 +57,7 @@ def test_triton_beta_shapes_and_levels(beta_kind, D):
 @pytest.mark.parametrize("detach_reset", [False, True], ids=["attached", "detached"])
 @pytest.mark.parametrize("surrogate", SURROGATES)
 def test_torch_matches_reference(surrogate, detach_reset, beta_kind, D):
-    compare_ilif(make_input(4, device="cpu"), beta_for(beta_kind, 4, D, "cpu"), surrogate, D=D,
+    compare_ilif(make_input(4, device="cpu"), beta_for(beta_kind, 4, D, "cpu"), surrogate, levels=D,
                  v0=make_v0(device="cpu"), backend="torch", detach_reset=detach_reset)
 
 
@@ -87,14 +87,14 @@ def test_outputs_fully_written(nan_outputs, backend):
 def test_inductor_matches_reference():
     """The inductor backend, both directions with state (one variant: compiling costs seconds; the
     compiled wrapper's other paths, dynamic N among them, are LIF's, tested in test_lif.py)."""
-    compare_ilif(make_input(3, device="cpu"), beta_for("step_level", 3, 2, "cpu"), "asy", D=2,
+    compare_ilif(make_input(3, device="cpu"), beta_for("step_level", 3, 2, "cpu"), "asy", levels=2,
                  v0=make_v0(device="cpu"), backend="inductor")
 
 
 @pytest.mark.parametrize("backend", ["triton", "torch"])
 def test_small_and_empty_shapes(backend):
     for shape in [(37,), (2, 3, 1, 9)]:
-        compare_ilif(make_input(3, shape=shape), 0.5, "box", D=2, v0=make_v0(shape=shape), backend=backend)
+        compare_ilif(make_input(3, shape=shape), 0.5, "box", levels=2, v0=make_v0(shape=shape), backend=backend)
     empty = torch.zeros(3, 0, device=KERNEL_DEVICE, requires_grad=True)
     counts, v = a2sg_triton.ilif_multistep(empty, 0.5, backend=backend, return_v=True)
     assert counts.shape == (3, 0) and v.shape == (0,)
@@ -120,9 +120,9 @@ def test_counts_round_half_to_even_as_torch(backend):
     g = torch.Generator().manual_seed(5)
     x = torch.cat([ties, 6 * torch.rand(3000, generator=g) - 0.5])[None].to(device)
     for v_th in (1.0, 0.5, 0.7, 0.3):
-        counts = a2sg_triton.ilif_multistep(x, 0.5, D=5, v_th=v_th, backend=backend)
+        counts = a2sg_triton.ilif_multistep(x, 0.5, levels=5, v_th=v_th, backend=backend)
         assert torch.equal(counts, torch.round(torch.clamp(x / v_th, 0, 5))), v_th
-    assert torch.equal(a2sg_triton.ilif_multistep(x[:, :13], 0.5, D=5, backend=backend).cpu(),
+    assert torch.equal(a2sg_triton.ilif_multistep(x[:, :13], 0.5, levels=5, backend=backend).cpu(),
                        torch.tensor([[0.0, 2, 2, 4, 4, 5, 0, 0, 3, 1, 3, 5, 0]]))
 
 
@@ -133,14 +133,15 @@ def test_gradcheck_torch_backend():
     # input_scale x = k + [0, 0.1] and |decay v| <= 0.15: every u stays >= 0.25 from the thresholds k + 1/2
     x = (2.0 * torch.randint(0, 4, (4, 3, 5), generator=g) + 0.2 * torch.rand((4, 3, 5), generator=g)).double()
     v0 = (0.1 * torch.rand((3, 5), generator=g)).double()
-    beta, neuron = 0.05, dict(D=3, decay=0.3, input_scale=0.5, v_th=1.0)
+    beta, neuron = 0.05, dict(levels=3, decay=0.3, input_scale=0.5, v_th=1.0)
 
     def fn(x, v0, detach_reset=False):
         return a2sg_triton.ilif_multistep(x, beta, "box", v0=v0, return_v=True, detach_reset=detach_reset,
                                           backend="torch", **neuron)
 
     assert 0 < fn(x, v0)[0].mean() < 3
-    _, u, _ = ilif_fwd_torch(x.reshape(4, -1), v0.reshape(-1), 3, 0.3, 0.5, 1.0, False, torch.float64)
+    params = ILIFParams(SURROGATES.index("box"), 3, 0.3, 0.5, 1.0, False, 0.5)
+    _, u, _ = ilif_fwd_torch(x.reshape(4, -1), v0.reshape(-1), params, False, torch.float64)
     assert ((u[..., None] - torch.tensor([0.5, 1.5, 2.5], dtype=torch.float64)).abs() >= 2 * beta).all(), \
         "a membrane lies inside a window; gradcheck would be void"
     for detach_reset in (False, True):
@@ -155,7 +156,7 @@ def test_only_u_is_saved(save_dtype):
     x = make_input(4, device="cpu").requires_grad_()
     saved = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
-        a2sg_triton.ilif_multistep(x, 0.5, D=3, backend="torch", save_dtype=save_dtype)
+        a2sg_triton.ilif_multistep(x, 0.5, levels=3, backend="torch", save_dtype=save_dtype)
     shapes = sorted((tuple(t.shape), t.dtype) for t in saved)
     assert shapes == sorted([((4, 3), torch.float32), ((4, x[0].numel()), save_dtype or torch.float32)])
 
@@ -189,7 +190,8 @@ def test_bf16_saved_u_keeps_box_gradients(detach_reset):
                                             save_dtype=save_dtype)
         (counts * w).sum().backward()
         results[save_dtype] = counts, xx.grad
-    _, u, _ = ILIF_FWD["triton"](x.reshape(4, -1), None, 4, 0.25, 1.0, 1.0, False, torch.float32)
+    params = ILIFParams(SURROGATES.index("box"), 4, 0.25, 1.0, 1.0, False, 0.5)
+    _, u, _ = ILIF_FWD["triton"](x.reshape(4, -1), None, params, False, torch.float32)
 
     def window(u):  # the box window (0 ... 3) that holds u; -1 outside (0, 4) and on an edge k (bf16 often rounds to k)
         return torch.where((u > 0) & (u < 4) & (u != u.floor()), u.floor(), -1.0)
@@ -223,7 +225,7 @@ def test_torch_compile_fullgraph_cpu():
     torch._dynamo.reset()
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(6, 16), ILIF(3, backend="torch"), torch.nn.Linear(16, 8),
-                                ILIF(3, 2, "asy", v_th=0.5, detach_reset=True, backend="torch"))
+                                ILIF(3, "asy", levels=2, v_th=0.5, detach_reset=True, backend="torch"))
     with torch.no_grad():  # weights large enough that the second layer counts too
         model[2].weight.normal_(0.1, 0.5)
     assert_compiled_matches_eager(model, 3 * torch.randn(3, 5, 6))
@@ -237,9 +239,9 @@ X = torch.randn(3, 5)
 @pytest.mark.parametrize("args, kwargs, error, match", [
     ((torch.ones(3, 5, dtype=torch.int32), 0.5), {}, TypeError, "x must be a floating-point tensor"),
     ((torch.ones(0, 5), 0.5), {}, ValueError, r"T >= 1"),
-    ((X, 0.5), {"D": 0}, ValueError, r"D \(the largest count\) must be >= 1"),
-    ((X, 0.5), {"D": True}, TypeError, r"D \(the largest count\) must be an int"),
-    ((X, 0.5), {"D": 2.0}, TypeError, r"D \(the largest count\) must be an int"),
+    ((X, 0.5), {"levels": 0}, ValueError, r"levels \(the largest count\) must be >= 1"),
+    ((X, 0.5), {"levels": True}, TypeError, r"levels \(the largest count\) must be an int"),
+    ((X, 0.5), {"levels": 2.0}, TypeError, r"levels \(the largest count\) must be an int"),
     ((X, -0.1), {}, ValueError, "beta must be > 0"),
     ((X, float("nan")), {}, ValueError, "beta must be finite"),
     ((X, torch.tensor([0.5, float("inf"), 0.5, 0.5])), {}, ValueError, "beta must be finite and > 0"),
@@ -300,7 +302,7 @@ def test_matches_spikingjelly(D, v_th, detach_reset):
     counts_sj = node(x_sj)
     ((counts_sj * w_q).sum() + (node.v * w_v).sum()).backward()
     x_ours, v0_ours = x.clone().requires_grad_(), v0.clone().requires_grad_()
-    counts, v_last = a2sg_triton.ilif_multistep(x_ours, v_th / 2, "box", D=D, decay=1.0 - 1.0 / tau, v_th=v_th,
+    counts, v_last = a2sg_triton.ilif_multistep(x_ours, v_th / 2, "box", levels=D, decay=1.0 - 1.0 / tau, v_th=v_th,
                                                 detach_reset=detach_reset, v0=v0_ours, return_v=True, backend="torch")
     ((counts * w_q).sum() + (v_last * w_v).sum()).backward()
     assert counts.max() == D and (D == 1 or ((counts > 0) & (counts < D)).any())
@@ -314,10 +316,10 @@ def test_matches_spikingjelly(D, v_th, detach_reset):
 
 
 def test_module_beta_buffer_and_forward():
-    layer = ILIF(3, 2, "tri", v_th=0.8, beta_init=torch.tensor([0.3, 0.4]))
-    assert layer.D == 2 and layer.beta.shape == (3, 2) and layer.beta.dtype == torch.float32
+    layer = ILIF(3, "tri", levels=2, v_th=0.8, beta_init=torch.tensor([0.3, 0.4]))
+    assert layer.levels == 2 and layer.beta.shape == (3, 2) and layer.beta.dtype == torch.float32
     assert torch.equal(layer.beta, torch.tensor([[0.3, 0.4]] * 3))
-    assert "beta" in dict(layer.named_buffers()) and "D=2" in repr(layer) and "v_th=0.8" in repr(layer)
+    assert "beta" in dict(layer.named_buffers()) and "levels=2" in repr(layer) and "v_th=0.8" in repr(layer)
     assert torch.equal(ILIF(3).beta, torch.full((3, 4), 0.5))
     per_step = torch.rand(3, 4) + 0.1
     assert torch.equal(ILIF(3, beta_init=per_step).beta, per_step)
@@ -325,16 +327,16 @@ def test_module_beta_buffer_and_forward():
     out = layer(x)
     out.sum().backward()
     x2 = x.detach().clone().requires_grad_()
-    want = a2sg_triton.ilif_multistep(x2, layer.beta, "tri", D=2, v_th=0.8, backend="torch")
+    want = a2sg_triton.ilif_multistep(x2, layer.beta, "tri", levels=2, v_th=0.8, backend="torch")
     want.sum().backward()
     assert torch.equal(out, want) and torch.equal(x.grad, x2.grad)
 
 
 def test_module_state_dict_dtype_and_saved_beta():
-    layer = ILIF(2, 3, backend="torch")
+    layer = ILIF(2, levels=3, backend="torch")
     with torch.no_grad():
         layer.beta.copy_(torch.tensor([[0.2, 0.3, 0.4], [0.5, 0.6, 0.7]]))
-    fresh = ILIF(2, 3)
+    fresh = ILIF(2, levels=3)
     fresh.load_state_dict(layer.state_dict())
     assert torch.equal(fresh.beta, layer.beta)
     layer.half()
@@ -349,8 +351,8 @@ def test_module_state_dict_dtype_and_saved_beta():
 
 def test_module_bad_arguments():
     for kwargs, error, match in [({"T": 0}, ValueError, "T must be an int"),
-                                 ({"D": 0}, ValueError, r"D \(the largest count\) must be >= 1"),
-                                 ({"D": 1.5}, TypeError, r"D \(the largest count\) must be an int"),
+                                 ({"levels": 0}, ValueError, r"levels \(the largest count\) must be >= 1"),
+                                 ({"levels": 1.5}, TypeError, r"levels \(the largest count\) must be an int"),
                                  ({"v_th": -1.0}, ValueError, "v_th must be > 0"),
                                  ({"beta_init": torch.ones(5)}, ValueError, r"shape \[D\] = \[4\] or \[T, D\]"),
                                  ({"beta_init": 0.0}, ValueError, "beta must be > 0"),

@@ -48,7 +48,7 @@ def test_search_visits_levels_in_order_and_records_the_window_alone_metrics(back
     before it everywhere else. The gradients equal the float64 reference with the chosen widths and
     every row's metric is that of delta_i[t] computed by hand with them."""
     device = KERNEL_DEVICE if backend == "triton" else "cpu"
-    layer = ILIF(T, D, surrogate, backend=backend).to(device)
+    layer = ILIF(T, surrogate, levels=D, backend=backend).to(device)
     a2 = A2SG(layer, **SEARCH)
     x, w = leaf_input(device)
     a2.begin_epoch(0)
@@ -59,7 +59,7 @@ def test_search_visits_levels_in_order_and_records_the_window_alone_metrics(back
         (t, i, "sgv" if (t, i) == (T - 1, D) else "tgc") for t in reversed(range(T)) for i in range(D, 0, -1)]
 
     x64 = x.detach().double().requires_grad_()
-    out = a2sg_triton.reference.ilif_multistep(x64, chosen.double(), surrogate, D=D)
+    out = a2sg_triton.reference.ilif_multistep(x64, chosen.double(), surrogate, levels=D)
     (out * w.double()).sum().backward()
     torch.testing.assert_close(x.grad.double(), x64.grad, rtol=1e-5, atol=1e-5 * x64.grad.abs().max().item())
 
@@ -77,7 +77,7 @@ def test_search_visits_levels_in_order_and_records_the_window_alone_metrics(back
 @pytest.mark.parametrize("adapt, first, rest", [("spatial", "sgv", "sgv"), ("temporal", None, "tgc"),
                                                  ("none", None, None)])
 def test_modes_per_level(adapt, first, rest):
-    layer = ILIF(T, D)
+    layer = ILIF(T, levels=D)
     a2 = A2SG(layer, adapt=adapt, **SEARCH)
     x, w = leaf_input("cpu")
     a2.begin_epoch(0)
@@ -96,7 +96,7 @@ def test_mixed_model_state_dict_round_trip_and_search_log():
     "layer/t/column", a fresh controller resumes the same searches, search_log counts every width."""
     def model():
         torch.manual_seed(0)
-        return torch.nn.Sequential(torch.nn.Linear(6, 32), LIF(T, "box"), torch.nn.Linear(32, 16), ILIF(T, 2))
+        return torch.nn.Sequential(torch.nn.Linear(6, 32), LIF(T, "box"), torch.nn.Linear(32, 16), ILIF(T, levels=2))
 
     def run(net, a2, epochs):
         x = 3 * torch.randn(T, 8, 6, generator=torch.Generator().manual_seed(5))
@@ -127,7 +127,7 @@ def test_compiled_ilif_searches_like_eager():
 
     def build():
         torch.manual_seed(0)
-        return torch.nn.Sequential(torch.nn.Linear(6, 24), ILIF(T, 2, "asy"))
+        return torch.nn.Sequential(torch.nn.Linear(6, 24), ILIF(T, "asy", levels=2))
 
     x = 3 * torch.randn(T, 10, 6, generator=torch.Generator().manual_seed(2))
     eager, compiled = build(), build()

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from a2sg_triton import SURROGATES, A2SG
-from a2sg_triton.ops import lif as lif_module
-from a2sg_triton.ops.lif import LIF_BWD, LIF_FWD
+from a2sg_triton.ops import _neuron as layout
+from a2sg_triton.ops.lif import LIF_BWD, LIF_FWD, LIFParams
 from a2sg_triton.memory import SavedTensors, SavedView, mark_spikes, memory_saving
 from a2sg_triton.models import VGG, NeuronConfig, ResNet, TdBatchNorm2d, TimeDistributed, build_model, direct_encode
 from a2sg_triton.nn import LIF, PLIF
@@ -171,23 +171,21 @@ def test_fused_recompute_is_bit_identical(surrogate, reset, detach_reset, channe
     y, mean, scale, bias = _recompute_inputs(channels_last)
     y = y.to(dtype)
     x = tdbn_output_triton(y, mean, scale, bias).unflatten(0, (T, 2))
-    order = lif_module.dense_order(x)
-    x_flat = lif_module.to_flat(x, order)
-    neuron = (0.75, 0.6, 0.9, reset == "hard", -0.1)
-    _, d_fwd, _ = LIF_FWD["triton"](x_flat, None, *neuron, False, torch.float32)
+    order = layout.dense_order(x)
+    x_flat = layout.to_flat(x, order)
+    params = LIFParams(SURROGATES.index(surrogate), 0.75, 0.6, 0.9, reset == "hard", -0.1, detach_reset, 0.7)
+    _, d_fwd, _ = LIF_FWD["triton"](x_flat, None, params, False, torch.float32)
     g = torch.Generator().manual_seed(2)
     grad_spikes = torch.randn(x_flat.shape, generator=g).to(KERNEL_DEVICE, dtype)
     beta = torch.tensor([0.3, 0.6, 0.45], device=KERNEL_DEVICE)
-    surrogate_id = SURROGATES.index(surrogate)
-    params = (surrogate_id, 0.75, 0.6, 0.9, reset == "hard", -0.1, detach_reset, 0.7)
     position = order.index(2)
     channel_div = math.prod(x.shape[dim] for dim in order[position + 1:])
-    y_flat = lif_module.to_flat(y.unflatten(0, (T, 2)), order)
+    y_flat = layout.to_flat(y.unflatten(0, (T, 2)), order)
     for backward in (False, True):
-        d, grad_x = tdbn_lif_bwd(y_flat, mean, scale, bias, grad_spikes, beta, channel_div, 3, *params,
-                                 torch.float32, backward)
+        d, grad_x = tdbn_lif_bwd(y_flat, (mean, scale, bias), grad_spikes, beta, params, channel_div=channel_div,
+                                 save_dtype=torch.float32, backward=backward)
         assert torch.equal(d, d_fwd)
-    want, _ = LIF_BWD["triton"](grad_spikes, d_fwd, beta, None, *params, False)
+    want, _ = LIF_BWD["triton"](grad_spikes, d_fwd, beta, None, params, need_grad_v0=False)
     assert torch.equal(grad_x, want)
 
 
@@ -405,9 +403,9 @@ def test_search_sees_the_forwards_d_and_chooses_the_same_betas(backend, monkeypa
 
     search_backward = A2SG.search_backward
 
-    def recording_search(self, name, grad_spikes, d, *args):
+    def recording_search(self, name, grad_spikes, d, *args, **options):
         searched_d.append(d)
-        return search_backward(self, name, grad_spikes, d, *args)
+        return search_backward(self, name, grad_spikes, d, *args, **options)
 
     monkeypatch.setitem(LIF_FWD, backend, recording_fwd)
     monkeypatch.setattr(A2SG, "search_backward", recording_search)

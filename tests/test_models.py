@@ -273,7 +273,7 @@ def test_spikformer_every_layer_is_searched(neuron):
     assert all(torch.isfinite(g).all() for g in grads.values()) and grad_images.abs().sum() > 0
     assert sorted((row["layer"], row["t"], row["level"]) for row in a2.history) == sorted(
         (name, t, level) for name, m in a2.layers.items() for t in range(2)
-        for level in (range(1, m.D + 1) if neuron == "ilif" else [None]))
+        for level in (range(1, m.levels + 1) if neuron == "ilif" else [None]))
     assert any(not torch.equal(m.beta, torch.full_like(m.beta, 0.5)) for m in neurons)
 
 

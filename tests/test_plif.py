@@ -8,7 +8,8 @@ import torch
 
 import a2sg_triton
 from a2sg_triton import A2SG, SURROGATES
-from a2sg_triton.ops.lif import launch_config, lif_step
+from a2sg_triton.ops._neuron import launch_config
+from a2sg_triton.ops.lif import lif_step
 from a2sg_triton.nn import PLIF
 from a2sg_triton.reference import plif_multistep as plif_ref
 from helpers import KERNEL_DEVICE, assert_compiled_matches_eager, NEURON_SHAPE, beta_for, dyadic, edge_neurons, make_input, make_v0

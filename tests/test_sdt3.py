@@ -34,7 +34,7 @@ def test_ilif_sdt3_takes_the_levels_and_decay_from_the_config():
     model = build_model("sdt3", num_classes=10, in_channels=1, T=1, tau=4.0, neuron="ilif", levels=2,
                         surrogate="box", backend="torch")
     layer = next(m for m in model.modules() if isinstance(m, ILIF))
-    assert layer.D == 2 and layer.decay == 0.25 and layer.beta.shape == (1, 2)
+    assert layer.levels == 2 and layer.decay == 0.25 and layer.beta.shape == (1, 2)
     attention = next(m for m in model.modules() if isinstance(m, SpikeDrivenAttention))
     assert attention.levels == 2
 

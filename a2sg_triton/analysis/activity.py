@@ -277,7 +277,7 @@ def membrane_statistics(model: nn.Module, loader: Batches, T: int, device: Union
             count = torch.full((T,), u.shape[1], dtype=torch.float64, device=u.device)
             rows = [count, u.sum(1), (u * u).sum(1)]
             if isinstance(module, ILIF):
-                rows.append((u > (module.D + 0.5) * module.v_th).sum(1, dtype=torch.float64))
+                rows.append((u > (module.levels + 0.5) * module.v_th).sum(1, dtype=torch.float64))
             sums[name] += torch.stack(rows).cpu()
         return accumulate
 
@@ -306,7 +306,7 @@ def membrane_statistics(model: nn.Module, loader: Batches, T: int, device: Union
             "theorem2_per_t": None if ilif else [_theorem2(b, lif.v_th, mu, sigma) for b in beta],
         }
         if isinstance(lif, ILIF):
-            layers[name].update(levels=lif.D, level_thresholds=[(i + 0.5) * lif.v_th for i in range(lif.D)],
+            layers[name].update(levels=lif.levels, level_thresholds=[(i + 0.5) * lif.v_th for i in range(lif.levels)],
                                 saturated_fraction=float(sums[name][3].sum() / n.sum()))
     return layers
 
@@ -574,7 +574,7 @@ def _lifs(model: nn.Module) -> dict[str, SearchedNeuron]:
 
 def _levels(lif: nn.Module) -> int:
     """The largest number of spikes a layer emits per neuron and step: I-LIF's D, else 1."""
-    return lif.D if isinstance(lif, ILIF) else 1
+    return lif.levels if isinstance(lif, ILIF) else 1
 
 
 def _rate_definition(levels: int) -> str:

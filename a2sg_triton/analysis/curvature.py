@@ -28,8 +28,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from ..ops.ilif import ilif_bwd_torch
-from ..ops.lif import lif_bwd_step
+from ..ops.ilif import ILIFParams, ilif_bwd_torch
+from ..ops.lif import StepParams, lif_bwd_step
 from ..nn import ILIF, LIF, PLIF, SearchedNeuron
 from ..ops.stats import CandidateStats, candidate_stats
 from ..ops.surrogate import SURROGATES
@@ -330,9 +330,9 @@ def metric_vs_beta(model: nn.Module, x: torch.Tensor, y: torch.Tensor, layer_nam
         raise ValueError(f"t must be in [0, {lif.T - 1}], got {t}")
     if isinstance(lif, ILIF):
         if isinstance(level, bool) or not isinstance(level, int):
-            raise TypeError(f"level must be an int in [1, {lif.D}] for the nn.ILIF layer {layer_name!r}, got {level!r}")
-        if not 1 <= level <= lif.D:
-            raise ValueError(f"level must be in [1, {lif.D}], got {level}")
+            raise TypeError(f"level must be an int in [1, {lif.levels}] for the nn.ILIF layer {layer_name!r}, got {level!r}")
+        if not 1 <= level <= lif.levels:
+            raise ValueError(f"level must be in [1, {lif.levels}], got {level}")
     elif level is not None:
         raise ValueError(f"level is for nn.ILIF layers; {layer_name!r} is an nn.{type(lif).__name__}, searched per "
                          "timestep alone")
@@ -365,13 +365,13 @@ def _lif_step_stats(lif: Union[LIF, PLIF], x: torch.Tensor, grad_s: torch.Tensor
     """``candidate_stats`` of LIF or PLIF step t (float64 x and dL/ds), carry and reference from the
     LIF backward from T-1 down to t+1 with the layer's betas."""
     d = lif.membrane(x)  # u - v_th by the layer's forward, in float64
-    hard_reset = lif.reset == "hard"
+    step_params = StepParams(SURROGATES.index(lif.surrogate), lif.v_th, lif.reset == "hard", lif.v_reset,
+                             lif.detach_reset, lif.h)
     with torch.no_grad():
         decay = lif.leak(torch.float64)[0]  # PLIF: its current 1 - k
     carry = ref = None
     for step in range(lif.T - 1, t, -1):
-        ref = lif_bwd_step(d[step], grad_s[step], carry, float(lif.beta[step]), lif.surrogate, lif.v_th, hard_reset,
-                           lif.v_reset, lif.detach_reset, lif.h)
+        ref = lif_bwd_step(d[step], grad_s[step], carry, float(lif.beta[step]), step_params)
         carry = decay * ref
     return candidate_stats(d[t] + lif.v_th, grad_s[t], betas, lif.surrogate, carry=carry, ref=ref, v_th=lif.v_th,
                            h=lif.h, reset=lif.reset, v_reset=lif.v_reset, detach_reset=lif.detach_reset)
@@ -383,19 +383,20 @@ def _ilif_site_stats(ilif: ILIF, x: torch.Tensor, grad_q: torch.Tensor, t: int, 
     u, grad_q = ilif.membrane(x).flatten(1), grad_q.flatten(1)  # [T, N]
     widths = ilif.beta.to(u)
     # delta[t] of every step with the layer's widths: the plain I-LIF backward with input_scale 1
-    delta, _ = ilif_bwd_torch(grad_q, u, widths, None, SURROGATES.index(ilif.surrogate), ilif.D, ilif.decay, 1.0,
-                              ilif.v_th, ilif.detach_reset, ilif.h, False)
+    params = ILIFParams(SURROGATES.index(ilif.surrogate), ilif.levels, ilif.decay, 1.0, ilif.v_th, ilif.detach_reset,
+                        ilif.h)
+    delta, _ = ilif_bwd_torch(grad_q, u, widths, None, params, need_grad_v0=False)
+    step_params = StepParams(params.surrogate_id, ilif.v_th, False, 0.0, ilif.detach_reset, ilif.h)
 
     def carry(step: int) -> Optional[torch.Tensor]:  # c[step] = dL/dv[step]: none after the last step
         return None if step == ilif.T - 1 else ilif.decay * delta[step + 1]
 
     # delta_i[step]: the local gradient with level i's window alone
     def window(step: int, i: int, width: Any) -> torch.Tensor:
-        return lif_bwd_step(u[step] - (i - 0.5) * ilif.v_th, grad_q[step], carry(step), width, ilif.surrogate,
-                            ilif.v_th, False, 0.0, ilif.detach_reset, ilif.h)
+        return lif_bwd_step(u[step] - (i - 0.5) * ilif.v_th, grad_q[step], carry(step), width, step_params)
 
     ref = None  # the site visited before (t, level); none before the first, (T-1, D)
-    if level < ilif.D:
+    if level < ilif.levels:
         ref = window(t, level + 1, widths[t, level])
     elif t < ilif.T - 1:
         ref = window(t + 1, 1, widths[t + 1, 0])

@@ -157,7 +157,7 @@ def run_all(config: Mapping[str, Any], model: torch.nn.Module, test_set: Dataset
         betas = torch.linspace(0.05, 1.0, 40, dtype=torch.float64)
         # the first and last timestep of every layer; of an I-LIF layer every level (D … 1, the search's order)
         sites = [(name, t, level) for name, m in lifs.items() for t in sorted({0, T - 1})
-                 for level in (range(m.D, 0, -1) if isinstance(m, ILIF) else [None])]
+                 for level in (range(m.levels, 0, -1) if isinstance(m, ILIF) else [None])]
         curves = {f"{name} t={t}" + ("" if level is None else f" level={level}"):
                   analysis.metric_vs_beta(model, x0, y0, name, t, betas, level=level) for name, t, level in sites}
         results["metric_vs_beta"] = curves

@@ -52,7 +52,7 @@ def build_model(name, *, num_classes, in_channels, T, surrogate="asy", tau=2.0, 
     """The model ``name`` (one of MODELS) with every spiking layer built as
     ``LIF(T, surrogate, tau=tau, v_th=v_th, beta_init=beta_init, h=h, backend=backend)``, or with
     ``neuron="plif"`` as ``PLIF(T, surrogate, init_tau=tau, ...)``, with ``neuron="ilif"`` as
-    ``ILIF(T, levels, surrogate, decay=1/tau, ...)`` (NEURONS; docs/models.md);
+    ``ILIF(T, surrogate, levels=levels, decay=1/tau, ...)`` (NEURONS; docs/models.md);
     ``memory_saving``: bit-packed spikes and tdBN -> LIF recomputation (docs/memory.md)."""
     _check_name(name)
     for arg, value in (("num_classes", num_classes), ("in_channels", in_channels), ("T", T)):

@@ -55,7 +55,7 @@ class NeuronConfig:
         if self.neuron == "plif":
             return PLIF(self.T, self.surrogate, init_tau=self.tau, **common)
         if self.neuron == "ilif":
-            return ILIF(self.T, self.levels, self.surrogate, decay=1.0 / self.tau, **common)
+            return ILIF(self.T, self.surrogate, levels=self.levels, decay=1.0 / self.tau, **common)
         return LIF(self.T, self.surrogate, tau=self.tau, **common)
 
 

@@ -42,14 +42,14 @@ PARALLEL_MIN_NUMEL = 2**18
 
 def compiled_variant(fn, *key, numel=None):
     """``torch.compile(fn)`` for one variant (``key``: everything but the tensors' sizes), compiled
-    once, single-threaded when the call's ``numel`` is below PARALLEL_MIN_NUMEL. Each variant gets a code object of its
-    own, so dynamo's per-code recompile limit never counts one variant against another; a variant
+    once, single-threaded when the call's ``numel`` is below PARALLEL_MIN_NUMEL. Each variant gets a
+    code object of its own, so dynamo's per-code recompile limit never counts one variant against another; a variant
     recompiles only once more, when a second size makes the neuron count dynamic.
 
-    The variant is called with its tensor arguments detached (positional arguments, as every caller
-    passes them): dynamo guards on a view's base (its rank, strides and 0/1-specialised sizes) and on
-    requires_grad, and the neuron layers of one network hand in [T, N] views of many bases, with and
-    without grad, which recompiled a variant per combination until the recompile limit failed it.
+    The variant is called with its positional tensor arguments detached (keyword arguments are
+    options, never tensors): dynamo guards on a view's base (its rank, strides and 0/1-specialised
+    sizes) and on requires_grad, and the neuron layers of one network hand in [T, N] views of many
+    bases, with and without grad, which recompiled a variant per combination until the recompile limit failed it.
     Every caller runs outside autograd (an op's or autograd.Function's forward, a backward computed by
     hand, statistics of detached tensors)."""
     key = (fn, numel is None or numel >= PARALLEL_MIN_NUMEL, *key)
@@ -57,14 +57,15 @@ def compiled_variant(fn, *key, numel=None):
     if compiled is None:
         code = fn.__code__.replace(co_name=f"{fn.__name__}_variant{len(_COMPILED)}")
         clone = types.FunctionType(code, fn.__globals__, code.co_name, fn.__defaults__, fn.__closure__)
+        clone.__kwdefaults__ = fn.__kwdefaults__
         options = {} if key[1] else {"cpp.threads": 1}
         compiled = _COMPILED[key] = _detached_call(torch.compile(clone, fullgraph=True, options=options))
     return compiled
 
 
 def _detached_call(compiled):
-    def call(*args):
-        return compiled(*(a.detach() if isinstance(a, torch.Tensor) else a for a in args))
+    def call(*args, **options):
+        return compiled(*(a.detach() if isinstance(a, torch.Tensor) else a for a in args), **options)
     return call
 
 

@@ -26,7 +26,7 @@ from typing import Optional
 
 import torch
 
-from .lif import HeavisideSurrogate, lif_bwd_step
+from .lif import HeavisideSurrogate, StepParams, lif_bwd_step
 from .surrogate import SURROGATES, check_surrogate
 from .backend import HAS_TRITON, compiled_variant, is_compiling, math_dtype, resolve_backend
 from .checks import check_flag, check_real, check_reset, check_tensor
@@ -125,8 +125,8 @@ def _merge_chunks(betas, counts, shift, s1, s2, sumabs, dot, ref_sq):
                           dot=None if dot is None else dot.to(torch.float64).sum(0), ref_sq=ref_sq)
 
 
-def _check_args(u, grad_s, betas, surrogate, carry, ref, v_th, h, reset, v_reset, detach_reset):
-    """Validates everything before any kernel runs; returns (betas [K] float64, hard_reset)."""
+def _check_args(u, grad_s, betas, *, surrogate, carry, ref, v_th, h, reset, v_reset, detach_reset):
+    """Validates everything before any kernel runs; returns (betas [K] float64, the step's constants)."""
     check_tensor("u", u)
     if u.numel() == 0:
         raise ValueError("u must have at least one element")
@@ -136,7 +136,7 @@ def _check_args(u, grad_s, betas, surrogate, carry, ref, v_th, h, reset, v_reset
         check_tensor(name, tensor, device=u.device)
         if tensor.shape != u.shape:
             raise ValueError(f"{name} must have u's shape {list(u.shape)}, got {list(tensor.shape)}")
-    check_surrogate(surrogate, h)
+    surrogate_id = check_surrogate(surrogate, h)
     check_real("v_th", v_th)
     check_real("v_reset", v_reset)
     hard_reset = check_reset(reset)
@@ -151,7 +151,8 @@ def _check_args(u, grad_s, betas, surrogate, carry, ref, v_th, h, reset, v_reset
     if betas.device.type == "cpu" and not is_compiling():
         if not bool(torch.isfinite(betas).all()) or bool((betas <= 0).any()):
             raise ValueError(f"betas must be finite and > 0, got {betas.tolist()}")
-    return betas.detach().to(torch.float64), hard_reset
+    step = StepParams(surrogate_id, float(v_th), hard_reset, float(v_reset), detach_reset, float(h))
+    return betas.detach().to(torch.float64), step
 
 
 def _stats_from_deltas(betas, deltas, ref):
@@ -166,15 +167,15 @@ def _stats_from_deltas(betas, deltas, ref):
     )
 
 
-def reference_deltas(u, grad_s, betas, surrogate, carry, v_th, h, hard_reset, v_reset, detach_reset):
+def reference_deltas(u, grad_s, betas, carry, step: StepParams):
     """[K, N] float64: for each candidate, delta_k = dL/du by autograd through one LIF step."""
     u, grad_s, carry = (None if t is None else t.detach().double().flatten() for t in (u, grad_s, carry))
     deltas = []
     for beta in betas.to(device=u.device, dtype=torch.float64):
         uu = u.clone().requires_grad_()
-        s = HeavisideSurrogate.apply(uu, beta, surrogate, v_th, h)
-        s_reset = s.detach() if detach_reset else s
-        v = (1 - s_reset) * uu + s_reset * v_reset if hard_reset else uu - v_th * s_reset
+        s = HeavisideSurrogate.apply(uu, beta, SURROGATES[step.surrogate_id], step.v_th, step.h)
+        s_reset = s.detach() if step.detach_reset else s
+        v = (1 - s_reset) * uu + s_reset * step.v_reset if step.hard_reset else uu - step.v_th * s_reset
         loss = (grad_s * s).sum() + (0 if carry is None else (carry * v).sum())
         deltas.append(torch.autograd.grad(loss, uu)[0])
     return torch.stack(deltas)
@@ -183,8 +184,9 @@ def reference_deltas(u, grad_s, betas, surrogate, carry, v_th, h, hard_reset, v_
 def candidate_stats_ref(u, grad_s, betas, surrogate="box", *, carry=None, ref=None, v_th=1.0, h=0.5,
                         reset="soft", v_reset=0.0, detach_reset=False, backend="auto"):
     """Reference: for each candidate, delta_k by autograd through one LIF step, in float64."""
-    betas, hard_reset = _check_args(u, grad_s, betas, surrogate, carry, ref, v_th, h, reset, v_reset, detach_reset)
-    deltas = reference_deltas(u, grad_s, betas, surrogate, carry, v_th, h, hard_reset, v_reset, detach_reset)
+    betas, step = _check_args(u, grad_s, betas, surrogate=surrogate, carry=carry, ref=ref, v_th=v_th, h=h,
+                              reset=reset, v_reset=v_reset, detach_reset=detach_reset)
+    deltas = reference_deltas(u, grad_s, betas, carry, step)
     return _stats_from_deltas(betas, deltas, None if ref is None else ref.detach().flatten())
 
 
@@ -193,8 +195,8 @@ def candidate_stats_ref(u, grad_s, betas, surrogate="box", *, carry=None, ref=No
 # ---------------------------------------------------------------------------------------------
 
 
-def _stats_kernel(u, grad_s, carry, ref, betas, surrogate_id, th_offset, carry_scale, v_th, hard_reset, v_reset,
-                  detach_reset, h, grad_x=None, delta=None, input_scale=1.0):
+def _stats_kernel(u, grad_s, carry, ref, betas, step: StepParams, *, th_offset, carry_scale, grad_x=None, delta=None,
+                  input_scale=1.0):
     """Launches candidate_stats_kernel over flat contiguous [N] inputs -> CandidateStats. With
     grad_x and delta ([N] outputs) it runs the one-candidate variant that also writes them."""
     N, K = u.numel(), betas.numel()
@@ -209,8 +211,8 @@ def _stats_kernel(u, grad_s, carry, ref, betas, surrogate_id, th_offset, carry_s
         u, grad_s, carry if carry is not None else u, ref if ref is not None else u,
         betas.to(device=u.device, dtype=torch.float32, non_blocking=True), partial, ref_sq_partial,
         grad_x if store_delta else u, delta if store_delta else u,
-        N, K, blocks_per_chunk, th_offset, carry_scale, v_th, v_reset, h, input_scale,
-        SURROGATE=surrogate_id, HARD_RESET=hard_reset, DETACH_RESET=detach_reset,
+        N, K, blocks_per_chunk, th_offset, carry_scale, step.v_th, step.v_reset, step.h, input_scale,
+        SURROGATE=step.surrogate_id, HARD_RESET=step.hard_reset, DETACH_RESET=step.detach_reset,
         HAS_CARRY=carry is not None, HAS_REF=ref is not None, STORE_DELTA=store_delta,
         BLOCK_N=BLOCK_N, BLOCK_K=block_k,
     )
@@ -222,23 +224,21 @@ def _stats_kernel(u, grad_s, carry, ref, betas, surrogate_id, th_offset, carry_s
                          ref_sq_partial.double().sum() if has_ref else None)
 
 
-def candidate_stats_triton(u, grad_s, carry, ref, betas, surrogate_id, th_offset, v_th, hard_reset, v_reset,
-                           detach_reset, h, carry_scale=1.0):
+def candidate_stats_triton(u, grad_s, carry, ref, betas, step: StepParams, *, th_offset=0.0, carry_scale=1.0):
     """Flat contiguous [N] inputs -> CandidateStats (fp32 per-chunk shifted sums, float64 merge).
-    The carry is carry_scale * carry."""
-    return _stats_kernel(u, grad_s, carry, ref, betas, surrogate_id, th_offset, carry_scale, v_th, hard_reset,
-                         v_reset, detach_reset, h)
+    The window is centred at u = th_offset (d = u - th_offset); the carry is carry_scale * carry."""
+    return _stats_kernel(u, grad_s, carry, ref, betas, step, th_offset=th_offset, carry_scale=carry_scale)
 
 
-def delta_stats_triton(d, grad_s, carry, carry_scale, ref, beta, surrogate_id, v_th, hard_reset, v_reset,
-                       detach_reset, h, input_scale, grad_x, th_offset=0.0):
+def delta_stats_triton(d, grad_s, carry, ref, beta, step: StepParams, grad_x, *, carry_scale=1.0, th_offset=0.0,
+                       input_scale=1.0):
     """delta[t] of one width in one pass: d = u - v_th (d - th_offset the window's centre offset:
     an I-LIF level), grad_s, carry (times carry_scale), ref: flat [N]; beta: [1] on d's device.
     Writes input_scale * delta into grad_x ([N], contiguous) and returns (delta [N] fp32, its
     CandidateStats against ref)."""
     delta = torch.empty(d.shape, dtype=torch.float32, device=d.device)
-    stats = _stats_kernel(d, grad_s, carry, ref, beta, surrogate_id, th_offset, carry_scale, v_th, hard_reset, v_reset,
-                          detach_reset, h, grad_x=grad_x, delta=delta, input_scale=input_scale)
+    stats = _stats_kernel(d, grad_s, carry, ref, beta, step, th_offset=th_offset, carry_scale=carry_scale,
+                          grad_x=grad_x, delta=delta, input_scale=input_scale)
     return delta, stats
 
 
@@ -257,8 +257,7 @@ def _shifted_sums(deltas, shift, ref):
     return shift[:, 0], shifted.sum(1), (shifted * shifted).sum(1), deltas.abs().sum(1), dot
 
 
-def candidate_sums_torch(u, grad_s, carry, ref, betas, surrogate_id, th_offset, carry_scale, v_th, hard_reset,
-                         v_reset, detach_reset, h):
+def candidate_sums_torch(u, grad_s, carry, ref, betas, step: StepParams, *, th_offset, carry_scale):
     """The shifted sums of ``_shifted_sums`` for K candidates, shifted by delta_k at element 0, in the
     math dtype (fp32; float64 for float64 u). Written so that inductor fuses it into one loop over
     [K, N] that never materialises the deltas (``candidate_stats_inductor``)."""
@@ -270,30 +269,27 @@ def candidate_sums_torch(u, grad_s, carry, ref, betas, surrogate_id, th_offset, 
     betas = betas.to(dtype)[:, None]
 
     def deltas(i):  # delta_k of the elements i (a slice): lif_bwd_step on [1, n] rows against [K, 1] widths
-        return lif_bwd_step(d[None, i], grad_s[None, i], None if carry is None else carry[None, i], betas,
-                            SURROGATES[surrogate_id], v_th, hard_reset, v_reset, detach_reset, h)
+        return lif_bwd_step(d[None, i], grad_s[None, i], None if carry is None else carry[None, i], betas, step)
 
     # The shift is computed apart (not as a slice of the [K, N] deltas), so inductor need not store them.
     return _shifted_sums(deltas(slice(None)), deltas(slice(0, 1)), ref)
 
 
-def candidate_stats_torch(u, grad_s, carry, ref, betas, surrogate_id, th_offset, v_th, hard_reset, v_reset,
-                          detach_reset, h, carry_scale=1.0):
+def candidate_stats_torch(u, grad_s, carry, ref, betas, step: StepParams, *, th_offset=0.0, carry_scale=1.0):
     """The eager backend: ``candidate_sums_torch`` over TORCH_CANDIDATES_PER_PASS candidates at a time."""
-    parts = [candidate_sums_torch(u, grad_s, carry, ref, chunk.to(u.device), surrogate_id, th_offset, carry_scale,
-                                  v_th, hard_reset, v_reset, detach_reset, h)
+    parts = [candidate_sums_torch(u, grad_s, carry, ref, chunk.to(u.device), step, th_offset=th_offset,
+                                  carry_scale=carry_scale)
              for chunk in betas.split(TORCH_CANDIDATES_PER_PASS)]
     return _sums_to_stats(betas, u, ref, [None if p[0] is None else torch.cat(p) for p in zip(*parts)])
 
 
-def candidate_stats_inductor(u, grad_s, carry, ref, betas, surrogate_id, th_offset, v_th, hard_reset, v_reset,
-                             detach_reset, h, carry_scale=1.0):
+def candidate_stats_inductor(u, grad_s, carry, ref, betas, step: StepParams, *, th_offset=0.0, carry_scale=1.0):
     """The inductor backend: ``candidate_sums_torch`` compiled once per variant (utils.compiled_variant)
     into a fused loop over all K candidates."""
-    sums = compiled_variant(candidate_sums_torch, u.dtype, carry is None, ref is None, surrogate_id, th_offset,
-                            carry_scale, v_th, hard_reset, v_reset, detach_reset, h, numel=u.numel() * betas.numel())
-    return _sums_to_stats(betas, u, ref, sums(u, grad_s, carry, ref, betas.to(u.device), surrogate_id, th_offset,
-                                              carry_scale, v_th, hard_reset, v_reset, detach_reset, h))
+    sums = compiled_variant(candidate_sums_torch, u.dtype, carry is None, ref is None, step, th_offset, carry_scale,
+                            numel=u.numel() * betas.numel())
+    return _sums_to_stats(betas, u, ref, sums(u, grad_s, carry, ref, betas.to(u.device), step, th_offset=th_offset,
+                                              carry_scale=carry_scale))
 
 
 def _sums_to_stats(betas, u, ref, sums):
@@ -305,14 +301,13 @@ def _sums_to_stats(betas, u, ref, sums):
                          None if dot is None else dot[None], ref_sq)
 
 
-def delta_stats_torch(d, grad_s, carry, carry_scale, ref, beta, surrogate_id, v_th, hard_reset, v_reset,
-                      detach_reset, h, input_scale, grad_x, th_offset=0.0):
+def delta_stats_torch(d, grad_s, carry, ref, beta, step: StepParams, grad_x, *, carry_scale=1.0, th_offset=0.0,
+                      input_scale=1.0):
     """``delta_stats_triton`` in torch ops: lif_bwd_step with the width beta ([1]), then the
     statistics of that very delta."""
     dtype = math_dtype(d.dtype)
     carry = None if carry is None else carry_scale * carry.to(dtype)
-    delta = lif_bwd_step(d.to(dtype) - th_offset, grad_s.to(dtype), carry, beta.to(dtype), SURROGATES[surrogate_id], v_th,
-                         hard_reset, v_reset, detach_reset, h)
+    delta = lif_bwd_step(d.to(dtype) - th_offset, grad_s.to(dtype), carry, beta.to(dtype), step)
     grad_x.copy_(input_scale * delta)
     ref = None if ref is None else ref.to(dtype)
     return delta, _sums_to_stats(beta, d, ref, _shifted_sums(delta[None, :], delta[None, :1], ref))
@@ -330,8 +325,8 @@ def candidate_stats(u, grad_s, betas, surrogate="box", *, carry=None, ref=None, 
     u, grad_s (and the optional carry = dL/dv[t], ref = delta[t+1]) have one shape: one layer at one
     timestep. betas: [K] widths (tensor or sequence). Returns float64 ``CandidateStats``.
     """
-    betas, hard_reset = _check_args(u, grad_s, betas, surrogate, carry, ref, v_th, h, reset, v_reset, detach_reset)
+    betas, step = _check_args(u, grad_s, betas, surrogate=surrogate, carry=carry, ref=ref, v_th=v_th, h=h,
+                              reset=reset, v_reset=v_reset, detach_reset=detach_reset)
     backend = resolve_backend(backend, u)
     flat = [None if t is None else t.detach().reshape(-1).contiguous() for t in (u, grad_s, carry, ref)]
-    return CANDIDATE_STATS[backend](*flat, betas, SURROGATES.index(surrogate), float(v_th), float(v_th), hard_reset,
-                                    float(v_reset), detach_reset, float(h))
+    return CANDIDATE_STATS[backend](*flat, betas, step, th_offset=step.v_th)

@@ -15,21 +15,13 @@ say how to recompute a LIF's input, ``RecomputedLIF`` and the public ``lif_recom
 """
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
-from .lif import (
-    LIF_FWD,
-    _check_lif_args,
-    dense_order,
-    from_flat,
-    launch_config,
-    lif_bwd_dispatch,
-    lif_multistep_ref,
-    to_flat,
-)
-from .surrogate import SURROGATES
+from ._neuron import dense_order, from_flat, launch_config, run_backward, to_flat
+from .lif import LIF, LIF_FWD, LIFParams, lif_multistep_ref
 from .backend import HAS_TRITON, math_dtype, resolve_backend
 
 if HAS_TRITON:
@@ -199,27 +191,40 @@ def _fused_tdbn(recipe):
 # ---------------------------------------------------------------------------------------------
 
 
-def tdbn_lif_bwd(y, mean, scale, bias, grad_spikes, beta, channel_div, C, surrogate_id, decay, input_scale, v_th,
-                 hard_reset, v_reset, detach_reset, h, save_dtype, backward):
-    """y [T, N] in the LIF's neuron order -> d [T, N] (save_dtype), and with ``backward`` also
-    grad_x [T, N] (grad_spikes' dtype) of the LIF backward on it (else None)."""
+def tdbn_lif_bwd(y, channels, grad_spikes, beta, p: LIFParams, *, channel_div, save_dtype, backward):
+    """y [T, N] in the LIF's neuron order, channels = (mean, scale, bias) [C] -> d [T, N] (save_dtype),
+    and with ``backward`` also grad_x [T, N] (grad_spikes' dtype) of the LIF backward on it (else
+    None). Neuron n's channel is (n // channel_div) % C."""
     T, N = y.shape
     d = torch.empty((T, N), dtype=save_dtype, device=y.device)
     grad_x = torch.empty_like(grad_spikes) if backward else None
-    if not backward:  # the recompute alone reads neither: one variant per reset
-        surrogate_id, detach_reset = 0, False
+    # the recompute alone reads neither the surrogate nor detach_reset: one variant per reset
+    surrogate_id, detach_reset = (p.surrogate_id, p.detach_reset) if backward else (0, False)
     if N > 0:
         block, warps = launch_config(N, y.device)
         tdbn_lif_bwd_kernel[(triton.cdiv(N, block),)](
-            y, *_kernel_channels(mean, scale, bias), grad_spikes if backward else y, beta, d,
-            grad_x if backward else d, N, T, C, channel_div, (T - 1) * N, decay, input_scale, v_th, v_reset, h,
-            SURROGATE=surrogate_id, HARD_RESET=hard_reset, DETACH_RESET=detach_reset, BACKWARD=backward,
+            y, *_kernel_channels(*channels), grad_spikes if backward else y, beta, d,
+            grad_x if backward else d, N, T, channels[0].numel(), channel_div, (T - 1) * N, p.decay, p.input_scale,
+            p.v_th, p.v_reset, p.h,
+            SURROGATE=surrogate_id, HARD_RESET=p.hard_reset, DETACH_RESET=detach_reset, BACKWARD=backward,
             BLOCK=block, num_warps=warps,
         )
     return d, grad_x
 
 
-N_FIXED = 10  # RecomputedLIF.forward's arguments before the recipe's tensors
+class RecomputePlan(NamedTuple):
+    """How ``RecomputedLIF`` runs: x's layout, the LIF's constants and the op's options."""
+
+    order: tuple[int, ...]
+    x_shape: tuple[int, ...]
+    params: LIFParams
+    save_dtype: torch.dtype
+    backend: str
+    search_key: int
+    fused: bool  # tdBN, the LIF forward and its backward in one Triton pass (tdbn_lif_bwd)
+
+
+N_FIXED = 4  # RecomputedLIF.forward's arguments before the recipe's tensors
 
 
 class RecomputedLIF(torch.autograd.Function):
@@ -227,58 +232,50 @@ class RecomputedLIF(torch.autograd.Function):
     the LIF backward (or the armed A²SG search) and the recipe's backward. Keeps no [T, N] d."""
 
     @staticmethod
-    def forward(ctx, x_flat, beta, recipe, order, x_shape, params, save_dtype, backend, search_key, fused, *tensors):
-        _, decay, input_scale, v_th, hard_reset, v_reset, _, _ = params
-        spikes, _, _ = LIF_FWD[backend](x_flat, None, decay, input_scale, v_th, hard_reset, v_reset, False, save_dtype)
+    def forward(ctx, x_flat, beta, recipe, plan, *tensors):
+        spikes, _, _ = LIF_FWD[plan.backend](x_flat, None, plan.params, False, plan.save_dtype)
         ctx.save_for_backward(beta, *tensors)
-        ctx.recipe, ctx.order, ctx.x_shape, ctx.params = recipe, order, x_shape, params
-        ctx.save_dtype, ctx.backend, ctx.search_key, ctx.fused = save_dtype, backend, search_key, fused
+        ctx.recipe, ctx.plan = recipe, plan
         return spikes
 
     @staticmethod
     def backward(ctx, grad_spikes):
         beta, *tensors = ctx.saved_tensors
         grad_spikes = grad_spikes.contiguous()
-        surrogate_id, decay, input_scale, v_th, hard_reset, v_reset, detach_reset, h = ctx.params
+        plan = ctx.plan
         grad_x = None
-        if ctx.fused:
+        if plan.fused:
             _, channel_dim = _fused_tdbn(ctx.recipe)
             y, _, bias, mean, _, scale = tensors
-            y_flat = to_flat(y.unflatten(0, ctx.x_shape[:2]) if channel_dim == 2 else y, ctx.order)
-            position = ctx.order.index(channel_dim)
-            channel_div = math.prod(ctx.x_shape[dim] for dim in ctx.order[position + 1:])
-            d, grad_x = tdbn_lif_bwd(y_flat, mean, scale, bias, grad_spikes, beta, channel_div,
-                                     ctx.x_shape[channel_dim], *ctx.params, ctx.save_dtype,
-                                     backward=ctx.search_key < 0)
+            y_flat = to_flat(y.unflatten(0, plan.x_shape[:2]) if channel_dim == 2 else y, plan.order)
+            position = plan.order.index(channel_dim)
+            channel_div = math.prod(plan.x_shape[dim] for dim in plan.order[position + 1:])
+            d, grad_x = tdbn_lif_bwd(y_flat, (mean, scale, bias), grad_spikes, beta, plan.params,
+                                     channel_div=channel_div, save_dtype=plan.save_dtype,
+                                     backward=plan.search_key < 0)
         else:
-            x_flat = to_flat(ctx.recipe.recompute(tensors), ctx.order)
-            _, d, _ = LIF_FWD[ctx.backend](x_flat, None, decay, input_scale, v_th, hard_reset, v_reset, False,
-                                           ctx.save_dtype)
+            x_flat = to_flat(ctx.recipe.recompute(tensors), plan.order)
+            _, d, _ = LIF_FWD[plan.backend](x_flat, None, plan.params, False, plan.save_dtype)
         if grad_x is None:
-            args = (grad_spikes, d, beta, None, *ctx.params, False, ctx.backend)
-            grad_x, _ = lif_bwd_dispatch(args, ctx.search_key, eager=True)
+            grad_x, _ = run_backward(LIF, (grad_spikes, d, beta, None), plan.params, need_grad_v0=False,
+                                     backend=plan.backend, search_key=plan.search_key, eager=True)
         del d
-        grads = ctx.recipe.backward(from_flat(grad_x, ctx.x_shape, ctx.order), tensors,
+        grads = ctx.recipe.backward(from_flat(grad_x, plan.x_shape, plan.order), tensors,
                                     ctx.needs_input_grad[N_FIXED:])
         return (*([None] * N_FIXED), *grads)
 
 
-def lif_recomputed(x, recipe, tensors, beta, surrogate="box", *, decay=0.5, input_scale=0.5, v_th=1.0, reset="soft",
-                   v_reset=0.0, detach_reset=False, h=0.5, backend="auto", save_dtype=None, _search_key=-1):
-    """``lif_multistep(x, beta, surrogate, ...)`` (no v0, no v_T) for an x that ``recipe`` recomputes
-    from ``tensors``, which backward keeps instead of u - v_th; gradients flow to ``tensors``.
+def lif_recomputed(x, recipe, tensors, beta, p: LIFParams, *, backend, save_dtype=None, search_key=-1):
+    """The LIF op (no v0, no v_T) on checked arguments (``check_lif_args``) for an x that ``recipe``
+    recomputes from ``tensors``, which backward keeps instead of u - v_th; gradients flow to
+    ``tensors``. ``backend`` is resolved ("auto" is not); ``search_key`` >= 0 arms the layer's search.
 
     ``recipe.recompute(tensors)`` must give x bit for bit (the recipes here use the forward's own
     functions). ``save_dtype`` is the dtype d takes in backward, as the plain op would have saved it.
     """
-    beta, hard_reset = _check_lif_args(x, beta, surrogate, decay, input_scale, v_th, reset, v_reset, detach_reset,
-                                       h, None, False, save_dtype)
-    backend = resolve_backend(backend, x)
     order = dense_order(x)
     tdbn, _ = _fused_tdbn(recipe)
     fused = tdbn is not None and tdbn.backend == "triton" and backend == "triton"
-    params = (SURROGATES.index(surrogate), float(decay), float(input_scale), float(v_th), hard_reset, float(v_reset),
-              detach_reset, float(h))
-    spikes = RecomputedLIF.apply(to_flat(x.detach(), order), beta, recipe, order, tuple(x.shape), params,
-                                 save_dtype or math_dtype(x.dtype), backend, _search_key, fused, *tensors)
+    plan = RecomputePlan(order, tuple(x.shape), p, save_dtype or math_dtype(x.dtype), backend, search_key, fused)
+    spikes = RecomputedLIF.apply(to_flat(x.detach(), order), beta, recipe, plan, *tensors)
     return from_flat(spikes, x.shape, order)

@@ -1,7 +1,9 @@
 """The A²SG controller: searches every LIF, PLIF and I-LIF layer's widths inside its own backward (Alg. A1).
 
 At an armed iteration each ``nn.LIF`` layer's backward runs ``a2sg_triton::lif_bwd_search``
-instead of the plain LIF backward. Autograd reaches the layers top-down, as Alg. A1 needs. For
+instead of the plain LIF backward (each neuron owns its searching op; they find this controller in
+the search-site registry, ``a2sg_triton.ops.search_sites``, and call ``search_backward`` or
+``search_levels_backward``). Autograd reaches the layers top-down, as Alg. A1 needs. For
 t = T-1 ... 0 the op evaluates the candidate widths with the fused statistics kernel, lets
 ``search_beta`` choose beta_t, computes delta[t] with it (the TGC reference and the carry for t-1)
 and so produces this iteration's gradients with the new betas, which it then writes into the
@@ -11,37 +13,30 @@ timestep's part (``A2SG.search_levels_backward``).
 """
 
 import csv
-import inspect
 import io
 import itertools
 import json
 import os
 import time
 import weakref
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 
-from ..ops.ilif import ILIF_BWD, ilif_bwd_fake
-from ..ops.lif import lif_bwd_fake
-from ..ops.plif import PLIF_BWD, plif_bwd_fake
-from ..ops.stats import CANDIDATE_STATS, DELTA_STATS
-from ..nn import SEARCH_SITES, SearchedNeuron, register_search_site, search_site_owner
-from .bo import GPState, SearchConfig, search_beta
 from ..files import atomic_write
+from ..nn import SearchedNeuron, unwrap_model
 from ..ops.backend import math_dtype
-from ..nn import unwrap_model
+from ..ops.ilif import ILIFParams
+from ..ops.lif import LIFParams, StepParams, step_params
+from ..ops.search_sites import forget_search_sites, register_search_site, search_site_owner
+from ..ops.stats import CANDIDATE_STATS, DELTA_STATS
+from .bo import GPState, SearchConfig, search_beta
 
 ADAPT_MODES = ("none", "spatial", "temporal", "spatiotemporal")
 HISTORY_FIELDS = ("epoch", "layer", "t", "level", "metric", "beta", "previous_beta", "best_beta", "best_value",
                   "metric_at_beta", "predicted", "fell_back", "flat", "gp_seconds", "seconds")
 
 _next_key = itertools.count()
-
-
-def _forget_sites(keys):
-    for key in keys:
-        SEARCH_SITES.pop(key, None)
 
 
 class A2SG:
@@ -60,8 +55,10 @@ class A2SG:
     controller of the same layer refuses to arm it.
     """
 
-    def __init__(self, model, adapt="spatiotemporal", strategy="bo", n_obs=100, n_eval=150, radius=0.05,
-                 beta_range=(0.05, 1.0), every=1, seed=0, *, gp_fit=None, process_group=None):
+    def __init__(self, model: torch.nn.Module, *, adapt: str = "spatiotemporal", strategy: str = "bo",
+                 n_obs: int = 100, n_eval: int = 150, radius: float = 0.05,
+                 beta_range: tuple[float, float] = (0.05, 1.0), every: int = 1, seed: int = 0,
+                 gp_fit: Optional[str] = None, process_group: Optional[Any] = None):
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if not isinstance(adapt, str) or adapt not in ADAPT_MODES:
@@ -85,7 +82,7 @@ class A2SG:
         keys = [next(_next_key) for _ in self.layers]
         for key, (name, layer) in zip(keys, self.layers.items()):
             register_search_site(key, self, name, layer)
-        weakref.finalize(self, _forget_sites, keys)
+        weakref.finalize(self, forget_search_sites, keys)
         self.generator = torch.Generator().manual_seed(seed)
         # one GP per searched width: (name, t) for a [T] beta, (name, t, level - 1) for I-LIF's [T, D]
         self.gp_states = {(name, *index): GPState() for name, layer in self.layers.items()
@@ -148,7 +145,7 @@ class A2SG:
     def _check_ownership(self):
         for name, layer in self.layers.items():
             owner = search_site_owner(layer.search_key)
-            if owner is None or owner[0] is not self or owner[2] is not layer:
+            if owner is None or owner.controller is not self or owner.layer is not layer:
                 raise RuntimeError(f"layer {name!r} is now adapted by another A2SG controller (one created "
                                    "for this model later); use that controller")
 
@@ -169,9 +166,13 @@ class A2SG:
 
     # -- the search backward ------------------------------------------------------------------
 
-    def search_backward(self, name, grad_spikes, d, beta, grad_v_last, surrogate_id, decay, input_scale, v_th,
-                        hard_reset, v_reset, detach_reset, h, need_grad_v0, backend):
+    def search_backward(self, name: str, grad_spikes: torch.Tensor, d: torch.Tensor, beta: torch.Tensor,
+                        grad_v_last: Optional[torch.Tensor], p: LIFParams, *, need_grad_v0: bool,
+                        backend: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Alg. A1 for one layer: per t (top-down in time) search beta_t, then delta[t] with it.
+
+        The arguments are the LIF backward op's (``p.decay`` may be a 0-d tensor: PLIF's 1 - k); returns
+        (grad_x [T, N], grad_v0 [N] or [0]) with the chosen widths, which are written into the layer.
 
         One host sync per searched (layer, t): the candidates' metric values (search_beta needs
         them on the host). delta[t] for the chosen width comes from one fused pass
@@ -181,12 +182,12 @@ class A2SG:
         T, N = grad_spikes.shape
         if N == 0:  # no neuron (an empty batch): no statistics, nothing to search
             return torch.empty_like(grad_spikes), grad_spikes.new_empty((0,), dtype=math_dtype(grad_spikes.dtype))
-        site = _SiteSearch(self, name, beta, surrogate_id, v_th, hard_reset, v_reset, detach_reset, h, input_scale,
-                           backend)
+        site = _SiteSearch(self, name, beta, step_params(p), p.input_scale, backend)
+        decay = p.decay
         grad_x = torch.empty_like(grad_spikes)
         carry, carry_scale, ref = grad_v_last, 1.0, None  # the carry is carry_scale * carry = decay * delta[t+1]
         for t in reversed(range(T)):
-            delta = site.search((t,), d[t], grad_spikes[t], carry, carry_scale, ref, 0.0, grad_x[t])
+            delta = site.search((t,), d[t], grad_spikes[t], carry, ref, grad_x[t], carry_scale=carry_scale)
             # A tensor decay (PLIF's 1 - k, never read on the host) scales the carry itself: the kernels
             # take the scale as a host scalar.
             carry, carry_scale, ref = (decay * delta, 1.0, delta) if isinstance(decay, torch.Tensor) else (
@@ -195,8 +196,8 @@ class A2SG:
         grad_v0 = decay * carry if need_grad_v0 else carry.new_empty(0)
         return grad_x, grad_v0
 
-    def search_levels_backward(self, name, grad_counts, u, beta, grad_v_last, surrogate_id, levels, decay, v_th,
-                               detach_reset, h, backend):
+    def search_levels_backward(self, name: str, grad_counts: torch.Tensor, u: torch.Tensor, beta: torch.Tensor,
+                               grad_v_last: Optional[torch.Tensor], p: ILIFParams, *, backend: str) -> None:
         """The I-LIF search (docs/neurons.md): the level plays the timestep's part. Sites are visited
         t = T-1 ... 0 and, within t, level i = D ... 1; site (t, i) searches beta[t, i-1] on
         delta_i[t], the local gradient with the window of level i alone (threshold offset
@@ -206,18 +207,19 @@ class A2SG:
         T, N = grad_counts.shape
         if N == 0:
             return
-        site = _SiteSearch(self, name, beta, surrogate_id, v_th, False, 0.0, detach_reset, h, 1.0, backend)
+        step = StepParams(p.surrogate_id, p.v_th, False, 0.0, p.detach_reset, p.h)
+        site = _SiteSearch(self, name, beta, step, 1.0, backend)
         scratch = torch.empty_like(grad_counts[0])  # the statistics pass writes a gradient nobody reads
         carry, ref = grad_v_last, None
         for t in reversed(range(T)):
-            carry_scale = 1.0 if t == T - 1 else decay
+            carry_scale = 1.0 if t == T - 1 else p.decay
             delta = None
-            for level in range(levels, 0, -1):
-                ref = site.search((t, level - 1), u[t], grad_counts[t], carry, carry_scale, ref,
-                                  (level - 0.5) * v_th, scratch)
+            for level in range(p.levels, 0, -1):
+                ref = site.search((t, level - 1), u[t], grad_counts[t], carry, ref, scratch, carry_scale=carry_scale,
+                                  th_offset=(level - 0.5) * p.v_th)
                 delta = ref if delta is None else delta + ref
-            if carry is not None and levels > 1:
-                delta = delta - ((levels - 1) * carry_scale) * carry.to(delta.dtype)
+            if carry is not None and p.levels > 1:
+                delta = delta - ((p.levels - 1) * carry_scale) * carry.to(delta.dtype)
             carry = delta
         site.write_betas()
 
@@ -287,18 +289,16 @@ class _SiteSearch:
     """One layer's armed backward, one search site at a time: the chosen widths gather in a copy of
     beta on the device and reach the layer's buffer at the end (``write_betas``)."""
 
-    def __init__(self, controller, name, beta, surrogate_id, v_th, hard_reset, v_reset, detach_reset, h,
-                 input_scale, backend):
+    def __init__(self, controller, name, beta, step: StepParams, input_scale, backend):
         self.controller, self.name, self.layer = controller, name, controller.layers[name]
         self.old_beta = beta.detach()
         self.new_beta = self.old_beta.clone()  # chosen widths are written in on the device, no host round trip
         self.stats_fn, self.step_fn = CANDIDATE_STATS[backend], DELTA_STATS[backend]
-        self.neuron = (v_th, hard_reset, v_reset, detach_reset, h)
-        self.surrogate_id, self.input_scale = surrogate_id, input_scale
+        self.step, self.input_scale = step, input_scale
         self.distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
         self.first = True
 
-    def search(self, index, u, grad_s, carry, carry_scale, ref, th_offset, grad_x):
+    def search(self, index, u, grad_s, carry, ref, grad_x, *, carry_scale, th_offset=0.0):
         """Searches the width beta[index] (index (t,) or (t, level - 1)) on the local gradient of the
         window centred at u = th_offset (LIF passes d = u - v_th and 0; I-LIF u and (i - 1/2) v_th),
         unless the mode keeps it; returns that local gradient with the width now chosen (and writes
@@ -307,14 +307,13 @@ class _SiteSearch:
         metric = controller._metric(self.first)
         self.first = False
         tgc = metric == "tgc"
-        v_th, hard_reset, v_reset, detach_reset, h = self.neuron
         row = None
         if metric is not None:
             start = time.perf_counter()
 
             def evaluate(betas):
-                stats = self.stats_fn(u, grad_s, carry, ref if tgc else None, betas, self.surrogate_id, th_offset, v_th,
-                                      hard_reset, v_reset, detach_reset, h, carry_scale=carry_scale)
+                stats = self.stats_fn(u, grad_s, carry, ref if tgc else None, betas, self.step, th_offset=th_offset,
+                                      carry_scale=carry_scale)
                 if self.distributed:
                     stats.all_reduce(controller.process_group)
                 return controller._fetch(stats.tgc() if tgc else stats.sgv())
@@ -328,9 +327,8 @@ class _SiteSearch:
                    "previous_beta": None, "best_beta": result.best_beta, "best_value": result.best_value,
                    "metric_at_beta": None, "predicted": result.predicted, "fell_back": result.fell_back,
                    "flat": result.flat, "gp_seconds": result.gp_seconds}
-        delta, stats = self.step_fn(u, grad_s, carry, carry_scale, ref if tgc else None,
-                                    self.new_beta[index].reshape(1), self.surrogate_id, v_th, hard_reset, v_reset,
-                                    detach_reset, h, self.input_scale, grad_x, th_offset)
+        delta, stats = self.step_fn(u, grad_s, carry, ref if tgc else None, self.new_beta[index].reshape(1), self.step,
+                                    grad_x, carry_scale=carry_scale, th_offset=th_offset, input_scale=self.input_scale)
         if row is not None:
             if self.distributed:
                 stats.all_reduce(controller.process_group)
@@ -361,80 +359,3 @@ def _plain_names(state):
     state["gp_states"] = {_plain_name(name): value for name, value in state["gp_states"].items()}
     state["history"] = [dict(row, layer=_plain_name(row["layer"])) for row in state["history"]]
     return state
-
-
-def _controller_for(search_key):
-    owner = search_site_owner(search_key)
-    if owner is None:
-        raise RuntimeError(f"no live A2SG controller for search key {search_key}: keep the controller alive "
-                           "while the model trains")
-    return owner[0], owner[1]
-
-
-# The searching op waits on the host (search_beta needs each evaluation's values there), so it must
-# never be captured into a CUDA graph: tagged cudagraph_unsafe, torch.compile's CUDA graphs
-# (mode="reduce-overhead") partition around it or skip the graph that holds it. Torch versions
-# without the tag cannot be told: do not capture an armed iteration yourself there (docs/search.md).
-CUDAGRAPH_UNSAFE = ({"tags": (torch.Tag.cudagraph_unsafe,)} if hasattr(torch.Tag, "cudagraph_unsafe")
-                    and "tags" in inspect.signature(torch.library.custom_op).parameters else {})
-
-
-@torch.library.custom_op("a2sg_triton::lif_bwd_search", mutates_args=(), **CUDAGRAPH_UNSAFE)
-def lif_bwd_search_op(grad_spikes: torch.Tensor, d: torch.Tensor, beta: torch.Tensor,
-                      grad_v_last: Optional[torch.Tensor], surrogate_id: int, decay: float, input_scale: float,
-                      v_th: float, hard_reset: bool, v_reset: float, detach_reset: bool, h: float,
-                      need_grad_v0: bool, backend: str, search_key: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The LIF backward of an armed layer: searches its betas, writes them, returns the gradients."""
-    controller, name = _controller_for(search_key)
-    return controller.search_backward(name, grad_spikes, d, beta, grad_v_last, surrogate_id, decay, input_scale,
-                                      v_th, hard_reset, v_reset, detach_reset, h, need_grad_v0, backend)
-
-
-@lif_bwd_search_op.register_fake
-def _(*args):
-    return lif_bwd_fake(*args[:-1])  # the plain backward's shapes; search_key changes none
-
-
-@torch.library.custom_op("a2sg_triton::plif_bwd_search", mutates_args=(), **CUDAGRAPH_UNSAFE)
-def plif_bwd_search_op(grad_spikes: torch.Tensor, d: torch.Tensor, x: Optional[torch.Tensor], w: torch.Tensor,
-                       v0: Optional[torch.Tensor], beta: torch.Tensor, grad_v_last: Optional[torch.Tensor],
-                       surrogate_id: int, decay_input: bool, v_th: float, hard_reset: bool, v_reset: float,
-                       detach_reset: bool, h: float, need_grad_v0: bool, backend: str, search_key: int
-                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The PLIF backward of an armed layer. The search is LIF's with the current leak, decay = 1 - k
-    on the device (the carry between steps; δ itself does not depend on the input scale), and writes
-    the chosen widths into the layer; the plain PLIF backward then runs with them, which also gives
-    dL/dk (the search's own input gradients are not kept: one extra fused pass per armed iteration)."""
-    controller, name = _controller_for(search_key)
-    decay = 1 - torch.sigmoid(w.to(math_dtype(grad_spikes.dtype)))
-    controller.search_backward(name, grad_spikes, d, beta, grad_v_last, surrogate_id, decay, 1.0, v_th, hard_reset,
-                               v_reset, detach_reset, h, False, backend)
-    beta = controller.layers[name].beta.to(device=beta.device, dtype=beta.dtype)
-    return PLIF_BWD[backend](grad_spikes, d, x, w, v0, beta, grad_v_last, surrogate_id, decay_input, v_th, hard_reset,
-                             v_reset, detach_reset, h, need_grad_v0)
-
-
-@plif_bwd_search_op.register_fake
-def _(*args):
-    return plif_bwd_fake(*args[:-1])  # the plain backward's shapes; search_key changes none
-
-
-@torch.library.custom_op("a2sg_triton::ilif_bwd_search", mutates_args=(), **CUDAGRAPH_UNSAFE)
-def ilif_bwd_search_op(grad_counts: torch.Tensor, u: torch.Tensor, beta: torch.Tensor,
-                       grad_v_last: Optional[torch.Tensor], surrogate_id: int, levels: int, decay: float,
-                       input_scale: float, v_th: float, detach_reset: bool, h: float, need_grad_v0: bool, backend: str,
-                       search_key: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The I-LIF backward of an armed layer: searches its [T, D] widths site by site
-    (``A2SG.search_levels_backward``), writes them into the layer, then runs the plain I-LIF backward
-    with them (one extra fused pass per armed iteration, as for PLIF)."""
-    controller, name = _controller_for(search_key)
-    controller.search_levels_backward(name, grad_counts, u, beta, grad_v_last, surrogate_id, levels, decay, v_th,
-                                      detach_reset, h, backend)
-    beta = controller.layers[name].beta.to(device=beta.device, dtype=beta.dtype)
-    return ILIF_BWD[backend](grad_counts, u, beta, grad_v_last, surrogate_id, levels, decay, input_scale, v_th,
-                             detach_reset, h, need_grad_v0)
-
-
-@ilif_bwd_search_op.register_fake
-def _(*args):
-    return ilif_bwd_fake(*args[:-1])  # the plain backward's shapes; search_key changes none
