@@ -105,7 +105,7 @@ class SearchedNeuron(torch.nn.Module):
         out = self._multistep(x, v0, streaming, search_key)
         context = None if is_compiling() else memory.active()
         if context is not None and self.binary:  # spikes kept as bits where a later layer saves them
-            context.mark_spikes(out[0] if streaming else out)
+            context.mark_spikes(out[0] if isinstance(out, tuple) else out)
         if not streaming:
             return out
         if self.stateful:

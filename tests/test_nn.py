@@ -1,11 +1,12 @@
-"""nn.LIF, torch.compile without graph breaks, and torch.library.opcheck of the registered ops."""
+"""nn.LIF (and the options PLIF and ILIF share with it), torch.compile without graph breaks, and
+torch.library.opcheck of the registered ops."""
 
 import pytest
 import torch
 
 import a2sg_triton
 from a2sg_triton.ops.lif import lif_bwd_op, lif_fwd_op
-from a2sg_triton.nn import LIF
+from a2sg_triton.nn import ILIF, LIF, PLIF
 from helpers import KERNEL_DEVICE, assert_compiled_matches_eager, outputs_and_grads
 
 
@@ -210,3 +211,68 @@ def test_beta_init_tensor_is_copied():
     with torch.no_grad():
         lif.beta.fill_(0.9)
     assert torch.equal(init, torch.tensor([0.3, 0.4, 0.5]))
+
+
+# PLIF and I-LIF layers take LIF's streaming and save_dtype options: each kind's layer and the op it
+# runs, called with the layer's own constants.
+OTHER_NEURONS = {
+    "plif": (lambda T, **options: PLIF(T, "tri", init_tau=3.0, **options),
+             lambda layer, x, beta, **options: a2sg_triton.plif_multistep(x, layer.w, beta, "tri", **options)),
+    "ilif": (lambda T, **options: ILIF(T, "tri", levels=3, v_th=0.8, **options),
+             lambda layer, x, beta, **options: a2sg_triton.ilif_multistep(x, beta, "tri", levels=3, v_th=0.8,
+                                                                          **options)),
+}
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("kind", sorted(OTHER_NEURONS))
+def test_plif_and_ilif_stream_like_lif(kind, backend):
+    """Two chunks through a stateful PLIF or I-LIF layer = the op over both: outputs exactly, the
+    gradients of x (and of PLIF's w) within fp32 rounding."""
+    make, op = OTHER_NEURONS[kind]
+    device = KERNEL_DEVICE if backend == "triton" else "cpu"
+    layer = make(3, backend=backend, stateful=True).to(device)
+    layer.beta.copy_(torch.linspace(0.3, 0.7, layer.beta.numel()).reshape(layer.beta.shape))
+    x = (2 * torch.randn(6, 4, 7, generator=torch.Generator().manual_seed(0))).to(device)
+    w = torch.randn(6, 4, 7, generator=torch.Generator().manual_seed(1)).to(device)
+    x_long, x_stream = x.clone().requires_grad_(), x.clone().requires_grad_()
+    long = op(layer, x_long, layer.beta.repeat(2, *([1] * (layer.beta.dim() - 1))), backend=backend)
+    (long * w).sum().backward()
+    grad_w_long = None if kind == "ilif" else layer.w.grad.clone()
+    if kind == "plif":
+        layer.w.grad = None
+    stream = torch.cat([layer(x_stream[:3]), layer(x_stream[3:])])
+    (stream * w).sum().backward()
+    assert long.sum() > 0 and torch.equal(stream, long)
+    torch.testing.assert_close(x_stream.grad, x_long.grad, rtol=1e-6, atol=1e-6)
+    if kind == "plif":
+        torch.testing.assert_close(layer.w.grad, grad_w_long, rtol=1e-5, atol=1e-6)
+    assert layer.state.dtype == torch.float32 and layer.state.shape == (4, 7)
+    layer.reset_state()
+    assert torch.equal(layer(x[:3]), long[:3])  # from v = 0 again
+    with pytest.raises(ValueError, match="reset_state"):
+        layer(torch.randn(3, 5, device=device))
+
+
+@pytest.mark.parametrize("kind", sorted(OTHER_NEURONS))
+def test_plif_and_ilif_take_save_dtype_and_return_v(kind):
+    """save_dtype reaches the op (backward keeps a bf16 tensor) and return_v returns v_T: the layer
+    equals its op called with the same options, outputs and gradients exactly."""
+    make, op = OTHER_NEURONS[kind]
+    layer = make(4, return_v=True, save_dtype=torch.bfloat16, backend="torch")
+    x = (2 * torch.randn(4, 3, 9, generator=torch.Generator().manual_seed(2))).requires_grad_()
+    x_op = x.detach().clone().requires_grad_()
+    saved_dtypes = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved_dtypes.append(t.dtype) or t, lambda t: t):
+        out, v = layer(x)
+    want, want_v = op(layer, x_op, layer.beta, return_v=True, save_dtype=torch.bfloat16, backend="torch")
+    assert torch.bfloat16 in saved_dtypes and v.dtype == torch.float32 and v.shape == (3, 9)
+    assert torch.equal(out, want) and torch.equal(v, want_v)
+    (out.sum() + v.sum()).backward()
+    (want.sum() + want_v.sum()).backward()
+    assert x.grad.abs().sum() > 0 and torch.equal(x.grad, x_op.grad)
+    assert "save_dtype=torch.bfloat16" in repr(layer) and "return_v=True" in repr(layer)
+    with pytest.raises(ValueError, match="save_dtype"):
+        make(4, save_dtype=torch.float16)
+    with pytest.raises(TypeError, match="stateful must be a bool"):
+        make(4, stateful=1)

@@ -20,11 +20,17 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence, Union
 
 import torch
 
-from .backend import is_compiling, math_dtype
+from .backend import HAS_TRITON, compiled_variant, is_compiling, math_dtype
+
+if HAS_TRITON:
+    import triton
+
+NeuronOutputs = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # a forward's (out, saved, v_last)
+InputGrads = tuple[torch.Tensor, torch.Tensor]  # a backward's (grad_x, grad_v0)
 
 # (neurons per program, warps): large blocks stream best once every SM has a few programs; below
 # that, smaller blocks keep more SMs busy. A heuristic from the SM count, not yet measured on a GPU.
@@ -41,10 +47,54 @@ def launch_config(N: int, device: torch.device) -> tuple[int, int]:
     return BLOCK_SIZES[-1]
 
 
+def launch_over_neurons(kernel: Any, N: int, device: torch.device, *args: Any, **flags: Any) -> None:
+    """Launches a neuron kernel over N neurons, one program per block of ``launch_config(N)``, with
+    ``args`` and the constexpr ``flags``; nothing for N = 0."""
+    if N > 0:
+        block, warps = launch_config(N, device)
+        kernel[(triton.cdiv(N, block),)](*args, **flags, BLOCK=block, num_warps=warps)
+
+
 def _sm_count(device: torch.device) -> int:
     if device.type != "cuda":
         return 1  # the interpreter: any block works
     return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def forward_outputs(x: torch.Tensor, return_v: bool, save_dtype: torch.dtype) -> NeuronOutputs:
+    """The buffers a neuron's forward launcher fills, for x [T, N]: the output [T, N] (x.dtype), the
+    tensor saved for backward [T, N] (save_dtype) and v_last [N], or [0] without ``return_v`` (fp32)."""
+    T, N = x.shape
+    return (torch.empty_like(x), torch.empty((T, N), dtype=save_dtype, device=x.device),
+            torch.empty((N if return_v else 0,), dtype=torch.float32, device=x.device))
+
+
+def backward_through_time(delta_at: Callable[[int, torch.Tensor], torch.Tensor], grad_out: torch.Tensor,
+                          grad_v_last: Optional[torch.Tensor], decay: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """The eager backward's recursion (docs/math.md) for t = T-1 ... 0: delta[t] = delta_at(t, c[t]),
+    c[T-1] = grad_v_last (or 0), c[t-1] = decay delta[t]. Returns (delta [T, N], dL/dv0 = decay delta[0])
+    in the math dtype of grad_out [T, N]; the carries never leave the device."""
+    dtype = math_dtype(grad_out.dtype)
+    carry = torch.zeros_like(grad_out[0], dtype=dtype) if grad_v_last is None else grad_v_last.to(dtype)
+    deltas = []
+    for t in reversed(range(grad_out.shape[0])):
+        deltas.append(delta_at(t, carry))
+        carry = decay * deltas[-1]
+    return torch.stack(deltas[::-1]), carry
+
+
+def compiled_backend(eager: Callable[..., Any]) -> Callable[..., Any]:
+    """``eager`` (a neuron's forward or backward in torch ops) as the inductor backend: compiled once
+    per variant, the variant being T and every argument but the tensors' sizes (a tensor's dtype,
+    None for an absent one); see ``backend.compiled_variant``."""
+
+    def run(*args: Any, **options: Any) -> Any:
+        key = (args[0].shape[0], *(a.dtype if isinstance(a, torch.Tensor) else a for a in args),
+               *sorted(options.items()))
+        return compiled_variant(eager, *key, numel=args[0].numel())(*args, **options)
+
+    run.__name__ = run.__qualname__ = f"{eager.__name__}_inductor"
+    return run
 
 
 # ---------------------------------------------------------------------------------------------
@@ -59,7 +109,7 @@ def dense_order(x: torch.Tensor) -> tuple[int, ...]:
     plain = tuple(range(1, x.dim()))
     if x.is_contiguous():
         return plain
-    order = tuple(sorted(plain, key=lambda i: -x.stride(i)))
+    order = tuple(sorted(plain, key=lambda i: -x.stride()[i]))
     return order if x.permute(0, *order).is_contiguous() else plain
 
 
@@ -137,7 +187,8 @@ class Flags(NamedTuple):
 
 def apply_neuron(neuron: Neuron, x: torch.Tensor, weights: Sequence[torch.Tensor], beta: torch.Tensor,
                  v0: Optional[torch.Tensor], params: NamedTuple, *, return_v: bool = False,
-                 save_dtype: Optional[torch.dtype] = None, backend: str, search_key: int = -1):
+                 save_dtype: Optional[torch.dtype] = None, backend: str,
+                 search_key: int = -1) -> Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
     """Runs ``neuron`` on checked arguments: x [T, *], beta as the op takes it, v0 [*] or None.
 
     Returns the output [T, *] (x.dtype), or (output, v_T [*]) with ``return_v``. Eager calls run

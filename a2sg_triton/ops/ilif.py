@@ -16,20 +16,29 @@ derivative 1 - v_th F depend on u alone. beta is a [T, D] tensor, read by the ke
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import Any, NamedTuple, Optional, Sequence, Union
 
 import torch
+from torch import Tensor
 
-from ._neuron import Neuron, apply_neuron, launch_config, neuron_membrane
-from .backend import HAS_TRITON, compiled_variant, math_dtype, resolve_backend
+from ._neuron import (
+    InputGrads,
+    NeuronOutputs,
+    Neuron,
+    apply_neuron,
+    backward_through_time,
+    compiled_backend,
+    forward_outputs,
+    launch_over_neurons,
+    neuron_membrane,
+)
+from .backend import HAS_TRITON, math_dtype, resolve_backend
 from .checks import check_beta, check_real
 from .lif import Beta, check_lif_args, lif_local_grad
 from .search_sites import CUDAGRAPH_UNSAFE, search_site
 from .surrogate import SURROGATES, surrogate_grad
 
 if HAS_TRITON:
-    import triton
-
     from ..kernels.ilif import ilif_bwd_kernel, ilif_fwd_kernel
 
 
@@ -53,8 +62,8 @@ def check_ilif_args(x: torch.Tensor, beta: Beta, *, surrogate: str, levels: int,
                           v_reset=0.0, detach_reset=detach_reset, h=h, v0=v0, return_v=return_v,
                           save_dtype=save_dtype)
     check_ilif_constants(levels, v_th)
-    beta = check_beta(beta, x.shape[0], x.device, math_dtype(x.dtype), levels=levels)
-    return beta, ILIFParams(p.surrogate_id, levels, p.decay, p.input_scale, p.v_th, p.detach_reset, p.h)
+    widths = check_beta(beta, x.shape[0], x.device, math_dtype(x.dtype), levels=levels)
+    return widths, ILIFParams(p.surrogate_id, levels, float(decay), p.input_scale, p.v_th, p.detach_reset, p.h)
 
 
 def check_ilif_constants(levels: int, v_th: float) -> None:
@@ -67,11 +76,11 @@ def check_ilif_constants(levels: int, v_th: float) -> None:
         raise ValueError(f"v_th must be > 0 (the count is u / v_th), got {v_th}")
 
 
-def level_surrogate_grad(u, beta_t, surrogate: str, levels: int, v_th: float, h: float):
+def level_surrogate_grad(u: Tensor, beta_t: Tensor, surrogate: str, levels: int, v_th: float, h: float) -> Tensor:
     """F(u) = sum_i f(u - theta_i; beta_t[i]), theta_i = (i - 1/2) v_th, i = 1 ... D: the surrogate
     derivative of the count, ``beta_t`` the [D] widths of one timestep."""
-    F = 0.0
-    for i in range(levels):
+    F = surrogate_grad(u, beta_t[0], surrogate, v_th=0.5 * v_th, h=h)
+    for i in range(1, levels):
         F = F + surrogate_grad(u, beta_t[i], surrogate, v_th=(i + 0.5) * v_th, h=h)
     return F
 
@@ -85,13 +94,14 @@ class MultiLevelSurrogate(torch.autograd.Function):
     """q = round(clip(u / v_th, 0, D)) forward, dq/du := F(u) backward."""
 
     @staticmethod
-    def forward(ctx, u, beta_t, surrogate, levels, v_th, h):
+    def forward(ctx: Any, u: Tensor, beta_t: Tensor, surrogate: str, levels: int,  # type: ignore[override]
+                v_th: float, h: float) -> Tensor:
         ctx.save_for_backward(u, beta_t)
         ctx.surrogate, ctx.levels, ctx.v_th, ctx.h = surrogate, levels, v_th, h
         return torch.round(torch.clamp(u / v_th, 0, levels))
 
     @staticmethod
-    def backward(ctx, grad_q):
+    def backward(ctx: Any, grad_q: Tensor) -> tuple:  # type: ignore[override]
         u, beta_t = ctx.saved_tensors
         F = level_surrogate_grad(u, beta_t, ctx.surrogate, ctx.levels, ctx.v_th, ctx.h)
         return grad_q * F, None, None, None, None, None
@@ -99,21 +109,22 @@ class MultiLevelSurrogate(torch.autograd.Function):
 
 def ilif_multistep_ref(x: torch.Tensor, beta: Beta, surrogate: str = "box", *, levels: int = 4, decay: float = 0.25,
                        input_scale: float = 1.0, v_th: float = 1.0, detach_reset: bool = False, h: float = 0.5,
-                       v0: Optional[torch.Tensor] = None, return_v: bool = False):
+                       v0: Optional[torch.Tensor] = None,
+                       return_v: bool = False) -> Union[Tensor, tuple[Tensor, Tensor]]:
     """Readable reference of ``ilif_multistep``: the same arguments but the op's execution options
     (``backend``, ``save_dtype``). Computes in x's dtype, v_T included (use float64 to compare
     against the kernels)."""
-    beta, _ = check_ilif_args(x, beta, surrogate=surrogate, levels=levels, decay=decay, input_scale=input_scale,
-                              v_th=v_th, detach_reset=detach_reset, h=h, v0=v0, return_v=return_v, save_dtype=None)
-    beta = beta.to(x.dtype)
+    widths, _ = check_ilif_args(x, beta, surrogate=surrogate, levels=levels, decay=decay, input_scale=input_scale,
+                                v_th=v_th, detach_reset=detach_reset, h=h, v0=v0, return_v=return_v, save_dtype=None)
+    widths = widths.to(x.dtype)
     v = torch.zeros_like(x[0]) if v0 is None else v0.to(x.dtype)
-    counts = []
+    steps = []
     for t in range(x.shape[0]):
         u = decay * v + input_scale * x[t]
-        q = MultiLevelSurrogate.apply(u, beta[t], surrogate, levels, v_th, h)
+        q = MultiLevelSurrogate.apply(u, widths[t], surrogate, levels, v_th, h)
         v = u - v_th * (q.detach() if detach_reset else q)
-        counts.append(q)
-    counts = torch.stack(counts)
+        steps.append(q)
+    counts = torch.stack(steps)
     return (counts, v) if return_v else counts
 
 
@@ -122,36 +133,33 @@ def ilif_multistep_ref(x: torch.Tensor, beta: Beta, surrogate: str = "box", *, l
 # ---------------------------------------------------------------------------------------------
 
 
-def ilif_fwd(x, v0, p: ILIFParams, return_v: bool, save_dtype: torch.dtype):
+def ilif_fwd(x: Tensor, v0: Optional[Tensor], p: ILIFParams, return_v: bool, save_dtype: torch.dtype) -> NeuronOutputs:
     """x [T, N] contiguous -> q [T, N] (x.dtype), u [T, N] (save_dtype), v_last [N] or [0] (fp32)."""
     T, N = x.shape
-    q = torch.empty_like(x)
-    u = torch.empty((T, N), dtype=save_dtype, device=x.device)
-    v_last = torch.empty((N if return_v else 0,), dtype=torch.float32, device=x.device)
-    if N > 0:
-        block, warps = launch_config(N, x.device)
-        ilif_fwd_kernel[(triton.cdiv(N, block),)](
-            x, v0 if v0 is not None else x, q, u, v_last if return_v else u,
-            N, T, p.levels, p.decay, p.input_scale, p.v_th,
-            HAS_V0=v0 is not None, STORE_V_LAST=return_v, BLOCK=block, num_warps=warps,
-        )
+    q, u, v_last = forward_outputs(x, return_v, save_dtype)
+    launch_over_neurons(
+        ilif_fwd_kernel, N, x.device,
+        x, v0 if v0 is not None else x, q, u, v_last if return_v else u,
+        N, T, p.levels, p.decay, p.input_scale, p.v_th,
+        HAS_V0=v0 is not None, STORE_V_LAST=return_v,
+    )
     return q, u, v_last
 
 
-def ilif_bwd(grad_q, u, beta, grad_v_last, p: ILIFParams, *, need_grad_v0: bool):
+def ilif_bwd(grad_q: Tensor, u: Tensor, beta: Tensor, grad_v_last: Optional[Tensor], p: ILIFParams, *,
+             need_grad_v0: bool) -> InputGrads:
     """beta [T, D] fp32 -> grad_x [T, N] (grad_q.dtype), grad_v0 [N] or [0] (fp32)."""
     T, N = grad_q.shape
     grad_x = torch.empty_like(grad_q)
     grad_v0 = torch.empty((N if need_grad_v0 else 0,), dtype=torch.float32, device=u.device)
-    if N > 0:
-        block, warps = launch_config(N, u.device)
-        ilif_bwd_kernel[(triton.cdiv(N, block),)](
-            grad_q, u, beta, grad_v_last if grad_v_last is not None else u, grad_x,
-            grad_v0 if need_grad_v0 else u,
-            N, T, p.levels, (T - 1) * N, p.decay, p.input_scale, p.v_th, p.h,
-            SURROGATE=p.surrogate_id, DETACH_RESET=p.detach_reset, HAS_GRAD_V_LAST=grad_v_last is not None,
-            STORE_GRAD_V0=need_grad_v0, BLOCK=block, num_warps=warps,
-        )
+    launch_over_neurons(
+        ilif_bwd_kernel, N, u.device,
+        grad_q, u, beta, grad_v_last if grad_v_last is not None else u, grad_x,
+        grad_v0 if need_grad_v0 else u,
+        N, T, p.levels, (T - 1) * N, p.decay, p.input_scale, p.v_th, p.h,
+        SURROGATE=p.surrogate_id, DETACH_RESET=p.detach_reset, HAS_GRAD_V_LAST=grad_v_last is not None,
+        STORE_GRAD_V0=need_grad_v0,
+    )
     return grad_x, grad_v0
 
 
@@ -160,8 +168,9 @@ def ilif_bwd(grad_q, u, beta, grad_v_last, p: ILIFParams, *, need_grad_v0: bool)
 # ---------------------------------------------------------------------------------------------
 
 
-def ilif_fwd_torch(x, v0, p: ILIFParams, return_v: bool, save_dtype: torch.dtype):
-    """The forward in plain torch ops, written so that inductor fuses it (``ilif_fwd_inductor``)."""
+def ilif_fwd_torch(x: Tensor, v0: Optional[Tensor], p: ILIFParams, return_v: bool,
+                   save_dtype: torch.dtype) -> NeuronOutputs:
+    """The forward in plain torch ops, written so that inductor fuses it (the inductor backend)."""
     dtype = math_dtype(x.dtype)
     v = torch.zeros_like(x[0], dtype=dtype) if v0 is None else v0.to(dtype)
     us, counts = [], []
@@ -174,40 +183,24 @@ def ilif_fwd_torch(x, v0, p: ILIFParams, return_v: bool, save_dtype: torch.dtype
     return torch.stack(counts).to(x.dtype), torch.stack(us).to(save_dtype), (v if return_v else v.new_empty(0))
 
 
-def ilif_bwd_torch(grad_q, u, beta, grad_v_last, p: ILIFParams, *, need_grad_v0: bool):
-    """The backward in plain torch ops, written so that inductor fuses it (``ilif_bwd_inductor``):
+def ilif_bwd_torch(grad_q: Tensor, u: Tensor, beta: Tensor, grad_v_last: Optional[Tensor], p: ILIFParams, *,
+                   need_grad_v0: bool) -> InputGrads:
+    """The backward in plain torch ops, written so that inductor fuses it (the inductor backend):
     LIF's soft-reset local gradient with f replaced by F."""
     dtype = math_dtype(grad_q.dtype)
-    carry = torch.zeros_like(grad_q[0], dtype=dtype) if grad_v_last is None else grad_v_last.to(dtype)
-    deltas = []
-    for t in reversed(range(grad_q.shape[0])):
+
+    def delta_at(t: int, carry: Tensor) -> Tensor:
         u_t = u[t].to(dtype)
         F = level_surrogate_grad(u_t, beta[t].to(dtype), SURROGATES[p.surrogate_id], p.levels, p.v_th, p.h)
-        delta = lif_local_grad(u_t, grad_q[t].to(dtype), carry, F, p.v_th, False, 0.0, p.detach_reset)
-        deltas.append(delta)
-        carry = p.decay * delta
-    grad_x = (p.input_scale * torch.stack(deltas[::-1])).to(grad_q.dtype)
-    return grad_x, (carry if need_grad_v0 else carry.new_empty(0))
+        return lif_local_grad(u_t, grad_q[t].to(dtype), carry, F, p.v_th, False, 0.0, p.detach_reset)
+
+    delta, carry = backward_through_time(delta_at, grad_q, grad_v_last, p.decay)
+    return (p.input_scale * delta).to(grad_q.dtype), (carry if need_grad_v0 else carry.new_empty(0))
 
 
-# ---------------------------------------------------------------------------------------------
-# Inductor backend: the eager functions above compiled into fused C++ loops (CPU) once per variant.
-# ---------------------------------------------------------------------------------------------
-
-
-def ilif_fwd_inductor(x, v0, p: ILIFParams, return_v: bool, save_dtype: torch.dtype):
-    fwd = compiled_variant(ilif_fwd_torch, x.shape[0], x.dtype, v0 is None, p, return_v, save_dtype, numel=x.numel())
-    return fwd(x, v0, p, return_v, save_dtype)
-
-
-def ilif_bwd_inductor(grad_q, u, beta, grad_v_last, p: ILIFParams, *, need_grad_v0: bool):
-    bwd = compiled_variant(ilif_bwd_torch, grad_q.shape[0], grad_q.dtype, u.dtype, grad_v_last is None, p,
-                           need_grad_v0, numel=grad_q.numel())
-    return bwd(grad_q, u, beta, grad_v_last, p, need_grad_v0=need_grad_v0)
-
-
-ILIF_FWD = {"triton": ilif_fwd, "torch": ilif_fwd_torch, "inductor": ilif_fwd_inductor}
-ILIF_BWD = {"triton": ilif_bwd, "torch": ilif_bwd_torch, "inductor": ilif_bwd_inductor}
+# The inductor backend: the eager functions compiled into fused C++ loops (CPU) once per variant.
+ILIF_FWD = {"triton": ilif_fwd, "torch": ilif_fwd_torch, "inductor": compiled_backend(ilif_fwd_torch)}
+ILIF_BWD = {"triton": ilif_bwd, "torch": ilif_bwd_torch, "inductor": compiled_backend(ilif_bwd_torch)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -230,7 +223,7 @@ def ilif_fwd_op(x: torch.Tensor, beta: torch.Tensor, v0: Optional[torch.Tensor],
 
 
 @ilif_fwd_op.register_fake
-def _(x, beta, v0, *constants_and_flags):
+def _(x: Tensor, beta: Tensor, v0: Optional[Tensor], *constants_and_flags: Any) -> NeuronOutputs:
     return_v, save_dtype = constants_and_flags[-4:-2]
     T, N = x.shape
     v_last = x.new_empty((N if return_v else 0,), dtype=math_dtype(x.dtype))
@@ -247,7 +240,8 @@ def ilif_bwd_op(grad_q: torch.Tensor, u: torch.Tensor, beta: torch.Tensor, grad_
 
 
 @ilif_bwd_op.register_fake
-def ilif_bwd_fake(grad_q, u, beta, grad_v_last, *constants_and_flags):
+def ilif_bwd_fake(grad_q: Tensor, u: Tensor, beta: Tensor, grad_v_last: Optional[Tensor],
+                  *constants_and_flags: Any) -> InputGrads:
     need_grad_v0 = constants_and_flags[len(ILIFParams._fields)]
     T, N = grad_q.shape
     grad_v0 = grad_q.new_empty((N if need_grad_v0 else 0,), dtype=math_dtype(grad_q.dtype))
@@ -270,11 +264,11 @@ def ilif_bwd_search_op(grad_q: torch.Tensor, u: torch.Tensor, beta: torch.Tensor
 
 
 @ilif_bwd_search_op.register_fake
-def _(*args):
+def _(*args: Any) -> InputGrads:
     return ilif_bwd_fake(*args[:-1])  # the plain backward's shapes; search_key changes none
 
 
-def _keep(tensors, p, u):
+def _keep(tensors: Sequence[Optional[Tensor]], p: ILIFParams, u: Tensor) -> tuple:
     """Backward needs u and beta."""
     return u, tensors[1]
 
@@ -291,7 +285,7 @@ ILIF = Neuron(name="ilif", params=ILIFParams, n_weights=0, forward=ILIF_FWD, bac
 def ilif_multistep(x: torch.Tensor, beta: Beta, surrogate: str = "box", *, levels: int = 4, decay: float = 0.25,
                    input_scale: float = 1.0, v_th: float = 1.0, detach_reset: bool = False, h: float = 0.5,
                    v0: Optional[torch.Tensor] = None, return_v: bool = False, backend: str = "auto",
-                   save_dtype: Optional[torch.dtype] = None):
+                   save_dtype: Optional[torch.dtype] = None) -> Union[Tensor, tuple[Tensor, Tensor]]:
     """Multistep I-LIF: u[t] = decay v[t-1] + input_scale x[t], the count q[t] = round(clip(u[t] / v_th,
     0, levels)) (half to even), the soft reset v[t] = u[t] - v_th q[t].
 
@@ -312,10 +306,10 @@ def ilif_multistep(x: torch.Tensor, beta: Beta, surrogate: str = "box", *, level
         counts [T, *] in x.dtype, or (counts, v_T [*]) with ``return_v`` (v_T in fp32, float64 for
         float64 x); gradients reach x and v0.
     """
-    beta, p = check_ilif_args(x, beta, surrogate=surrogate, levels=levels, decay=decay, input_scale=input_scale,
-                              v_th=v_th, detach_reset=detach_reset, h=h, v0=v0, return_v=return_v,
-                              save_dtype=save_dtype)
-    return apply_neuron(ILIF, x, (), beta, v0, p, return_v=return_v, save_dtype=save_dtype,
+    widths, p = check_ilif_args(x, beta, surrogate=surrogate, levels=levels, decay=decay, input_scale=input_scale,
+                                v_th=v_th, detach_reset=detach_reset, h=h, v0=v0, return_v=return_v,
+                                save_dtype=save_dtype)
+    return apply_neuron(ILIF, x, (), widths, v0, p, return_v=return_v, save_dtype=save_dtype,
                         backend=resolve_backend(backend, x))
 
 

@@ -14,12 +14,24 @@ kernel reduces in two fixed-order stages (per-program partial sums, then one sum
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import Any, NamedTuple, Optional, Sequence, Union, cast
 
 import torch
+from torch import Tensor
 
-from ._neuron import Neuron, apply_neuron, launch_config, neuron_membrane
-from .backend import HAS_TRITON, compiled_variant, math_dtype, resolve_backend
+from ._neuron import (
+    InputGrads,
+    NeuronOutputs,
+    Neuron,
+    apply_neuron,
+    backward_through_time,
+    compiled_backend,
+    forward_outputs,
+    launch_config,
+    launch_over_neurons,
+    neuron_membrane,
+)
+from .backend import HAS_TRITON, math_dtype, resolve_backend
 from .checks import check_flag, check_tensor
 from .lif import (Beta, HeavisideSurrogate, LIFParams, after_reset, check_lif_args, lif_bwd_step, lif_step)
 from .search_sites import CUDAGRAPH_UNSAFE, search_site
@@ -70,24 +82,24 @@ def plif_leak(w: torch.Tensor, dtype: torch.dtype, decay_input: bool) -> tuple[t
 def plif_multistep_ref(x: torch.Tensor, w: torch.Tensor, beta: Beta, surrogate: str = "box", *,
                        decay_input: bool = True, v_th: float = 1.0, reset: str = "soft", v_reset: float = 0.0,
                        detach_reset: bool = False, h: float = 0.5, v0: Optional[torch.Tensor] = None,
-                       return_v: bool = False):
+                       return_v: bool = False) -> Union[Tensor, tuple[Tensor, Tensor]]:
     """Readable reference of ``plif_multistep``: the same arguments but the op's execution options
     (``backend``, ``save_dtype``). Computes in x's dtype (use float64 to compare against the kernels);
     gradients reach w through autograd."""
-    beta, p = check_plif_args(x, w, beta, surrogate=surrogate, decay_input=decay_input, v_th=v_th, reset=reset,
-                              v_reset=v_reset, detach_reset=detach_reset, h=h, v0=v0, return_v=return_v,
-                              save_dtype=None)
-    beta = beta.to(x.dtype)
+    widths, p = check_plif_args(x, w, beta, surrogate=surrogate, decay_input=decay_input, v_th=v_th, reset=reset,
+                                v_reset=v_reset, detach_reset=detach_reset, h=h, v0=v0, return_v=return_v,
+                                save_dtype=None)
+    widths = widths.to(x.dtype)
     k = torch.sigmoid(w.to(x.dtype))
     v = torch.zeros_like(x[0]) if v0 is None else v0.to(x.dtype)
-    spikes = []
+    steps = []
     for t in range(x.shape[0]):
         u = (1 - k) * v + (k * x[t] if decay_input else x[t])
-        s = HeavisideSurrogate.apply(u, beta[t], surrogate, v_th, h)
+        s = HeavisideSurrogate.apply(u, widths[t], surrogate, v_th, h)
         s_reset = s.detach() if detach_reset else s
         v = (1 - s_reset) * u + s_reset * v_reset if p.hard_reset else u - v_th * s_reset
-        spikes.append(s)
-    spikes = torch.stack(spikes)
+        steps.append(s)
+    spikes = torch.stack(steps)
     return (spikes, v) if return_v else spikes
 
 
@@ -96,24 +108,22 @@ def plif_multistep_ref(x: torch.Tensor, w: torch.Tensor, beta: Beta, surrogate: 
 # ---------------------------------------------------------------------------------------------
 
 
-def plif_fwd(x, w, v0, p: PLIFParams, return_v: bool, save_dtype: torch.dtype):
+def plif_fwd(x: Tensor, w: Tensor, v0: Optional[Tensor], p: PLIFParams, return_v: bool,
+             save_dtype: torch.dtype) -> NeuronOutputs:
     """x [T, N] contiguous, w [] -> spikes [T, N] (x.dtype), d [T, N] (save_dtype), v_last [N] or [0] (fp32)."""
     T, N = x.shape
-    spikes = torch.empty_like(x)
-    d = torch.empty((T, N), dtype=save_dtype, device=x.device)
-    v_last = torch.empty((N if return_v else 0,), dtype=torch.float32, device=x.device)
-    if N > 0:
-        block, warps = launch_config(N, x.device)
-        plif_fwd_kernel[(triton.cdiv(N, block),)](
-            x, w, v0 if v0 is not None else x, spikes, d, v_last if return_v else d,
-            N, T, p.v_th, p.v_reset,
-            DECAY_INPUT=p.decay_input, HAS_V0=v0 is not None, HARD_RESET=p.hard_reset, STORE_V_LAST=return_v,
-            BLOCK=block, num_warps=warps,
-        )
+    spikes, d, v_last = forward_outputs(x, return_v, save_dtype)
+    launch_over_neurons(
+        plif_fwd_kernel, N, x.device,
+        x, w, v0 if v0 is not None else x, spikes, d, v_last if return_v else d,
+        N, T, p.v_th, p.v_reset,
+        DECAY_INPUT=p.decay_input, HAS_V0=v0 is not None, HARD_RESET=p.hard_reset, STORE_V_LAST=return_v,
+    )
     return spikes, d, v_last
 
 
-def plif_bwd(grad_spikes, d, x, w, v0, beta, grad_v_last, p: PLIFParams, *, need_grad_v0: bool):
+def plif_bwd(grad_spikes: Tensor, d: Tensor, x: Optional[Tensor], w: Tensor, v0: Optional[Tensor], beta: Tensor,
+             grad_v_last: Optional[Tensor], p: PLIFParams, *, need_grad_v0: bool) -> tuple[Tensor, Tensor, Tensor]:
     """-> grad_x [T, N] (grad_spikes.dtype), grad_v0 [N] or [0] (fp32), grad_k = dL/dk [] (fp32).
 
     dL/dk in two fixed-order stages: each program's sum over its neurons and steps, then one sum of
@@ -142,58 +152,43 @@ def plif_bwd(grad_spikes, d, x, w, v0, beta, grad_v_last, p: PLIFParams, *, need
 # ---------------------------------------------------------------------------------------------
 
 
-def plif_fwd_torch(x, w, v0, p: PLIFParams, return_v: bool, save_dtype: torch.dtype):
-    """The forward in plain torch ops, written so that inductor fuses it (``plif_fwd_inductor``)."""
+def plif_fwd_torch(x: Tensor, w: Tensor, v0: Optional[Tensor], p: PLIFParams, return_v: bool,
+                   save_dtype: torch.dtype) -> NeuronOutputs:
+    """The forward in plain torch ops, written so that inductor fuses it (the inductor backend)."""
     dtype = math_dtype(x.dtype)
     decay, input_scale = plif_leak(w, dtype, p.decay_input)
     v = torch.zeros_like(x[0], dtype=dtype) if v0 is None else v0.to(dtype)
-    d = []
+    steps = []
     for t in range(x.shape[0]):
         d_t, v = lif_step(v, x[t].to(dtype), decay, input_scale, p.v_th, p.hard_reset, p.v_reset)
-        d.append(d_t)
-    d = torch.stack(d)
+        steps.append(d_t)
+    d = torch.stack(steps)
     return (d >= 0).to(x.dtype), d.to(save_dtype), (v if return_v else v.new_empty(0))
 
 
-def plif_bwd_torch(grad_spikes, d, x, w, v0, beta, grad_v_last, p: PLIFParams, *, need_grad_v0: bool):
-    """The backward in plain torch ops, written so that inductor fuses it (``plif_bwd_inductor``)."""
+def plif_bwd_torch(grad_spikes: Tensor, d: Tensor, x: Optional[Tensor], w: Tensor, v0: Optional[Tensor], beta: Tensor,
+                   grad_v_last: Optional[Tensor], p: PLIFParams, *,
+                   need_grad_v0: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """The backward in plain torch ops, written so that inductor fuses it (the inductor backend)."""
     dtype = math_dtype(grad_spikes.dtype)
     decay, input_scale = plif_leak(w, dtype, p.decay_input)
-    carry = torch.zeros_like(grad_spikes[0], dtype=dtype) if grad_v_last is None else grad_v_last.to(dtype)
-    deltas = []
-    for t in reversed(range(grad_spikes.shape[0])):
-        delta = lif_bwd_step(d[t].to(dtype), grad_spikes[t].to(dtype), carry, beta[t].to(dtype), p)
-        deltas.append(delta)
-        carry = decay * delta
-    delta = torch.stack(deltas[::-1])
+
+    def delta_at(t: int, carry: Tensor) -> Tensor:
+        return lif_bwd_step(d[t].to(dtype), grad_spikes[t].to(dtype), carry, beta[t].to(dtype), p)
+
+    delta, carry = backward_through_time(delta_at, grad_spikes, grad_v_last, decay)
     # v[t-1] for every t: v0, then the reset of each step t-1 recomputed from its d
     d_prev = d[:-1].to(dtype)
     v_first = torch.zeros_like(carry) if v0 is None else v0.to(dtype)
     v_prev = torch.cat([v_first[None], after_reset(d_prev + p.v_th, d_prev, p.v_th, p.hard_reset, p.v_reset)])
-    grad_k = (delta * (x.to(dtype) - v_prev)).sum() if p.decay_input else -(delta * v_prev).sum()
+    grad_k = (delta * (cast(Tensor, x).to(dtype) - v_prev)).sum() if p.decay_input else -(delta * v_prev).sum()
     grad_x = (input_scale * delta).to(grad_spikes.dtype)
     return grad_x, (carry if need_grad_v0 else carry.new_empty(0)), grad_k
 
 
-# ---------------------------------------------------------------------------------------------
-# Inductor backend: the eager functions above compiled into fused C++ loops (CPU) once per variant.
-# ---------------------------------------------------------------------------------------------
-
-
-def plif_fwd_inductor(x, w, v0, p: PLIFParams, return_v: bool, save_dtype: torch.dtype):
-    fwd = compiled_variant(plif_fwd_torch, x.shape[0], x.dtype, w.dtype, v0 is None, p, return_v, save_dtype,
-                           numel=x.numel())
-    return fwd(x, w, v0, p, return_v, save_dtype)
-
-
-def plif_bwd_inductor(grad_spikes, d, x, w, v0, beta, grad_v_last, p: PLIFParams, *, need_grad_v0: bool):
-    bwd = compiled_variant(plif_bwd_torch, grad_spikes.shape[0], grad_spikes.dtype, d.dtype, w.dtype, v0 is None,
-                           grad_v_last is None, p, need_grad_v0, numel=grad_spikes.numel())
-    return bwd(grad_spikes, d, x, w, v0, beta, grad_v_last, p, need_grad_v0=need_grad_v0)
-
-
-PLIF_FWD = {"triton": plif_fwd, "torch": plif_fwd_torch, "inductor": plif_fwd_inductor}
-PLIF_BWD = {"triton": plif_bwd, "torch": plif_bwd_torch, "inductor": plif_bwd_inductor}
+# The inductor backend: the eager functions compiled into fused C++ loops (CPU) once per variant.
+PLIF_FWD = {"triton": plif_fwd, "torch": plif_fwd_torch, "inductor": compiled_backend(plif_fwd_torch)}
+PLIF_BWD = {"triton": plif_bwd, "torch": plif_bwd_torch, "inductor": compiled_backend(plif_bwd_torch)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -216,7 +211,7 @@ def plif_fwd_op(x: torch.Tensor, w: torch.Tensor, beta: torch.Tensor, v0: Option
 
 
 @plif_fwd_op.register_fake
-def _(x, w, beta, v0, *constants_and_flags):
+def _(x: Tensor, w: Tensor, beta: Tensor, v0: Optional[Tensor], *constants_and_flags: Any) -> NeuronOutputs:
     return_v, save_dtype = constants_and_flags[-4:-2]
     T, N = x.shape
     v_last = x.new_empty((N if return_v else 0,), dtype=math_dtype(x.dtype))
@@ -234,7 +229,8 @@ def plif_bwd_op(grad_spikes: torch.Tensor, d: torch.Tensor, x: Optional[torch.Te
 
 
 @plif_bwd_op.register_fake
-def plif_bwd_fake(grad_spikes, d, x, w, v0, beta, grad_v_last, *constants_and_flags):
+def plif_bwd_fake(grad_spikes: Tensor, d: Tensor, x: Optional[Tensor], w: Tensor, v0: Optional[Tensor], beta: Tensor,
+                  grad_v_last: Optional[Tensor], *constants_and_flags: Any) -> tuple[Tensor, Tensor, Tensor]:
     need_grad_v0 = constants_and_flags[len(PLIFParams._fields)]
     T, N = grad_spikes.shape
     dtype = math_dtype(grad_spikes.dtype)
@@ -263,21 +259,21 @@ def plif_bwd_search_op(grad_spikes: torch.Tensor, d: torch.Tensor, x: Optional[t
 
 
 @plif_bwd_search_op.register_fake
-def _(*args):
+def _(*args: Any) -> tuple[Tensor, Tensor, Tensor]:
     return plif_bwd_fake(*args[:-1])  # the plain backward's shapes; search_key changes none
 
 
-def _keep(tensors, p, d):
+def _keep(tensors: Sequence[Optional[Tensor]], p: PLIFParams, d: Tensor) -> tuple:
     """Backward needs d, x (only for dL/dk with decay_input), w, v0 (for v[-1]) and beta."""
     x, w, beta, v0 = tensors
     return d, x if p.decay_input else None, w, v0, beta
 
 
-def _weight_grads(kept, sums, needs):
+def _weight_grads(kept: Sequence[Optional[Tensor]], sums: Sequence[Tensor], needs: Sequence[bool]) -> tuple:
     """dL/dw = dL/dk k (1 - k), on the device."""
     if not needs[0]:
         return (None,)
-    w, (grad_k,) = kept[2], sums
+    w, (grad_k,) = cast(Tensor, kept[2]), sums
     k = torch.sigmoid(w.to(grad_k.dtype))
     return ((grad_k * k * (1 - k)).to(w.dtype),)
 
@@ -294,7 +290,7 @@ PLIF = Neuron(name="plif", params=PLIFParams, n_weights=1, forward=PLIF_FWD, bac
 def plif_multistep(x: torch.Tensor, w: torch.Tensor, beta: Beta, surrogate: str = "box", *, decay_input: bool = True,
                    v_th: float = 1.0, reset: str = "soft", v_reset: float = 0.0, detach_reset: bool = False,
                    h: float = 0.5, v0: Optional[torch.Tensor] = None, return_v: bool = False, backend: str = "auto",
-                   save_dtype: Optional[torch.dtype] = None):
+                   save_dtype: Optional[torch.dtype] = None) -> Union[Tensor, tuple[Tensor, Tensor]]:
     """Multistep PLIF with the leak k = sigmoid(w): u[t] = (1 - k) v[t-1] + k x[t] (``decay_input``) or
     (1 - k) v[t-1] + x[t]; spikes, resets and surrogates as ``lif_multistep``.
 
@@ -309,10 +305,10 @@ def plif_multistep(x: torch.Tensor, w: torch.Tensor, beta: Beta, surrogate: str 
     Returns:
         spikes [T, *] in x.dtype, or (spikes, v_T [*]) with ``return_v``; gradients reach x, w and v0.
     """
-    beta, p = check_plif_args(x, w, beta, surrogate=surrogate, decay_input=decay_input, v_th=v_th, reset=reset,
-                              v_reset=v_reset, detach_reset=detach_reset, h=h, v0=v0, return_v=return_v,
-                              save_dtype=save_dtype)
-    return apply_neuron(PLIF, x, (w,), beta, v0, p, return_v=return_v, save_dtype=save_dtype,
+    widths, p = check_plif_args(x, w, beta, surrogate=surrogate, decay_input=decay_input, v_th=v_th, reset=reset,
+                                v_reset=v_reset, detach_reset=detach_reset, h=h, v0=v0, return_v=return_v,
+                                save_dtype=save_dtype)
+    return apply_neuron(PLIF, x, (w,), widths, v0, p, return_v=return_v, save_dtype=save_dtype,
                         backend=resolve_backend(backend, x))
 
 

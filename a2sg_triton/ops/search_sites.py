@@ -21,14 +21,14 @@ class SearchSite(NamedTuple):
 
     controller: Any
     name: str
-    layer: torch.nn.Module
+    layer: Any  # an a2sg_triton.nn.SearchedNeuron (a layer above this module)
 
 
 # key -> (weak reference to the controller, layer name, weak reference to the layer)
 SEARCH_SITES: dict[int, tuple[weakref.ref, str, weakref.ref]] = {}
 
 
-def register_search_site(key: int, controller: Any, name: str, layer: torch.nn.Module) -> None:
+def register_search_site(key: int, controller: Any, name: str, layer: Any) -> None:
     """Registers ``layer`` (named ``name`` in ``controller``) under ``key``; the layer's previous
     registration, if any, is dropped (a layer belongs to the controller created for it last)."""
     SEARCH_SITES.pop(getattr(layer, "search_key", -1), None)

@@ -23,7 +23,7 @@ from typing import Any, Optional
 
 import torch
 
-from ..files import atomic_write
+from ..files import StrPath, atomic_write
 from ..nn import SearchedNeuron, unwrap_model
 from ..ops.backend import math_dtype
 from ..ops.ilif import ILIFParams
@@ -70,9 +70,9 @@ class A2SG:
             raise TypeError("A2SG does not support nn.DataParallel (each replica would search its own slice "
                             "of the batch); use torch.nn.parallel.DistributedDataParallel")
         model = unwrap_model(model)
-        gp_fit = {} if gp_fit is None else {"gp_fit": gp_fit}  # None: SearchConfig's measured default
+        fit = {} if gp_fit is None else {"gp_fit": gp_fit}  # None: SearchConfig's measured default
         self.config = SearchConfig(strategy=strategy, n_obs=n_obs, n_eval=n_eval, radius=radius,
-                                   beta_range=beta_range, **gp_fit)
+                                   beta_range=beta_range, **fit)
         self.adapt, self.every, self.seed, self.process_group = adapt, every, seed, process_group
         self.layers = {name: m for name, m in model.named_modules() if isinstance(m, SearchedNeuron)}
         if not self.layers:
@@ -87,21 +87,21 @@ class A2SG:
         # one GP per searched width: (name, t) for a [T] beta, (name, t, level - 1) for I-LIF's [T, D]
         self.gp_states = {(name, *index): GPState() for name, layer in self.layers.items()
                           for index in itertools.product(*map(range, layer.beta.shape))}
-        self._history = []
+        self._history: list[dict[str, Any]] = []
         # History rows whose device-side values (the previous beta_t and the metric at the chosen
         # beta) are not on the host yet: (row, float64 tensor [2]). They come along with the next
         # search's one device-to-host copy, or when the history is read.
-        self._pending = []
-        self.epoch = None
+        self._pending: list[tuple[dict[str, Any], torch.Tensor]] = []
+        self.epoch: Optional[int] = None
 
     @property
-    def history(self):
+    def history(self) -> list[dict[str, Any]]:
         """One dict per (search, layer, timestep), fields HISTORY_FIELDS (docs/search.md)."""
         if self._pending:
             self._fetch(None)
         return self._history
 
-    def search_log(self, since=0):
+    def search_log(self, since: int = 0) -> dict[str, int]:
         """Counts over the history rows from index ``since`` on (one epoch's searches, say): searches,
         GP choices that fell back, flat curves (width kept), and the widths of every layer now within
         1% of the range's width from its lower or upper end."""
@@ -114,7 +114,7 @@ class A2SG:
                 "at_lower_end": int((betas <= lo + margin).sum()), "at_upper_end": int((betas >= hi - margin).sum()),
                 "widths": betas.numel()}
 
-    def _fetch(self, values):
+    def _fetch(self, values: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
         """values.cpu() with the pending history values on values' device in the same transfer, so
         that the search's one host sync per (layer, t) serves the history too. values None: every
         pending value (one transfer per device)."""
@@ -132,7 +132,7 @@ class A2SG:
                 row["beta"] = row["best_beta"] = previous
         return flat[:values.numel()]
 
-    def begin_epoch(self, epoch):
+    def begin_epoch(self, epoch: int) -> None:
         """Arms the search for the next backward of every layer when ``epoch % every == 0``."""
         if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
             raise ValueError(f"epoch must be an int >= 0, got {epoch!r}")
@@ -142,18 +142,18 @@ class A2SG:
         for layer in self.layers.values():
             layer.search_armed = armed
 
-    def _check_ownership(self):
+    def _check_ownership(self) -> None:
         for name, layer in self.layers.items():
             owner = search_site_owner(layer.search_key)
             if owner is None or owner.controller is not self or owner.layer is not layer:
                 raise RuntimeError(f"layer {name!r} is now adapted by another A2SG controller (one created "
                                    "for this model later); use that controller")
 
-    def metric_at(self, t, T):
+    def metric_at(self, t: int, T: int) -> Optional[str]:
         """'sgv', 'tgc' or None (keep beta_t) for timestep t of T under this controller's mode."""
         return self._metric(first=t == T - 1)
 
-    def _metric(self, first):
+    def _metric(self, first: bool) -> Optional[str]:
         """The metric of a search site: ``first`` is the site each backward visits first (t = T-1;
         for I-LIF, t = T-1 at the top level D), every later site is judged against the one before it."""
         if self.adapt == "spatial":
@@ -193,7 +193,7 @@ class A2SG:
             carry, carry_scale, ref = (decay * delta, 1.0, delta) if isinstance(decay, torch.Tensor) else (
                 delta, decay, delta)
         site.write_betas()
-        grad_v0 = decay * carry if need_grad_v0 else carry.new_empty(0)
+        grad_v0 = decay * delta if need_grad_v0 else delta.new_empty(0)  # delta: delta[0]
         return grad_x, grad_v0
 
     def search_levels_backward(self, name: str, grad_counts: torch.Tensor, u: torch.Tensor, beta: torch.Tensor,
@@ -213,11 +213,12 @@ class A2SG:
         carry, ref = grad_v_last, None
         for t in reversed(range(T)):
             carry_scale = 1.0 if t == T - 1 else p.decay
-            delta = None
+            windows = []
             for level in range(p.levels, 0, -1):
                 ref = site.search((t, level - 1), u[t], grad_counts[t], carry, ref, scratch, carry_scale=carry_scale,
                                   th_offset=(level - 0.5) * p.v_th)
-                delta = ref if delta is None else delta + ref
+                windows.append(ref)
+            delta = sum(windows[1:], windows[0])  # summed level D first, as the sites were visited
             if carry is not None and p.levels > 1:
                 delta = delta - ((p.levels - 1) * carry_scale) * carry.to(delta.dtype)
             carry = delta
@@ -225,7 +226,7 @@ class A2SG:
 
     # -- checkpoints and export ---------------------------------------------------------------
 
-    def state_dict(self):
+    def state_dict(self) -> dict[str, Any]:
         return {
             "adapt": self.adapt, "every": self.every, "seed": self.seed, "config": vars(self.config),
             "epoch": self.epoch,
@@ -236,7 +237,7 @@ class A2SG:
             "history": [dict(row) for row in self.history],
         }
 
-    def load_state_dict(self, state):
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restores betas, RNG, GP states and history; refuses a state from another model or mode."""
         if not isinstance(state, dict) or "betas" not in state:
             raise ValueError("not an A2SG state_dict")
@@ -247,10 +248,10 @@ class A2SG:
             if beta.shape != self.layers[name].beta.shape:
                 raise ValueError(f"beta of layer {name!r} has shape {list(beta.shape)} in the state_dict, "
                                  f"{list(self.layers[name].beta.shape)} in the model")
-        for key in ("adapt", "every"):
-            if state[key] != getattr(self, key):
-                raise ValueError(f"state_dict was saved with {key}={state[key]!r}, this controller has "
-                                 f"{getattr(self, key)!r}")
+        for option in ("adapt", "every"):
+            if state[option] != getattr(self, option):
+                raise ValueError(f"state_dict was saved with {option}={state[option]!r}, this controller has "
+                                 f"{getattr(self, option)!r}")
         if state["config"] != vars(self.config):
             raise ValueError(f"state_dict was saved with search config {state['config']}, this controller has "
                              f"{vars(self.config)}")
@@ -264,20 +265,20 @@ class A2SG:
             gp_state.load_state_dict(state["gp_states"][_gp_key(key)])
         self._history, self._pending = [dict(row) for row in state["history"]], []
 
-    def export_history(self, path):
+    def export_history(self, path: StrPath) -> None:
         """Writes the history as JSON (``.json``) or CSV (``.csv``), atomically."""
-        path = os.fspath(path)
-        if path.endswith(".json"):
+        name = os.fspath(path)
+        if name.endswith(".json"):
             text = json.dumps(self.history, indent=1)
-        elif path.endswith(".csv"):
+        elif name.endswith(".csv"):
             buffer = io.StringIO()
             writer = csv.DictWriter(buffer, fieldnames=HISTORY_FIELDS)
             writer.writeheader()
             writer.writerows(self.history)
             text = buffer.getvalue()
         else:
-            raise ValueError(f"path must end in .json or .csv, got {path!r}")
-        atomic_write(path, lambda f: f.write(text), binary=False)
+            raise ValueError(f"path must end in .json or .csv, got {name!r}")
+        atomic_write(name, lambda f: f.write(text), binary=False)
 
 
 def _gp_key(key):
