@@ -22,6 +22,8 @@ from .ops.search_sites import search_site_owner
 from .ops.surrogate import check_surrogate
 from .ops.tdbn_lif import lif_recomputed
 
+__all__ = ["ILIF", "LIF", "PLIF", "SearchedNeuron", "unwrap_model"]
+
 Output = Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]
 
 
