@@ -1,10 +1,12 @@
 """Converting models of other SNN libraries to a2sg_triton layers (docs/porting.md)."""
 
 import copy
+from types import ModuleType
+from typing import Any, Optional, Union
 
 import torch
 
-from .nn import ILIF, LIF, PLIF
+from .nn import ILIF, LIF, PLIF, SearchedNeuron
 from .ops.surrogate import check_surrogate
 from .ops.checks import check_beta
 
@@ -13,7 +15,8 @@ class _Unsupported(Exception):
     """One module the converter cannot reproduce exactly; the message says why."""
 
 
-def from_spikingjelly(model, T, *, surrogate=None, beta_init=None, inplace=False):
+def from_spikingjelly(model: torch.nn.Module, T: int, *, surrogate: Optional[str] = None,
+                      beta_init: Optional[Union[float, torch.Tensor]] = None, inplace: bool = False) -> torch.nn.Module:
     """``model`` with every multi-step SpikingJelly 2.x ``LIFNode`` replaced by an ``nn.LIF``, every
     ``ParametricLIFNode`` by an ``nn.PLIF`` (its learned ``w`` carried over) and every ``ILIFNode`` by
     an ``nn.ILIF`` computing the same function, ready for ``a2sg_triton.A2SG``.
@@ -38,6 +41,22 @@ def from_spikingjelly(model, T, *, surrogate=None, beta_init=None, inplace=False
     multi-step mode they take [T, B, ...] like ``nn.LIF``. The converted layers are put on the
     device of the model's parameters and buffers. ``inplace=False`` converts a deep copy and leaves
     ``model`` unchanged.
+
+    Args:
+        model: a SpikingJelly model in multi-step mode (or one node).
+        T: timesteps, an int >= 1.
+        surrogate: None keeps each node's surrogate; a name of SURROGATES switches every node to it.
+        beta_init: with ``surrogate``: the width, a float or [T] (default 0.5).
+        inplace: convert ``model`` itself instead of a deep copy.
+
+    Returns:
+        The converted model (``model`` itself with ``inplace``), or the converted layer when ``model``
+        is a node.
+
+    Raises:
+        ImportError: SpikingJelly is not installed.
+        TypeError: model is not a module.
+        ValueError: a bad argument, or modules that cannot be reproduced exactly.
     """
     try:
         from spikingjelly.activation_based import neuron, surrogate as sj_surrogate
@@ -67,11 +86,11 @@ def from_spikingjelly(model, T, *, surrogate=None, beta_init=None, inplace=False
                          "device (the new layers hold a beta buffer that must sit with their input)")
     device = devices.pop() if devices else torch.device("cpu")
 
-    def is_neuron(m):
+    def is_neuron(m: torch.nn.Module) -> bool:
         return isinstance(m, (neuron.BaseNode, neuron.SimpleBaseNode, neuron.NonSpikingBaseNode)) or \
             f"{type(m).__module__}.".startswith(f"{neuron.__name__}.")
 
-    def convert(node):
+    def convert(node: torch.nn.Module) -> SearchedNeuron:
         # Its own beta: the controller rewrites each layer's in place (nor may it write the caller's).
         beta = None if beta_init is None else beta_init.clone()
         new = _layer_from_node(node, T, surrogate, beta, neuron, sj_surrogate).to(device)
@@ -83,9 +102,12 @@ def from_spikingjelly(model, T, *, surrogate=None, beta_init=None, inplace=False
         except _Unsupported as e:
             raise ValueError(f"cannot convert <model>: {e}") from None
     # Every node is converted before any is replaced, so a failed conversion changes nothing.
+    sites: list[tuple[torch.nn.Module, str, torch.nn.Module]]
+    converted: dict[int, Optional[SearchedNeuron]]
+    problems: list[str]
     sites, converted, problems = [], {}, []  # converted: id(node) -> layer; a shared node stays shared
 
-    def walk(parent, prefix):
+    def walk(parent: torch.nn.Module, prefix: str) -> None:
         for name, child in parent._modules.items():  # not named_children: it hides a repeated child
             if child is None:
                 continue
@@ -109,7 +131,24 @@ def from_spikingjelly(model, T, *, surrogate=None, beta_init=None, inplace=False
     return model
 
 
-def _layer_from_node(node, T, surrogate, beta_init, neuron, sj_surrogate):
+def _layer_from_node(node: Any, T: int, surrogate: Optional[str], beta_init: Optional[Union[float, torch.Tensor]],
+                     neuron: ModuleType, sj_surrogate: ModuleType) -> SearchedNeuron:
+    """The nn.LIF, nn.PLIF or nn.ILIF that computes what the SpikingJelly ``node`` does.
+
+    Args:
+        node: a SpikingJelly neuron module.
+        T: timesteps.
+        surrogate: our surrogate's name, or None to map the node's.
+        beta_init: the width [T] with ``surrogate``, else None.
+        neuron: ``spikingjelly.activation_based.neuron``.
+        sj_surrogate: ``spikingjelly.activation_based.surrogate``.
+
+    Returns:
+        The new layer (on the CPU).
+
+    Raises:
+        _Unsupported: the node cannot be reproduced exactly.
+    """
     kind = type(node).__name__
     if type(node) not in (neuron.LIFNode, neuron.ParametricLIFNode, neuron.ILIFNode):
         raise _Unsupported(f"{kind} is not a neuron a2sg_triton has (LIFNode, ParametricLIFNode and ILIFNode are "
@@ -132,7 +171,7 @@ def _layer_from_node(node, T, surrogate, beta_init, neuron, sj_surrogate):
     # u = (1 - k) v + (k x or x), threshold v_threshold - v_reset and the hard reset to 0; spikes and
     # surrogate inputs u - v_th are unchanged.
     shift = 0.0 if node.v_reset is None else node.v_reset
-    neuron_args = dict(beta_init=beta_init, v_th=node.v_threshold - shift, reset="soft" if node.v_reset is None else
+    neuron_args: dict[str, Any] = dict(beta_init=beta_init, v_th=node.v_threshold - shift, reset="soft" if node.v_reset is None else
                        "hard", v_reset=0.0, detach_reset=node.detach_reset)
     if type(node) is neuron.LIFNode:
         return LIF(T, surrogate, decay=1.0 - 1.0 / node.tau, input_scale=1.0 / node.tau if node.decay_input else 1.0,
@@ -143,7 +182,8 @@ def _layer_from_node(node, T, surrogate, beta_init, neuron, sj_surrogate):
     return layer
 
 
-def _ilif_from_node(node, T, surrogate, beta_init, sj_surrogate):
+def _ilif_from_node(node: Any, T: int, surrogate: Optional[str], beta_init: Optional[Union[float, torch.Tensor]],
+                    sj_surrogate: ModuleType) -> ILIF:
     """ILIFNode -> nn.ILIF: h = (1 - 1/tau) v + x is decay = 1 - 1/tau, input_scale = 1; D is its
     MultiLevelSpikeCount's max_spike_count. Its rectangular straight-through estimator (dq/du = 1/v_th
     on 0 <= u / v_th <= D) is box with beta = v_th / 2 at every (t, level): the D windows tile that
@@ -159,12 +199,13 @@ def _ilif_from_node(node, T, surrogate, beta_init, sj_surrogate):
                                "etc. to switch to ours)")
         surrogate, beta_init = "box", node.v_threshold / 2
     else:
+        assert isinstance(beta_init, torch.Tensor)  # from_spikingjelly's [T] widths
         beta_init = beta_init[:, None].expand(T, D)
     return ILIF(T, surrogate, levels=D, decay=1.0 - 1.0 / node.tau, input_scale=1.0, v_th=node.v_threshold,
                 beta_init=beta_init, detach_reset=node.detach_reset)
 
 
-def _surrogate_of(fn, sj_surrogate):
+def _surrogate_of(fn: Any, sj_surrogate: ModuleType) -> tuple[str, float]:
     """(name, beta) of our surrogate whose f(u; beta) equals SpikingJelly's ``fn`` (docs/porting.md)."""
     if fn is None:  # SpikingJelly's functional default
         fn = sj_surrogate.Sigmoid()

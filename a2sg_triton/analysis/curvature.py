@@ -201,8 +201,8 @@ def _filter_normalised_direction(model: nn.Module, generator: torch.Generator,
 
 
 def _landscape(model: nn.Module, loader: Batches, T: int, device: Union[torch.device, str],
-               directions: Sequence[Mapping[str, torch.Tensor]], steps: int, span: float, max_batches: Optional[int],
-               progress: bool) -> tuple[list[float], list[Any], list[Any]]:
+               directions: Sequence[Mapping[str, torch.Tensor]], *, steps: int, span: float,
+               max_batches: Optional[int], progress: bool) -> tuple[list[float], list[Any], list[Any]]:
     """Loss and accuracy at theta + a_1 d_1 (+ a_2 d_2) on the grid linspace(-span, span, steps)^k;
     ``progress``: a tqdm bar over the grid points (off when stderr is not a terminal)."""
     if steps < 1:
@@ -258,8 +258,8 @@ def loss_landscape_1d(model: nn.Module, loader: Batches, T: int, device: Union[t
     with _preserved(model, train=False):
         generator = torch.Generator().manual_seed(seed)
         direction = _filter_normalised_direction(model, generator, layers)
-        alphas, loss, accuracy = _landscape(model, loader, T, device, [direction], steps, span, max_batches,
-                                            progress)
+        alphas, loss, accuracy = _landscape(model, loader, T, device, [direction], steps=steps, span=span,
+                                            max_batches=max_batches, progress=progress)
     return {"alphas": alphas, "loss": loss, "accuracy": accuracy}
 
 
@@ -278,8 +278,8 @@ def loss_landscape_2d(model: nn.Module, loader: Batches, T: int, device: Union[t
     with _preserved(model, train=False):
         generator = torch.Generator().manual_seed(seed)
         directions = [_filter_normalised_direction(model, generator, layers) for _ in range(2)]
-        alphas, loss, accuracy = _landscape(model, loader, T, device, directions, steps, span, max_batches,
-                                            progress)
+        alphas, loss, accuracy = _landscape(model, loader, T, device, directions, steps=steps, span=span,
+                                            max_batches=max_batches, progress=progress)
     return {"alphas": alphas, "betas": list(alphas), "loss": loss, "accuracy": accuracy}
 
 

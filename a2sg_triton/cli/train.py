@@ -34,7 +34,8 @@ from tqdm import tqdm
 from .checkpoint import load_checkpoint, prepare_out_dir, restore_checkpoint, save_epoch
 from .config import LEGACY_SETTINGS, RESUMABLE, RunOptions, TrainError, resolve_config
 from ..search.controller import A2SG
-from ..data.datasets import DatasetNotFoundError, batch_mixer, build_datasets, dataset_labels, stratified_order
+from ..data.datasets import (DatasetInfo, DatasetNotFoundError, batch_mixer, build_datasets, dataset_labels,
+                             stratified_order)
 from ..models import build_model, model_input
 from ..nn import SearchedNeuron
 from .report import log_epoch, plot_run, summary, tensorboard_writer
@@ -310,7 +311,8 @@ def train(config: dict[str, Any], flags: Mapping[str, Any], options: RunOptions)
     try:
         if rank == 0:
             prepare_out_dir(out, options.resume, options.force)
-        code = _train(config, options, state, device, rank, world, train_set, test_set, info, mixer)
+        code = _train(config, options, state, device, rank, world, train_set=train_set, test_set=test_set, info=info,
+                      mixer=mixer)
         if world > 1:  # tearing gloo down while rank 0 still writes its plots aborts the others
             dist.barrier()
         return code
@@ -342,7 +344,28 @@ def parameter_groups(model: torch.nn.Module, weight_decay: float,
     return [group for group in groups if group["params"]]
 
 
-def _train(config, options, state, device, rank, world, train_set, test_set, info, mixer):
+def _train(config: Mapping[str, Any], options: RunOptions, state: Optional[Mapping[str, Any]], device: torch.device,
+           rank: int, world: int, *, train_set: Dataset[Any], test_set: Dataset[Any], info: DatasetInfo,
+           mixer: Optional[Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]]) -> int:
+    """The run itself, once the data and the processes are set up: builds (or restores) the model,
+    optimizer, scheduler and A²SG controller, trains and tests epoch by epoch, writes every epoch's
+    row and checkpoint (rank 0), and at the end the figures and the summary.
+
+    Args:
+        config: the run's settings.
+        options: the run folder, --resume, --force and --stop-after.
+        state: the checkpoint to resume from, or None.
+        device: this process's device.
+        rank: this process's rank.
+        world: the number of processes.
+        train_set: the training samples.
+        test_set: the test samples.
+        info: the dataset's classes and channels.
+        mixer: CutMix ``(x, y) -> (x, soft targets)``, or None.
+
+    Returns:
+        0.
+    """
     main_process, out = rank == 0, options.out
     torch.manual_seed(config["seed"])  # the initial weights: the same on every rank
     model = build_model(config["model"], num_classes=info.num_classes, in_channels=info.in_channels, T=config["T"],
@@ -353,9 +376,9 @@ def _train(config, options, state, device, rank, world, train_set, test_set, inf
     optimizer = torch.optim.AdamW(parameter_groups(model, config["weight_decay"], config["decay_norm_and_bias"]),
                                   lr=config["lr"])
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: lr_factor(epoch, config))
-    wrapped = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    wrapped: torch.nn.Module = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     if config["compile"]:
-        wrapped = torch.compile(wrapped)
+        wrapped = cast(torch.nn.Module, torch.compile(wrapped))  # a module compiles to an OptimizedModule
     # on the plain model: its state names the layers as the model does, whichever wrapper trains it
     controller = A2SG(model, adapt=config["adapt"], strategy=config["strategy"], n_obs=config["n_obs"],
                       n_eval=config["n_eval"], radius=config["radius"], beta_range=config["beta_range"],
@@ -363,6 +386,7 @@ def _train(config, options, state, device, rank, world, train_set, test_set, inf
     data_generator, worker_seeder = torch.Generator(), WorkerSeeder(config["seed"], rank)
     use_bf16 = config["amp"] == "bf16" or (config["amp"] == "auto" and device.type == "cuda")
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_bf16 else nullcontext
+    history: list[dict[str, Any]]
     history, start_epoch = [], 0
     if state is not None:
         history, start_epoch = restore_checkpoint(state, out, model, optimizer, scheduler, controller)
@@ -375,6 +399,7 @@ def _train(config, options, state, device, rank, world, train_set, test_set, inf
     end_epoch = config["epochs"] if options.stop_after is None else min(config["epochs"], start_epoch + options.stop_after)
     for epoch in range(start_epoch, end_epoch):
         if world > 1:
+            assert isinstance(sampler, DistributedSampler)  # make_loaders' under torchrun
             sampler.set_epoch(epoch)
         data_generator.manual_seed(seed_rngs(config["seed"], epoch, rank))
         worker_seeder.epoch = epoch

@@ -7,6 +7,9 @@ layer is an ``a2sg_triton.nn.LIF`` (``nn.PLIF`` with ``neuron="plif"``, ``nn.ILI
 ``a2sg_triton.A2SG(model)`` finds them all.
 """
 
+from collections.abc import Callable
+from typing import Any
+
 from .layers import (
     NEURONS,
     NeuronConfig,
@@ -25,42 +28,70 @@ from .spikformer import Spikformer, spikformer, spikformer_4_384
 from .vgg import VGG, VGG_SPECS, digits_cnn, digits_vgg, vgg16, vgg_accepts, vggsnn
 from ..ops.checks import check_flag
 
-_BUILDERS = {"vgg16": vgg16, "resnet19": resnet19, "resnet18": resnet18, "vggsnn": vggsnn,
+_BUILDERS: dict[str, Callable[[int, int, NeuronConfig], SpikingClassifier]] = {"vgg16": vgg16, "resnet19": resnet19, "resnet18": resnet18, "vggsnn": vggsnn,
              "digits_cnn": digits_cnn, "digits_vgg": digits_vgg, "spikformer": spikformer,
              "spikformer-4-384": spikformer_4_384, "sdt3": sdt3, "sdt3-10m": sdt3_10m}
 MODELS = tuple(_BUILDERS)
 
 
-def _check_name(name):
+def _check_name(name: Any) -> None:
+    """Raises a ValueError unless ``name`` is one of MODELS."""
     if not isinstance(name, str) or name not in _BUILDERS:
         raise ValueError(f"unknown model {name!r}; expected one of {MODELS}")
 
 
-def accepts_image_size(name, image_size):
+def accepts_image_size(name: str, image_size: int) -> bool:
     """Whether the model ``name`` (one of MODELS) runs on square images of side ``image_size``.
 
     The ResNets, Spikformers and sdt3s pool globally and take any size. A VGG-style model needs a map for each of its 2×2
     poolings and the classifier width that its natural input size sets (docs/models.md).
+
+    Args:
+        name: one of MODELS.
+        image_size: the side of the square input, an int >= 1.
+
+    Returns:
+        Whether the model takes that size.
+
+    Raises:
+        ValueError: an unknown name or a bad size.
     """
     _check_name(name)
     check_count("image_size", image_size)
     return name not in VGG_SPECS or vgg_accepts(name, image_size)
 
 
-def build_model(name, *, num_classes, in_channels, T, surrogate="asy", tau=2.0, v_th=1.0, beta_init=0.5, h=0.5,
-                backend="auto", memory_saving=True, neuron="lif", levels=4):
+def build_model(name: str, *, num_classes: int, in_channels: int, T: int, surrogate: str = "asy", tau: float = 2.0,
+                v_th: float = 1.0, beta_init: float = 0.5, h: float = 0.5, backend: str = "auto",
+                memory_saving: bool = True, neuron: str = "lif", levels: int = 4) -> SpikingClassifier:
     """The model ``name`` (one of MODELS) with every spiking layer built as
     ``LIF(T, surrogate, tau=tau, v_th=v_th, beta_init=beta_init, h=h, backend=backend)``, or with
     ``neuron="plif"`` as ``PLIF(T, surrogate, init_tau=tau, ...)``, with ``neuron="ilif"`` as
     ``ILIF(T, surrogate, levels=levels, decay=1/tau, ...)`` (NEURONS; docs/models.md);
-    ``memory_saving``: bit-packed spikes and tdBN -> LIF recomputation (docs/memory.md)."""
+    ``memory_saving``: bit-packed spikes and tdBN -> LIF recomputation (docs/memory.md).
+
+    Args:
+        name: one of MODELS.
+        num_classes: the classifier's outputs.
+        in_channels: the input's channels.
+        T: timesteps.
+        surrogate, tau, v_th, beta_init, h, backend, neuron, levels: the spiking layers' settings
+            (``NeuronConfig``).
+        memory_saving: the model's ``memory_saving`` attribute.
+
+    Returns:
+        The model: [T, B, in_channels, H, W] -> logits [B, num_classes].
+
+    Raises:
+        ValueError: an unknown name or a bad setting.
+    """
     _check_name(name)
     for arg, value in (("num_classes", num_classes), ("in_channels", in_channels), ("T", T)):
         check_count(arg, value)
-    neuron = NeuronConfig(T, surrogate, tau, v_th, beta_init, h, backend, neuron, levels)
-    neuron.make()  # checks the neuron arguments before anything is built
+    config = NeuronConfig(T, surrogate, tau, v_th, beta_init, h, backend, neuron, levels)
+    config.make()  # checks the neuron arguments before anything is built
     check_flag("memory_saving", memory_saving)
-    model = _BUILDERS[name](num_classes, in_channels, neuron)
+    model = _BUILDERS[name](num_classes, in_channels, config)
     model.memory_saving = memory_saving
     return model
 

@@ -128,10 +128,23 @@ class SDT3(SpikingClassifier):
     convolution with ``conv_kernel``), the rest ``TransformerBlock``s. Each stage opens with a
     (neuron,) conv-BN that sets its width and stride (the first stage's has no neuron: it encodes the
     input, with ``stem_kernel``). The classifier averages the last map over space, passes it through a
-    neuron and a linear layer; the logits are the mean over T. ``neuron``: a NeuronConfig."""
+    neuron and a linear layer; the logits are the mean over T. ``neuron``: a NeuronConfig.
+
+    Args:
+        num_classes: the classifier's outputs.
+        in_channels: the input's channels.
+        neuron: the spiking layers' settings.
+        stages: (channels, depth, stride) per stage.
+        conv_stages: how many of the first stages are convolutional.
+        heads: attention heads of the transformer stages.
+        mlp_ratio: the channel MLPs' expansion.
+        stem_kernel: the first conv's kernel side.
+        conv_kernel: the depthwise kernel side of the convolutional stages' separable convs.
+    """
 
     def __init__(self, num_classes: int, in_channels: int, neuron: NeuronConfig, stages: Sequence[tuple[int, int, int]],
-                 conv_stages: int, heads: int, mlp_ratio: int = 4, stem_kernel: int = 3, conv_kernel: int = 7) -> None:
+                 conv_stages: int, heads: int, *, mlp_ratio: int = 4, stem_kernel: int = 3,
+                 conv_kernel: int = 7) -> None:
         super().__init__(neuron.T, backend=neuron.backend)
         levels = neuron.levels if neuron.neuron == "ilif" else 1
         layers: list[nn.Module] = []
@@ -150,6 +163,7 @@ class _GlobalAverage(nn.Module):
     """[T, B, C, H, W] -> [T, B, C]"""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """[T, B, C, H, W] -> [T, B, C], the mean over space."""
         return x.mean((-2, -1))
 
 

@@ -3,6 +3,8 @@
 import os
 import shutil
 import types
+from collections.abc import Callable, Hashable
+from typing import Any, Optional, cast
 
 import torch
 
@@ -17,7 +19,7 @@ BACKENDS = ("auto", "triton", "torch", "inductor")
 TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
-def _cpu_auto_backend():
+def _cpu_auto_backend() -> str:
     """What backend="auto" runs on CPU tensors: "inductor" (fused C++ loops compiled by
     torch.compile) where a C++ compiler exists, else "torch". A2SG_CPU_BACKEND=torch|inductor
     overrides it (the test suite sets torch: compiling every variant it tries would take too long)."""
@@ -31,7 +33,7 @@ def _cpu_auto_backend():
 
 
 CPU_AUTO_BACKEND = _cpu_auto_backend()
-_COMPILED = {}
+_COMPILED: dict[tuple[Hashable, ...], Callable[..., Any]] = {}
 
 
 # Below this many elements per call a compiled CPU loop runs on one thread: an OpenMP team costs
@@ -40,7 +42,7 @@ _COMPILED = {}
 PARALLEL_MIN_NUMEL = 2**18
 
 
-def compiled_variant(fn, *key, numel=None):
+def compiled_variant(fn: Callable[..., Any], *key: Hashable, numel: Optional[int] = None) -> Callable[..., Any]:
     """``torch.compile(fn)`` for one variant (``key``: everything but the tensors' sizes), compiled
     once, single-threaded when the call's ``numel`` is below PARALLEL_MIN_NUMEL. Each variant gets a
     code object of its own, so dynamo's per-code recompile limit never counts one variant against another; a variant
@@ -51,39 +53,73 @@ def compiled_variant(fn, *key, numel=None):
     sizes) and on requires_grad, and the neuron layers of one network hand in [T, N] views of many
     bases, with and without grad, which recompiled a variant per combination until the recompile limit failed it.
     Every caller runs outside autograd (an op's or autograd.Function's forward, a backward computed by
-    hand, statistics of detached tensors)."""
+    hand, statistics of detached tensors).
+
+    Args:
+        fn: a plain Python function of torch ops (its code object is cloned).
+        *key: the variant: everything the compiled graph depends on but the tensors' sizes.
+        numel: the call's element count; below PARALLEL_MIN_NUMEL the variant runs on one thread.
+
+    Returns:
+        The compiled variant, which detaches its positional tensor arguments.
+    """
     key = (fn, numel is None or numel >= PARALLEL_MIN_NUMEL, *key)
     compiled = _COMPILED.get(key)
     if compiled is None:
-        code = fn.__code__.replace(co_name=f"{fn.__name__}_variant{len(_COMPILED)}")
-        clone = types.FunctionType(code, fn.__globals__, code.co_name, fn.__defaults__, fn.__closure__)
-        clone.__kwdefaults__ = fn.__kwdefaults__
-        options = {} if key[1] else {"cpp.threads": 1}
+        function = cast(types.FunctionType, fn)  # a def: it has a code object to clone
+        code = function.__code__.replace(co_name=f"{function.__name__}_variant{len(_COMPILED)}")
+        clone = types.FunctionType(code, function.__globals__, code.co_name, function.__defaults__,
+                                   function.__closure__)
+        clone.__kwdefaults__ = function.__kwdefaults__
+        options: dict[str, Any] = {} if key[1] else {"cpp.threads": 1}
         compiled = _COMPILED[key] = _detached_call(torch.compile(clone, fullgraph=True, options=options))
     return compiled
 
 
-def _detached_call(compiled):
-    def call(*args, **options):
+def _detached_call(compiled: Callable[..., Any]) -> Callable[..., Any]:
+    """``compiled`` called with its positional tensor arguments detached."""
+
+    def call(*args: Any, **options: Any) -> Any:
         return compiled(*(a.detach() if isinstance(a, torch.Tensor) else a for a in args), **options)
     return call
 
 
 def triton_interpreting() -> bool:
+    """Whether Triton kernels run in its CPU interpreter (TRITON_INTERPRET=1)."""
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def is_compiling() -> bool:
+    """Whether torch.compile (dynamo) is tracing the caller."""
     return torch.compiler.is_compiling()
 
 
-def math_dtype(dtype):
-    """The dtype the ops compute in: float64 for float64 input, else float32."""
+def math_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the ops compute in: float64 for float64 input, else float32.
+
+    Args:
+        dtype: the input's dtype.
+
+    Returns:
+        torch.float64 or torch.float32.
+    """
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def resolve_backend(backend, x):
-    """'auto' -> 'triton' for CUDA tensors of a kernel dtype, CPU_AUTO_BACKEND for CPU tensors, else 'torch'."""
+def resolve_backend(backend: str, x: torch.Tensor) -> str:
+    """'auto' -> 'triton' for CUDA tensors of a kernel dtype, CPU_AUTO_BACKEND for CPU tensors, else 'torch'.
+
+    Args:
+        backend: one of BACKENDS.
+        x: the op's input (its device and dtype decide).
+
+    Returns:
+        "triton", "torch" or "inductor".
+
+    Raises:
+        ValueError: an unknown backend, or "triton" where it cannot run.
+        TypeError: "triton" for a dtype the kernels do not take.
+    """
     if not isinstance(backend, str) or backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto":

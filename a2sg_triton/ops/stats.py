@@ -20,9 +20,12 @@ public ``candidate_stats``, and the armed backward's single step (``delta_stats_
 same pass).
 """
 
+from __future__ import annotations
+
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional, Union
 
 import torch
 
@@ -39,7 +42,12 @@ if HAS_TRITON:
 BLOCK_N = 128  # elements per loop iteration: one per thread of the default 4 warps
 BLOCK_K = 16  # candidates per program, each thread's [BLOCK_K] column of accumulators
 MAX_CHUNKS = 1024  # per-chunk partials: [MAX_CHUNKS, 5, K] fp32 at most
-TORCH_CANDIDATES_PER_PASS = 4  # the eager backend: [4, N] deltas at a time (faster than 1, 8 or 16 at N = 2^16, 1 thread)
+# the eager backend: [4, N] deltas at a time (faster than 1, 8 or 16 at N = 2^16, 1 thread)
+TORCH_CANDIDATES_PER_PASS = 4
+
+# One block's shifted sums: shift, sum(delta - shift), sum((delta - shift)^2), sum |delta| (each [K]) and
+# sum delta * ref ([K], None without a reference).
+ShiftedSums = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, Optional[torch.Tensor]]
 
 
 @dataclass
@@ -60,39 +68,52 @@ class CandidateStats:
     ref_sq: Optional[torch.Tensor]  # scalar, None without a reference
 
     @property
-    def sum(self):
+    def sum(self) -> torch.Tensor:
         """[K] sum(delta_k)."""
         return self.n * self.mean
 
     @property
-    def sumsq(self):
+    def sumsq(self) -> torch.Tensor:
         """[K] sum(delta_k^2)."""
         return self.m2 + self.n * self.mean * self.mean
 
-    def sgv(self):
+    def sgv(self) -> torch.Tensor:
         """[K] Var(delta_k) / mean|delta_k|; +inf where mean|delta_k| = 0."""
         var = self.m2 / self.n
         mean_abs = self.sumabs / self.n
         return torch.where(mean_abs > 0, var / mean_abs, torch.full_like(var, math.inf))
 
-    def tgc(self):
-        """[K] cosine similarity of delta_k with the reference; 0 where a norm is 0."""
+    def tgc(self) -> torch.Tensor:
+        """[K] cosine similarity of delta_k with the reference; 0 where a norm is 0.
+
+        Raises:
+            ValueError: the statistics were computed without a reference.
+        """
         if self.dot is None:
             raise ValueError("tgc() needs statistics computed with ref=")
+        assert self.ref_sq is not None  # computed together with dot
         norms = torch.sqrt(self.sumsq * self.ref_sq)
         return torch.where(norms > 0, self.dot / norms, torch.zeros_like(norms))
 
-    def all_reduce(self, group=None):
+    def all_reduce(self, group: Optional[torch.distributed.ProcessGroup] = None) -> CandidateStats:
         """Merges the statistics of the ranks of ``group`` (torch.distributed), in place.
 
         Two SUM all-reduces: first the plain sums (n, n mean, sum |delta|, dot, ref_sq), which give
         the global mean; then each rank's M2 + n (mean_rank - mean)^2, whose sum is the global M2
         (Chan et al.'s formula). Every rank ends with the same values, so all choose the same beta.
+
+        Args:
+            group: the torch.distributed process group (None: the default group).
+
+        Returns:
+            self, merged.
         """
         import torch.distributed as dist
 
         plain = [self.n.reshape(1), self.n * self.mean, self.sumabs]
-        plain += [] if self.dot is None else [self.dot, self.ref_sq.reshape(1)]
+        if self.dot is not None:
+            assert self.ref_sq is not None  # computed together with dot
+            plain += [self.dot, self.ref_sq.reshape(1)]
         flat = torch.cat(plain)
         dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
         K = self.mean.numel()
@@ -106,7 +127,8 @@ class CandidateStats:
         return self
 
 
-def _merge_chunks(betas, counts, shift, s1, s2, sumabs, dot, ref_sq):
+def _merge_chunks(betas: torch.Tensor, counts: torch.Tensor, shift: torch.Tensor, s1: torch.Tensor, s2: torch.Tensor,
+                  sumabs: torch.Tensor, dot: Optional[torch.Tensor], ref_sq: Optional[torch.Tensor]) -> CandidateStats:
     """Shifted sums of C chunks -> CandidateStats, in float64.
 
     counts [C]; shift, s1 = sum(delta - shift), s2 = sum((delta - shift)^2), sumabs, dot: [C, K]
@@ -125,7 +147,9 @@ def _merge_chunks(betas, counts, shift, s1, s2, sumabs, dot, ref_sq):
                           dot=None if dot is None else dot.to(torch.float64).sum(0), ref_sq=ref_sq)
 
 
-def _check_args(u, grad_s, betas, *, surrogate, carry, ref, v_th, h, reset, v_reset, detach_reset):
+def _check_args(u: torch.Tensor, grad_s: torch.Tensor, betas: Union[torch.Tensor, Sequence[float]], *, surrogate: str,
+                carry: Optional[torch.Tensor], ref: Optional[torch.Tensor], v_th: float, h: float, reset: str,
+                v_reset: float, detach_reset: bool) -> tuple[torch.Tensor, StepParams]:
     """Validates everything before any kernel runs; returns (betas [K] float64, the step's constants)."""
     check_tensor("u", u)
     if u.numel() == 0:
@@ -134,6 +158,7 @@ def _check_args(u, grad_s, betas, *, surrogate, carry, ref, v_th, h, reset, v_re
         if tensor is None and name != "grad_s":
             continue
         check_tensor(name, tensor, device=u.device)
+        assert tensor is not None  # check_tensor raised otherwise
         if tensor.shape != u.shape:
             raise ValueError(f"{name} must have u's shape {list(u.shape)}, got {list(tensor.shape)}")
     surrogate_id = check_surrogate(surrogate, h)
@@ -155,7 +180,7 @@ def _check_args(u, grad_s, betas, *, surrogate, carry, ref, v_th, h, reset, v_re
     return betas.detach().to(torch.float64), step
 
 
-def _stats_from_deltas(betas, deltas, ref):
+def _stats_from_deltas(betas: torch.Tensor, deltas: torch.Tensor, ref: Optional[torch.Tensor]) -> CandidateStats:
     """Reference statistics of deltas [K, N] (any float dtype), two-pass in float64."""
     deltas = deltas.double()
     n = torch.full((), float(deltas.shape[1]), dtype=torch.float64, device=deltas.device)  # no host copy
@@ -167,10 +192,23 @@ def _stats_from_deltas(betas, deltas, ref):
     )
 
 
-def reference_deltas(u, grad_s, betas, carry, step: StepParams):
-    """[K, N] float64: for each candidate, delta_k = dL/du by autograd through one LIF step."""
-    u, grad_s, carry = (None if t is None else t.detach().double().flatten() for t in (u, grad_s, carry))
-    deltas = []
+def reference_deltas(u: torch.Tensor, grad_s: torch.Tensor, betas: torch.Tensor, carry: Optional[torch.Tensor],
+                     step: StepParams) -> torch.Tensor:
+    """[K, N] float64: for each candidate, delta_k = dL/du by autograd through one LIF step.
+
+    Args:
+        u: membrane potentials, any shape (N elements).
+        grad_s: dL/ds, u's shape.
+        betas: the candidate widths [K].
+        carry: dL/dv, u's shape, or None.
+        step: the step's constants.
+
+    Returns:
+        deltas [K, N] float64.
+    """
+    u, grad_s = (t.detach().double().flatten() for t in (u, grad_s))
+    carry = None if carry is None else carry.detach().double().flatten()
+    deltas: list[torch.Tensor] = []
     for beta in betas.to(device=u.device, dtype=torch.float64):
         uu = u.clone().requires_grad_()
         s = HeavisideSurrogate.apply(uu, beta, SURROGATES[step.surrogate_id], step.v_th, step.h)
@@ -181,9 +219,17 @@ def reference_deltas(u, grad_s, betas, carry, step: StepParams):
     return torch.stack(deltas)
 
 
-def candidate_stats_ref(u, grad_s, betas, surrogate="box", *, carry=None, ref=None, v_th=1.0, h=0.5,
-                        reset="soft", v_reset=0.0, detach_reset=False, backend="auto"):
-    """Reference: for each candidate, delta_k by autograd through one LIF step, in float64."""
+def candidate_stats_ref(u: torch.Tensor, grad_s: torch.Tensor, betas: Union[torch.Tensor, Sequence[float]],
+                        surrogate: str = "box", *, carry: Optional[torch.Tensor] = None,
+                        ref: Optional[torch.Tensor] = None, v_th: float = 1.0, h: float = 0.5, reset: str = "soft",
+                        v_reset: float = 0.0, detach_reset: bool = False, backend: str = "auto") -> CandidateStats:
+    """Reference: for each candidate, delta_k by autograd through one LIF step, in float64.
+
+    Args: as ``candidate_stats``'s (``backend`` is not used).
+
+    Returns:
+        float64 ``CandidateStats`` over the K candidates.
+    """
     betas, step = _check_args(u, grad_s, betas, surrogate=surrogate, carry=carry, ref=ref, v_th=v_th, h=h,
                               reset=reset, v_reset=v_reset, detach_reset=detach_reset)
     deltas = reference_deltas(u, grad_s, betas, carry, step)
@@ -195,8 +241,10 @@ def candidate_stats_ref(u, grad_s, betas, surrogate="box", *, carry=None, ref=No
 # ---------------------------------------------------------------------------------------------
 
 
-def _stats_kernel(u, grad_s, carry, ref, betas, step: StepParams, *, th_offset, carry_scale, grad_x=None, delta=None,
-                  input_scale=1.0):
+def _stats_kernel(u: torch.Tensor, grad_s: torch.Tensor, carry: Optional[torch.Tensor], ref: Optional[torch.Tensor],
+                  betas: torch.Tensor, step: StepParams, *, th_offset: float, carry_scale: float,
+                  grad_x: Optional[torch.Tensor] = None, delta: Optional[torch.Tensor] = None,
+                  input_scale: float = 1.0) -> CandidateStats:
     """Launches candidate_stats_kernel over flat contiguous [N] inputs -> CandidateStats. With
     grad_x and delta ([N] outputs) it runs the one-candidate variant that also writes them."""
     N, K = u.numel(), betas.numel()
@@ -220,18 +268,23 @@ def _stats_kernel(u, grad_s, carry, ref, betas, step: StepParams, *, th_offset, 
     counts = torch.full((n_chunks,), float(chunk), dtype=torch.float64, device=u.device)
     counts[-1] = float(N - (n_chunks - 1) * chunk)
     has_ref = ref is not None
-    return _merge_chunks(betas, counts, *partial.unbind(1)[:4], partial[:, 4] if has_ref else None,
+    shift, s1, s2, sumabs = partial.unbind(1)[:4]
+    return _merge_chunks(betas, counts, shift, s1, s2, sumabs, partial[:, 4] if has_ref else None,
                          ref_sq_partial.double().sum() if has_ref else None)
 
 
-def candidate_stats_triton(u, grad_s, carry, ref, betas, step: StepParams, *, th_offset=0.0, carry_scale=1.0):
+def candidate_stats_triton(u: torch.Tensor, grad_s: torch.Tensor, carry: Optional[torch.Tensor],
+                           ref: Optional[torch.Tensor], betas: torch.Tensor, step: StepParams, *,
+                           th_offset: float = 0.0, carry_scale: float = 1.0) -> CandidateStats:
     """Flat contiguous [N] inputs -> CandidateStats (fp32 per-chunk shifted sums, float64 merge).
     The window is centred at u = th_offset (d = u - th_offset); the carry is carry_scale * carry."""
     return _stats_kernel(u, grad_s, carry, ref, betas, step, th_offset=th_offset, carry_scale=carry_scale)
 
 
-def delta_stats_triton(d, grad_s, carry, ref, beta, step: StepParams, grad_x, *, carry_scale=1.0, th_offset=0.0,
-                       input_scale=1.0):
+def delta_stats_triton(d: torch.Tensor, grad_s: torch.Tensor, carry: Optional[torch.Tensor],
+                       ref: Optional[torch.Tensor], beta: torch.Tensor, step: StepParams, grad_x: torch.Tensor, *,
+                       carry_scale: float = 1.0, th_offset: float = 0.0,
+                       input_scale: float = 1.0) -> tuple[torch.Tensor, CandidateStats]:
     """delta[t] of one width in one pass: d = u - v_th (d - th_offset the window's centre offset:
     an I-LIF level), grad_s, carry (times carry_scale), ref: flat [N]; beta: [1] on d's device.
     Writes input_scale * delta into grad_x ([N], contiguous) and returns (delta [N] fp32, its
@@ -247,7 +300,7 @@ def delta_stats_triton(d, grad_s, carry, ref, beta, step: StepParams, grad_x, *,
 # ---------------------------------------------------------------------------------------------
 
 
-def _shifted_sums(deltas, shift, ref):
+def _shifted_sums(deltas: torch.Tensor, shift: torch.Tensor, ref: Optional[torch.Tensor]) -> ShiftedSums:
     """deltas [K, N], shift [K, 1] -> float64 [K]: shift, sum(delta - shift), sum((delta - shift)^2),
     sum |delta|, sum delta * ref (None without ref), all in float64 (exact differences and products
     of fp32 values)."""
@@ -257,7 +310,9 @@ def _shifted_sums(deltas, shift, ref):
     return shift[:, 0], shifted.sum(1), (shifted * shifted).sum(1), deltas.abs().sum(1), dot
 
 
-def candidate_sums_torch(u, grad_s, carry, ref, betas, step: StepParams, *, th_offset, carry_scale):
+def candidate_sums_torch(u: torch.Tensor, grad_s: torch.Tensor, carry: Optional[torch.Tensor],
+                         ref: Optional[torch.Tensor], betas: torch.Tensor, step: StepParams, *, th_offset: float,
+                         carry_scale: float) -> ShiftedSums:
     """The shifted sums of ``_shifted_sums`` for K candidates, shifted by delta_k at element 0, in the
     math dtype (fp32; float64 for float64 u). Written so that inductor fuses it into one loop over
     [K, N] that never materialises the deltas (``candidate_stats_inductor``)."""
@@ -268,14 +323,17 @@ def candidate_sums_torch(u, grad_s, carry, ref, betas, step: StepParams, *, th_o
     ref = None if ref is None else ref.to(dtype)
     betas = betas.to(dtype)[:, None]
 
-    def deltas(i):  # delta_k of the elements i (a slice): lif_bwd_step on [1, n] rows against [K, 1] widths
+    # delta_k of the elements i (a slice): lif_bwd_step on [1, n] rows against [K, 1] widths
+    def deltas(i: slice) -> torch.Tensor:
         return lif_bwd_step(d[None, i], grad_s[None, i], None if carry is None else carry[None, i], betas, step)
 
     # The shift is computed apart (not as a slice of the [K, N] deltas), so inductor need not store them.
     return _shifted_sums(deltas(slice(None)), deltas(slice(0, 1)), ref)
 
 
-def candidate_stats_torch(u, grad_s, carry, ref, betas, step: StepParams, *, th_offset=0.0, carry_scale=1.0):
+def candidate_stats_torch(u: torch.Tensor, grad_s: torch.Tensor, carry: Optional[torch.Tensor],
+                          ref: Optional[torch.Tensor], betas: torch.Tensor, step: StepParams, *,
+                          th_offset: float = 0.0, carry_scale: float = 1.0) -> CandidateStats:
     """The eager backend: ``candidate_sums_torch`` over TORCH_CANDIDATES_PER_PASS candidates at a time."""
     parts = [candidate_sums_torch(u, grad_s, carry, ref, chunk.to(u.device), step, th_offset=th_offset,
                                   carry_scale=carry_scale)
@@ -283,7 +341,9 @@ def candidate_stats_torch(u, grad_s, carry, ref, betas, step: StepParams, *, th_
     return _sums_to_stats(betas, u, ref, [None if p[0] is None else torch.cat(p) for p in zip(*parts)])
 
 
-def candidate_stats_inductor(u, grad_s, carry, ref, betas, step: StepParams, *, th_offset=0.0, carry_scale=1.0):
+def candidate_stats_inductor(u: torch.Tensor, grad_s: torch.Tensor, carry: Optional[torch.Tensor],
+                             ref: Optional[torch.Tensor], betas: torch.Tensor, step: StepParams, *,
+                             th_offset: float = 0.0, carry_scale: float = 1.0) -> CandidateStats:
     """The inductor backend: ``candidate_sums_torch`` compiled once per variant (utils.compiled_variant)
     into a fused loop over all K candidates."""
     sums = compiled_variant(candidate_sums_torch, u.dtype, carry is None, ref is None, step, th_offset, carry_scale,
@@ -292,7 +352,8 @@ def candidate_stats_inductor(u, grad_s, carry, ref, betas, step: StepParams, *, 
                                               carry_scale=carry_scale))
 
 
-def _sums_to_stats(betas, u, ref, sums):
+def _sums_to_stats(betas: torch.Tensor, u: torch.Tensor, ref: Optional[torch.Tensor],
+                   sums: Sequence[Any]) -> CandidateStats:
     """One chunk's shifted sums (all N elements) -> CandidateStats."""
     shift, s1, s2, sumabs, dot = sums
     ref_sq = None if ref is None else ref.double().dot(ref.double())
@@ -301,8 +362,10 @@ def _sums_to_stats(betas, u, ref, sums):
                          None if dot is None else dot[None], ref_sq)
 
 
-def delta_stats_torch(d, grad_s, carry, ref, beta, step: StepParams, grad_x, *, carry_scale=1.0, th_offset=0.0,
-                      input_scale=1.0):
+def delta_stats_torch(d: torch.Tensor, grad_s: torch.Tensor, carry: Optional[torch.Tensor],
+                      ref: Optional[torch.Tensor], beta: torch.Tensor, step: StepParams, grad_x: torch.Tensor, *,
+                      carry_scale: float = 1.0, th_offset: float = 0.0,
+                      input_scale: float = 1.0) -> tuple[torch.Tensor, CandidateStats]:
     """``delta_stats_triton`` in torch ops: lif_bwd_step with the width beta ([1]), then the
     statistics of that very delta."""
     dtype = math_dtype(d.dtype)
@@ -313,17 +376,33 @@ def delta_stats_torch(d, grad_s, carry, ref, beta, step: StepParams, grad_x, *, 
     return delta, _sums_to_stats(beta, d, ref, _shifted_sums(delta[None, :], delta[None, :1], ref))
 
 
-CANDIDATE_STATS = {"triton": candidate_stats_triton, "torch": candidate_stats_torch,
-                   "inductor": candidate_stats_inductor}
-DELTA_STATS = {"triton": delta_stats_triton, "torch": delta_stats_torch, "inductor": delta_stats_torch}
+CANDIDATE_STATS: dict[str, Callable[..., CandidateStats]] = {
+    "triton": candidate_stats_triton, "torch": candidate_stats_torch, "inductor": candidate_stats_inductor}
+DELTA_STATS: dict[str, Callable[..., tuple[torch.Tensor, CandidateStats]]] = {
+    "triton": delta_stats_triton, "torch": delta_stats_torch, "inductor": delta_stats_torch}
 
 
-def candidate_stats(u, grad_s, betas, surrogate="box", *, carry=None, ref=None, v_th=1.0, h=0.5, reset="soft",
-                    v_reset=0.0, detach_reset=False, backend="auto"):
+def candidate_stats(u: torch.Tensor, grad_s: torch.Tensor, betas: Union[torch.Tensor, Sequence[float]],
+                    surrogate: str = "box", *, carry: Optional[torch.Tensor] = None,
+                    ref: Optional[torch.Tensor] = None, v_th: float = 1.0, h: float = 0.5, reset: str = "soft",
+                    v_reset: float = 0.0, detach_reset: bool = False, backend: str = "auto") -> CandidateStats:
     """SGV/TGC statistics of the LIF local gradient for K candidate widths, in one pass.
 
     u, grad_s (and the optional carry = dL/dv[t], ref = delta[t+1]) have one shape: one layer at one
     timestep. betas: [K] widths (tensor or sequence). Returns float64 ``CandidateStats``.
+
+    Args:
+        u: the membrane potentials u[t] (any shape, N elements).
+        grad_s: dL/ds[t], u's shape.
+        betas: the candidate widths [K] (a tensor or a sequence of numbers), each finite and > 0.
+        surrogate: one of SURROGATES.
+        carry: dL/dv[t], u's shape, or None.
+        ref: the reference delta[t+1] for TGC, u's shape, or None.
+        v_th, h, reset, v_reset, detach_reset: the LIF step's constants.
+        backend: "auto", "triton", "torch" or "inductor".
+
+    Returns:
+        float64 ``CandidateStats`` over the K candidates.
     """
     betas, step = _check_args(u, grad_s, betas, surrogate=surrogate, carry=carry, ref=ref, v_th=v_th, h=h,
                               reset=reset, v_reset=v_reset, detach_reset=detach_reset)

@@ -5,6 +5,7 @@ values; ``SURROGATES`` gives each name its kernel id (its index).
 """
 
 import math
+from typing import Any, Union
 
 import torch
 
@@ -13,8 +14,20 @@ from .checks import check_real, check_tensor
 SURROGATES = ("box", "tri", "asy", "asy_unit", "atan", "sigmoid")
 
 
-def check_surrogate(surrogate, h) -> int:
-    """Checks the name and ``h`` (h >= 0.5 for asy, so f >= 0 on the window); returns the kernel id."""
+def check_surrogate(surrogate: Any, h: Any) -> int:
+    """Checks the name and ``h`` (h >= 0.5 for asy, so f >= 0 on the window); returns the kernel id.
+
+    Args:
+        surrogate: one of SURROGATES.
+        h: the asy surrogate's offset (a real number; >= 0.5 for asy).
+
+    Returns:
+        The surrogate's kernel id, its index in SURROGATES.
+
+    Raises:
+        ValueError: an unknown name, or h < 0.5 for asy.
+        TypeError: h is not a real number.
+    """
     if not isinstance(surrogate, str) or surrogate not in SURROGATES:
         raise ValueError(f"surrogate must be one of {SURROGATES}, got {surrogate!r}")
     check_real("h", h)
@@ -23,10 +36,21 @@ def check_surrogate(surrogate, h) -> int:
     return SURROGATES.index(surrogate)
 
 
-def surrogate_grad(u, beta, surrogate="box", v_th=1.0, h=0.5):
+def surrogate_grad(u: torch.Tensor, beta: Union[float, torch.Tensor], surrogate: str = "box", v_th: float = 1.0,
+                   h: float = 0.5) -> torch.Tensor:
     """Elementwise f(u; beta) of the named surrogate; ``beta`` is a float or broadcasts to u.
 
     Every windowed surrogate is 0 outside the strict window |u - v_th| < beta.
+
+    Args:
+        u: membrane potentials, any shape.
+        beta: the width: a float or a tensor that broadcasts to u.
+        surrogate: one of SURROGATES.
+        v_th: the threshold the window is centred on.
+        h: the asy surrogate's value at the threshold.
+
+    Returns:
+        f(u; beta), u's shape and dtype.
     """
     check_surrogate(surrogate, h)
     check_tensor("u", u)
