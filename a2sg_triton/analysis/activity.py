@@ -325,7 +325,7 @@ def weight_statistics(model: nn.Module, bins: int = 50) -> dict[str, dict[str, A
 
 
 def spike_deletion(model: nn.Module, loader: Batches, T: int, device: Union[torch.device, str],
-                   fractions: Iterable[float] = (0.0, 0.1, 0.2, 0.3), seed: int = 0,
+                   *, fractions: Iterable[float] = (0.0, 0.1, 0.2, 0.3), seed: int = 0,
                    max_batches: Optional[int] = None) -> list[dict[str, Any]]:
     """Accuracy and spikes under deletion noise (Table A3): every LIF layer's output spikes are each
     zeroed independently with probability ``fraction`` (one ``torch.Generator`` seeded with ``seed``
@@ -384,7 +384,7 @@ def _deletion_run(model: nn.Module, loader: Batches, T: int, device: Union[torch
 
 
 def tsne_features(model: nn.Module, loader: Batches, T: int, device: Union[torch.device, str], layer: str,
-                  timesteps: Sequence[int], n_samples: int = 500, seed: int = 0) -> dict[str, Any]:
+                  timesteps: Sequence[int], *, n_samples: int = 500, seed: int = 0) -> dict[str, Any]:
     """2-D t-SNE of the output of module ``layer`` at each of ``timesteps`` (Fig. 6).
 
     The module's output must be [T, B, ...] (a LIF layer's spikes, or e.g. a time-folded conv);

@@ -104,7 +104,8 @@ def _evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tens
 
 
 def fisher_max_eigenvalue(model: nn.Module, loader: Batches, T: int, device: Union[torch.device, str],
-                          n_samples: int = 64, method: str = "auto", iters: int = 50, seed: int = 0) -> dict[str, Any]:
+                          *, n_samples: int = 64, method: str = "auto", iters: int = 50,
+                          seed: int = 0) -> dict[str, Any]:
     """Largest eigenvalue of each Conv/Linear layer's empirical Fisher (Eq. A8, Fig. 5c).
 
     F = (1/n) sum_i g_i g_i^T, g_i the gradient of sample i's cross-entropy (true label) w.r.t. the
@@ -228,8 +229,8 @@ def _landscape(model: nn.Module, loader: Batches, T: int, device: Union[torch.de
     return alphas, [[p[0] for p in row] for row in grid], [[p[1] for p in row] for row in grid]
 
 
-def loss_landscape_1d(model: nn.Module, loader: Batches, T: int, device: Union[torch.device, str], steps: int = 21,
-                      span: float = 1.0, seed: int = 0, max_batches: Optional[int] = None, *,
+def loss_landscape_1d(model: nn.Module, loader: Batches, T: int, device: Union[torch.device, str], *, steps: int = 21,
+                      span: float = 1.0, seed: int = 0, max_batches: Optional[int] = None,
                       layers: Optional[Iterable[str]] = None, progress: bool = False) -> dict[str, list[float]]:
     """Mean cross-entropy and accuracy at theta + alpha d, alpha in linspace(-span, span, steps) (Fig. 1).
 
@@ -263,8 +264,8 @@ def loss_landscape_1d(model: nn.Module, loader: Batches, T: int, device: Union[t
     return {"alphas": alphas, "loss": loss, "accuracy": accuracy}
 
 
-def loss_landscape_2d(model: nn.Module, loader: Batches, T: int, device: Union[torch.device, str], steps: int = 11,
-                      span: float = 1.0, seed: int = 0, max_batches: Optional[int] = None, *,
+def loss_landscape_2d(model: nn.Module, loader: Batches, T: int, device: Union[torch.device, str], *, steps: int = 11,
+                      span: float = 1.0, seed: int = 0, max_batches: Optional[int] = None,
                       layers: Optional[Iterable[str]] = None, progress: bool = False) -> dict[str, list[Any]]:
     """As ``loss_landscape_1d`` on the plane theta + alpha d + beta e (two independent seeded
     directions; these alpha and beta are step sizes, not the surrogate width).
@@ -287,7 +288,7 @@ def loss_landscape_2d(model: nn.Module, loader: Batches, T: int, device: Union[t
 
 
 def metric_vs_beta(model: nn.Module, x: torch.Tensor, y: torch.Tensor, layer_name: str, t: int,
-                   betas: torch.Tensor, T: Optional[int] = None, level: Optional[int] = None) -> dict[str, Any]:
+                   betas: torch.Tensor, *, T: Optional[int] = None, level: Optional[int] = None) -> dict[str, Any]:
     """SGV and TGC of the A²SG search site (t) of LIF or PLIF layer ``layer_name``, or (t, ``level``) of
     an I-LIF layer, for each candidate width (Fig. 3).
 
@@ -330,7 +331,8 @@ def metric_vs_beta(model: nn.Module, x: torch.Tensor, y: torch.Tensor, layer_nam
         raise ValueError(f"t must be in [0, {lif.T - 1}], got {t}")
     if isinstance(lif, ILIF):
         if isinstance(level, bool) or not isinstance(level, int):
-            raise TypeError(f"level must be an int in [1, {lif.levels}] for the nn.ILIF layer {layer_name!r}, got {level!r}")
+            raise TypeError(f"level must be an int in [1, {lif.levels}] for the nn.ILIF layer {layer_name!r}, "
+                            f"got {level!r}")
         if not 1 <= level <= lif.levels:
             raise ValueError(f"level must be in [1, {lif.levels}], got {level}")
     elif level is not None:

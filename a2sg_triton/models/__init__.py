@@ -28,9 +28,10 @@ from .spikformer import Spikformer, spikformer, spikformer_4_384
 from .vgg import VGG, VGG_SPECS, digits_cnn, digits_vgg, vgg16, vgg_accepts, vggsnn
 from ..ops.checks import check_flag
 
-_BUILDERS: dict[str, Callable[[int, int, NeuronConfig], SpikingClassifier]] = {"vgg16": vgg16, "resnet19": resnet19, "resnet18": resnet18, "vggsnn": vggsnn,
-             "digits_cnn": digits_cnn, "digits_vgg": digits_vgg, "spikformer": spikformer,
-             "spikformer-4-384": spikformer_4_384, "sdt3": sdt3, "sdt3-10m": sdt3_10m}
+_BUILDERS: dict[str, Callable[[int, int, NeuronConfig], SpikingClassifier]] = {
+    "vgg16": vgg16, "resnet19": resnet19, "resnet18": resnet18, "vggsnn": vggsnn, "digits_cnn": digits_cnn,
+    "digits_vgg": digits_vgg, "spikformer": spikformer, "spikformer-4-384": spikformer_4_384, "sdt3": sdt3,
+    "sdt3-10m": sdt3_10m}
 MODELS = tuple(_BUILDERS)
 
 
@@ -88,7 +89,8 @@ def build_model(name: str, *, num_classes: int, in_channels: int, T: int, surrog
     _check_name(name)
     for arg, value in (("num_classes", num_classes), ("in_channels", in_channels), ("T", T)):
         check_count(arg, value)
-    config = NeuronConfig(T, surrogate, tau, v_th, beta_init, h, backend, neuron, levels)
+    config = NeuronConfig(T, surrogate=surrogate, tau=tau, v_th=v_th, beta_init=beta_init, h=h, backend=backend,
+                          neuron=neuron, levels=levels)
     config.make()  # checks the neuron arguments before anything is built
     check_flag("memory_saving", memory_saving)
     model = _BUILDERS[name](num_classes, in_channels, config)

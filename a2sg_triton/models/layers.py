@@ -5,7 +5,7 @@ folded [T*B, ...] tensor; the LIF layers take [T, B, ...] as they are; ``nn.Line
 """
 
 import math
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from typing import Any, Optional
 
 import torch
@@ -37,6 +37,7 @@ class NeuronConfig:
 
     T: int
     surrogate: str = "asy"
+    _: KW_ONLY
     tau: float = 2.0
     v_th: float = 1.0
     beta_init: float = 0.5
@@ -94,7 +95,7 @@ class TdBatchNorm2d(nn.BatchNorm2d):
     running statistics are updated exactly as BatchNorm2d updates them.
     """
 
-    def __init__(self, num_features: int, alpha: float = 1.0, v_th: float = 1.0, backend: str = "auto") -> None:
+    def __init__(self, num_features: int, *, alpha: float = 1.0, v_th: float = 1.0, backend: str = "auto") -> None:
         super().__init__(num_features)
         if not isinstance(backend, str) or backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -140,7 +141,7 @@ def conv_bn(in_channels: int, out_channels: int, kernel_size: int, stride: int =
     """
     conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding=kernel_size // 2, groups=groups,
                      bias=False)
-    return TimeDistributed(conv, TdBatchNorm2d(out_channels, alpha, v_th, backend))
+    return TimeDistributed(conv, TdBatchNorm2d(out_channels, alpha=alpha, v_th=v_th, backend=backend))
 
 
 def conv_bn_lif(in_channels: int, out_channels: int, neuron: NeuronConfig, stride: int = 1) -> nn.Sequential:
@@ -170,7 +171,7 @@ class SpikingClassifier(nn.Module):
     features: nn.Module  # set by the subclass
     classifier: nn.Module
 
-    def __init__(self, T: int, memory_saving: bool = True, backend: str = "auto") -> None:
+    def __init__(self, T: int, *, memory_saving: bool = True, backend: str = "auto") -> None:
         super().__init__()
         self.T = T
         self.memory_saving = check_flag("memory_saving", memory_saving)

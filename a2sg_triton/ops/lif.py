@@ -128,7 +128,7 @@ class HeavisideSurrogate(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad_spike: Tensor) -> tuple:  # type: ignore[override]
         u, beta = ctx.saved_tensors
-        return grad_spike * surrogate_grad(u, beta, ctx.surrogate, ctx.v_th, ctx.h), None, None, None, None
+        return grad_spike * surrogate_grad(u, beta, ctx.surrogate, v_th=ctx.v_th, h=ctx.h), None, None, None, None
 
 
 def lif_multistep_ref(x: Tensor, beta: Beta, surrogate: str = "box", *, decay: float = 0.5,

@@ -36,7 +36,7 @@ def check_surrogate(surrogate: Any, h: Any) -> int:
     return SURROGATES.index(surrogate)
 
 
-def surrogate_grad(u: torch.Tensor, beta: Union[float, torch.Tensor], surrogate: str = "box", v_th: float = 1.0,
+def surrogate_grad(u: torch.Tensor, beta: Union[float, torch.Tensor], surrogate: str = "box", *, v_th: float = 1.0,
                    h: float = 0.5) -> torch.Tensor:
     """Elementwise f(u; beta) of the named surrogate; ``beta`` is a float or broadcasts to u.
 
