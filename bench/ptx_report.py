@@ -116,6 +116,11 @@ LOOP_WORK = {
     "tdbn_lif_bwd_kernel": lambda c: dict(elements="BLOCK", candidates=None, reads=["y_ptr"], uniform=[])
     if not c["BACKWARD"] else dict(elements="BLOCK", candidates=None, reads=["grad_spikes_ptr", "d_ptr"],
                                    uniform=["beta_ptr"]),
+    # the statistics' second stage: per chunk, each of BLOCK_K candidates' shifted sums (the M2 pass reads
+    # shift, s1, s2; the first pass shift, s1, sum |delta| and, with HAS_REF, the dot and the chunk's ref^2)
+    "candidate_stats_finalize_kernel": lambda c: dict(
+        elements="BLOCK_K", candidates=None, reads=["partial_ptr"] * (4 if c["HAS_REF"] else 3),
+        uniform=["ref_sq_partial_ptr"] * c["HAS_REF"]),
     # STORE_DELTA: the armed backward's step, one width (BLOCK_K = 1): per element, not per pair
     "candidate_stats_kernel": lambda c: dict(
         elements="BLOCK_N", candidates=None if c["STORE_DELTA"] else "BLOCK_K",

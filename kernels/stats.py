@@ -141,3 +141,62 @@ def candidate_stats_kernel(
         tl.store(out + 4 * K, tl.sum(acc_dot, axis=1), mask=k_mask)
         if pid % n_k_tiles == 0:
             tl.store(ref_sq_partial_ptr + chunk, tl.sum(acc_ref_sq, axis=0))
+
+
+@triton.jit
+def candidate_stats_finalize_kernel(
+    partial_ptr,  # [n_chunks, 5, K] fp32: candidate_stats_kernel's per-chunk shifted sums
+    ref_sq_partial_ptr,  # [n_chunks] fp32: per-chunk sum of ref^2 (read only when HAS_REF)
+    out_ptr,  # [8, K] float64 out: n, mean, M2, sum |delta|, sum delta * ref, sum ref^2, SGV, TGC
+    #           (the rows of the reference and TGC written only when HAS_REF; n and sum ref^2 in every column)
+    N,
+    K,
+    n_chunks,
+    chunk_len,  # elements per chunk; the last chunk holds the rest
+    HAS_REF: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    # The second stage of the statistics, on the device: each chunk's (count, mean, M2) from its shifted
+    # sums, merged in float64 by Chan et al.'s formula in chunk order (deterministic), then SGV and TGC.
+    ks = tl.program_id(0).to(tl.int64) * BLOCK_K + tl.arange(0, BLOCK_K)
+    k_mask = ks < K
+    n = N.to(tl.float64)
+    total = tl.zeros([BLOCK_K], dtype=tl.float64)  # sum of delta_k = sum over chunks of n_c mean_c
+    sumabs = tl.zeros([BLOCK_K], dtype=tl.float64)
+    dot = tl.zeros([BLOCK_K], dtype=tl.float64)
+    ref_sq = tl.zeros([BLOCK_K], dtype=tl.float64)
+    for c in range(n_chunks):
+        n_c = tl.minimum(chunk_len, N - c * chunk_len).to(tl.float64)
+        row = partial_ptr + c * 5 * K + ks
+        shift = tl.load(row, mask=k_mask, other=0.0).to(tl.float64)
+        s1 = tl.load(row + K, mask=k_mask, other=0.0).to(tl.float64)
+        total += n_c * (shift + s1 / n_c)
+        sumabs += tl.load(row + 3 * K, mask=k_mask, other=0.0).to(tl.float64)
+        if HAS_REF:
+            dot += tl.load(row + 4 * K, mask=k_mask, other=0.0).to(tl.float64)
+            ref_sq += tl.load(ref_sq_partial_ptr + c).to(tl.float64)
+    mean = total / n
+    m2 = tl.zeros([BLOCK_K], dtype=tl.float64)
+    for c in range(n_chunks):
+        n_c = tl.minimum(chunk_len, N - c * chunk_len).to(tl.float64)
+        row = partial_ptr + c * 5 * K + ks
+        shift = tl.load(row, mask=k_mask, other=0.0).to(tl.float64)
+        s1 = tl.load(row + K, mask=k_mask, other=0.0).to(tl.float64)
+        s2 = tl.load(row + 2 * K, mask=k_mask, other=0.0).to(tl.float64)
+        chunk_mean = shift + s1 / n_c
+        chunk_m2 = tl.maximum(s2 - s1 * s1 / n_c, 0.0)  # rounding can dip below 0
+        m2 += chunk_m2 + n_c * (chunk_mean - mean) * (chunk_mean - mean)
+    mean_abs = sumabs / n
+    # where a denominator is 0 the other branch is taken: divide by 1 there, not by 0
+    sgv = tl.where(mean_abs > 0, (m2 / n) / tl.where(mean_abs > 0, mean_abs, 1.0), float("inf"))
+    out = out_ptr + ks
+    tl.store(out, tl.zeros([BLOCK_K], dtype=tl.float64) + n, mask=k_mask)
+    tl.store(out + K, mean, mask=k_mask)
+    tl.store(out + 2 * K, m2, mask=k_mask)
+    tl.store(out + 3 * K, sumabs, mask=k_mask)
+    tl.store(out + 6 * K, sgv, mask=k_mask)
+    if HAS_REF:
+        norms = tl.sqrt((m2 + n * mean * mean) * ref_sq)
+        tl.store(out + 4 * K, dot, mask=k_mask)
+        tl.store(out + 5 * K, ref_sq, mask=k_mask)
+        tl.store(out + 7 * K, tl.where(norms > 0, dot / tl.where(norms > 0, norms, 1.0), 0.0), mask=k_mask)

@@ -18,17 +18,18 @@ from a2sg_triton.kernels.bitpack import pack_bits_kernel, unpack_bits_kernel
 from a2sg_triton.kernels.ilif import ilif_bwd_kernel, ilif_fwd_kernel
 from a2sg_triton.kernels.lif import lif_bwd_kernel, lif_fwd_kernel
 from a2sg_triton.kernels.plif import plif_bwd_kernel, plif_fwd_kernel
-from a2sg_triton.kernels.stats import candidate_stats_kernel
+from a2sg_triton.kernels.stats import candidate_stats_finalize_kernel, candidate_stats_kernel
 from a2sg_triton.kernels.tdbn_lif import tdbn_fwd_kernel, tdbn_lif_bwd_kernel
 from a2sg_triton.ops._neuron import BLOCK_SIZES
 from a2sg_triton.ops.tdbn_lif import NORM_BLOCK
-from a2sg_triton.ops.stats import BLOCK_K, BLOCK_N
+from a2sg_triton.ops.stats import BLOCK_K, BLOCK_N, FINALIZE_BLOCK_K
 from a2sg_triton.ops.surrogate import SURROGATES
 
 CAPABILITIES = (90, 80)
 FLAGS = list(itertools.product([False, True], repeat=2))
 DEFAULT_NUM_WARPS = 4  # Triton's default, which these kernels' launchers keep:
-DEFAULT_WARPS_KERNELS = (candidate_stats_kernel, pack_bits_kernel, unpack_bits_kernel, tdbn_fwd_kernel)
+DEFAULT_WARPS_KERNELS = (candidate_stats_kernel, candidate_stats_finalize_kernel, pack_bits_kernel, unpack_bits_kernel,
+                         tdbn_fwd_kernel)
 # The LIF launchers choose (BLOCK, num_warps) from BLOCK_SIZES by N: every flag combination is compiled
 # at the largest block, and each smaller block with the default flags of every dtype / surrogate.
 BLOCK = BLOCK_SIZES[0][0]
@@ -74,11 +75,18 @@ def variants():
                                                              "DETACH_RESET": detach, "BACKWARD": True, "BLOCK": BLOCK}
         yield lif_bwd_kernel, bwd_signature, {"SURROGATE": surrogate, "HARD_RESET": hard, "DETACH_RESET": detach,
                                               "HAS_GRAD_V_LAST": present, "STORE_GRAD_V0": present, "BLOCK": BLOCK}
-        # K candidates, and the armed backward's step (one width, delta written out)
-        for store_delta, block_k in ((False, BLOCK_K), (True, 1)):
+        # K candidates, the armed backward's step (one width, delta written out) and, with the default
+        # reset, one candidate (K = 1, one lane per element)
+        one_candidate = [(False, 1)] if (hard, detach) == (False, False) else []
+        for store_delta, block_k in [(False, BLOCK_K), (True, 1), *one_candidate]:
             yield candidate_stats_kernel, stats_signature, {
                 "SURROGATE": surrogate, "HARD_RESET": hard, "DETACH_RESET": detach, "HAS_CARRY": present,
                 "HAS_REF": present, "STORE_DELTA": store_delta, "BLOCK_N": BLOCK_N, "BLOCK_K": block_k}
+    finalize_signature = {"partial_ptr": "*fp32", "ref_sq_partial_ptr": "*fp32", "out_ptr": "*fp64", "N": "i32",
+                          "K": "i32", "n_chunks": "i32", "chunk_len": "i32"}
+    for has_ref in (False, True):
+        yield candidate_stats_finalize_kernel, finalize_signature, {"HAS_REF": has_ref,
+                                                                    "BLOCK_K": FINALIZE_BLOCK_K}
     for surrogate, (block, _) in itertools.product(range(len(SURROGATES)), BLOCK_SIZES[1:]):
         yield lif_bwd_kernel, bwd_signature, {"SURROGATE": surrogate, "HARD_RESET": False, "DETACH_RESET": False,
                                               "HAS_GRAD_V_LAST": False, "STORE_GRAD_V0": False, "BLOCK": block}

@@ -1,5 +1,6 @@
 """Fused candidate statistics (Triton under the interpreter, and the torch backend) against the reference."""
 
+import dataclasses
 import math
 
 import pytest
@@ -45,6 +46,12 @@ def assert_stats_close(got, want):
         torch.testing.assert_close(got.ref_sq.cpu(), want.ref_sq.cpu(), rtol=1e-6, atol=0)
         bound = 1e-6 * torch.sqrt(want.sumsq * want.ref_sq).cpu()  # Cauchy-Schwarz bounds sum |delta ref|
         assert ((got.dot.cpu() - want.dot.cpu()).abs() <= bound).all()
+    # SGV and TGC as the triton backend's finalize kernel computed them: docs/math.md's formulas on the
+    # statistics themselves, in float64
+    formulas = dataclasses.replace(got, sgv_values=None, tgc_values=None)
+    torch.testing.assert_close(got.sgv().cpu(), formulas.sgv().cpu(), rtol=1e-12, atol=0)
+    if want.dot is not None:
+        torch.testing.assert_close(got.tgc().cpu(), formulas.tgc().cpu(), rtol=1e-12, atol=1e-15)
 
 
 @pytest.mark.parametrize("backend", ["triton", "torch"])

@@ -37,11 +37,12 @@ from .checks import check_flag, check_real, check_reset, check_tensor
 if HAS_TRITON:
     import triton
 
-    from ..kernels.stats import candidate_stats_kernel
+    from ..kernels.stats import candidate_stats_finalize_kernel, candidate_stats_kernel
 
 BLOCK_N = 128  # elements per loop iteration: one per thread of the default 4 warps
 BLOCK_K = 16  # candidates per program, each thread's [BLOCK_K] column of accumulators
 MAX_CHUNKS = 1024  # per-chunk partials: [MAX_CHUNKS, 5, K] fp32 at most
+FINALIZE_BLOCK_K = 128  # candidates per program of the finalize kernel
 # the eager backend: [4, N] deltas at a time (faster than 1, 8 or 16 at N = 2^16, 1 thread)
 TORCH_CANDIDATES_PER_PASS = 4
 
@@ -66,6 +67,10 @@ class CandidateStats:
     sumabs: torch.Tensor  # [K]
     dot: Optional[torch.Tensor]  # [K], None without a reference
     ref_sq: Optional[torch.Tensor]  # scalar, None without a reference
+    # SGV and TGC as the triton backend's finalize kernel computed them (same formulas as sgv() and
+    # tgc(), on the device, no further op); None: computed on demand.
+    sgv_values: Optional[torch.Tensor] = None  # [K]
+    tgc_values: Optional[torch.Tensor] = None  # [K], None without a reference
 
     @property
     def sum(self) -> torch.Tensor:
@@ -79,6 +84,8 @@ class CandidateStats:
 
     def sgv(self) -> torch.Tensor:
         """[K] Var(delta_k) / mean|delta_k|; +inf where mean|delta_k| = 0."""
+        if self.sgv_values is not None:
+            return self.sgv_values
         var = self.m2 / self.n
         mean_abs = self.sumabs / self.n
         return torch.where(mean_abs > 0, var / mean_abs, torch.full_like(var, math.inf))
@@ -91,6 +98,8 @@ class CandidateStats:
         """
         if self.dot is None:
             raise ValueError("tgc() needs statistics computed with ref=")
+        if self.tgc_values is not None:
+            return self.tgc_values
         assert self.ref_sq is not None  # computed together with dot
         norms = torch.sqrt(self.sumsq * self.ref_sq)
         return torch.where(norms > 0, self.dot / norms, torch.zeros_like(norms))
@@ -122,6 +131,7 @@ class CandidateStats:
         m2 = self.m2 + self.n * (self.mean - mean) ** 2
         dist.all_reduce(m2, op=dist.ReduceOp.SUM, group=group)
         self.n, self.mean, self.m2, self.sumabs = n, mean, m2, sumabs
+        self.sgv_values = self.tgc_values = None  # this rank's: computed anew from the merged sums
         if self.dot is not None:
             self.dot, self.ref_sq = flat[1 + 2 * K:1 + 3 * K], flat[1 + 3 * K]
         return self
@@ -245,32 +255,37 @@ def _stats_kernel(u: torch.Tensor, grad_s: torch.Tensor, carry: Optional[torch.T
                   betas: torch.Tensor, step: StepParams, *, th_offset: float, carry_scale: float,
                   grad_x: Optional[torch.Tensor] = None, delta: Optional[torch.Tensor] = None,
                   input_scale: float = 1.0) -> CandidateStats:
-    """Launches candidate_stats_kernel over flat contiguous [N] inputs -> CandidateStats. With
-    grad_x and delta ([N] outputs) it runs the one-candidate variant that also writes them."""
+    """Two launches over flat contiguous [N] inputs -> CandidateStats, with no host sync:
+    candidate_stats_kernel's per-chunk shifted sums (fp32), then candidate_stats_finalize_kernel's
+    merge, SGV and TGC (float64), all on u's device. With grad_x and delta ([N] outputs) the first
+    runs the one-candidate variant that also writes them. One candidate runs one lane per element
+    (BLOCK_K = 1), more candidates BLOCK_K at a time."""
     N, K = u.numel(), betas.numel()
-    store_delta = delta is not None
-    block_k = 1 if store_delta else BLOCK_K
+    has_ref = ref is not None
     n_blocks = triton.cdiv(N, BLOCK_N)
     blocks_per_chunk = triton.cdiv(n_blocks, MAX_CHUNKS)
     n_chunks = triton.cdiv(n_blocks, blocks_per_chunk)
-    partial = torch.empty((n_chunks, 5, K), dtype=torch.float32, device=u.device)
-    ref_sq_partial = torch.empty((n_chunks,), dtype=torch.float32, device=u.device)
+    block_k = 1 if K == 1 else BLOCK_K
+    # one workspace: [n_chunks, 5, K] partial sums, then [n_chunks] partial sums of ref^2
+    workspace = torch.empty((n_chunks * (5 * K + 1),), dtype=torch.float32, device=u.device)
+    partial, ref_sq_partial = workspace[:n_chunks * 5 * K], workspace[n_chunks * 5 * K:]
+    out = torch.empty((8, K), dtype=torch.float64, device=u.device)
     candidate_stats_kernel[(n_chunks * triton.cdiv(K, block_k),)](
         u, grad_s, carry if carry is not None else u, ref if ref is not None else u,
         betas.to(device=u.device, dtype=torch.float32, non_blocking=True), partial, ref_sq_partial,
-        grad_x if store_delta else u, delta if store_delta else u,
+        grad_x if delta is not None else u, delta if delta is not None else u,
         N, K, blocks_per_chunk, th_offset, carry_scale, step.v_th, step.v_reset, step.h, input_scale,
         SURROGATE=step.surrogate_id, HARD_RESET=step.hard_reset, DETACH_RESET=step.detach_reset,
-        HAS_CARRY=carry is not None, HAS_REF=ref is not None, STORE_DELTA=store_delta,
+        HAS_CARRY=carry is not None, HAS_REF=has_ref, STORE_DELTA=delta is not None,
         BLOCK_N=BLOCK_N, BLOCK_K=block_k,
     )
-    chunk = blocks_per_chunk * BLOCK_N
-    counts = torch.full((n_chunks,), float(chunk), dtype=torch.float64, device=u.device)
-    counts[-1] = float(N - (n_chunks - 1) * chunk)
-    has_ref = ref is not None
-    shift, s1, s2, sumabs = partial.unbind(1)[:4]
-    return _merge_chunks(betas, counts, shift, s1, s2, sumabs, partial[:, 4] if has_ref else None,
-                         ref_sq_partial.double().sum() if has_ref else None)
+    candidate_stats_finalize_kernel[(triton.cdiv(K, FINALIZE_BLOCK_K),)](
+        partial, ref_sq_partial, out, N, K, n_chunks, blocks_per_chunk * BLOCK_N,
+        HAS_REF=has_ref, BLOCK_K=FINALIZE_BLOCK_K,
+    )
+    n, mean, m2, sumabs, dot, ref_sq, sgv, tgc = out.unbind(0)
+    return CandidateStats(betas=betas, n=n[0], mean=mean, m2=m2, sumabs=sumabs, dot=dot if has_ref else None,
+                          ref_sq=ref_sq[0] if has_ref else None, sgv_values=sgv, tgc_values=tgc if has_ref else None)
 
 
 def candidate_stats_triton(u: torch.Tensor, grad_s: torch.Tensor, carry: Optional[torch.Tensor],
