@@ -116,10 +116,8 @@ def check_beta(beta: Union[float, torch.Tensor], T: int, device: torch.device, d
         if levels is not None and beta.dim() > 0 and beta.shape not in ((levels,), shape):
             raise ValueError(f"beta must be a float or a tensor of shape [D] = [{levels}] or [T, D] = "
                              f"[{T}, {levels}], got shape {list(beta.shape)}")
-        if beta.device.type == "cpu" and not is_compiling():
-            low, high = torch.aminmax(beta)
-            if not (bool(low > 0) and bool(high < math.inf)):  # NaN fails both
-                raise ValueError(f"beta must be finite and > 0, got {beta.tolist()}")
+        if beta.device.type == "cpu" and not is_compiling() and not positive_and_finite(beta):
+            raise ValueError(f"beta must be finite and > 0, got {beta.tolist()}")
         if beta.dtype == dtype and beta.shape == shape and beta.is_contiguous():
             return beta
         return beta.to(dtype).expand(shape).contiguous()
@@ -127,6 +125,12 @@ def check_beta(beta: Union[float, torch.Tensor], T: int, device: torch.device, d
     if value <= 0:
         raise ValueError(f"beta must be > 0, got {value}")
     return torch.full(shape, value, dtype=dtype, device=device)
+
+
+def positive_and_finite(values: torch.Tensor) -> bool:
+    """Whether every value of a CPU tensor is finite and > 0, read in Python: no op is dispatched and
+    nothing waits (a layer checks its widths on every call)."""
+    return all(0 < value < math.inf for value in values.reshape(-1).tolist())  # NaN fails
 
 
 def check_save_dtype(save_dtype: Optional[torch.dtype]) -> None:

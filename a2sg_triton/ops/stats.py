@@ -32,7 +32,7 @@ import torch
 from .lif import HeavisideSurrogate, StepParams, lif_bwd_step
 from .surrogate import SURROGATES, check_surrogate
 from .backend import HAS_TRITON, compiled_variant, is_compiling, math_dtype, resolve_backend
-from .checks import check_flag, check_real, check_reset, check_tensor
+from .checks import check_flag, check_real, check_reset, check_tensor, positive_and_finite
 
 if HAS_TRITON:
     import triton
@@ -183,9 +183,8 @@ def _check_args(u: torch.Tensor, grad_s: torch.Tensor, betas: Union[torch.Tensor
     check_tensor("betas", betas)
     if betas.dim() != 1 or betas.numel() == 0:
         raise ValueError(f"betas must be a non-empty 1-D tensor, got shape {list(betas.shape)}")
-    if betas.device.type == "cpu" and not is_compiling():
-        if not bool(torch.isfinite(betas).all()) or bool((betas <= 0).any()):
-            raise ValueError(f"betas must be finite and > 0, got {betas.tolist()}")
+    if betas.device.type == "cpu" and not is_compiling() and not positive_and_finite(betas):
+        raise ValueError(f"betas must be finite and > 0, got {betas.tolist()}")
     step = StepParams(surrogate_id, float(v_th), hard_reset, float(v_reset), detach_reset, float(h))
     return betas.detach().to(torch.float64), step
 
