@@ -284,8 +284,9 @@ def steady_loop(items, branch, sass=False):
 
 
 def variant_name(signature, constexprs):
-    """Short name: the first pointer argument's dtype, the surrogate, the set boolean flags, and the
-    block size where it is not the LIF launchers' largest (blockN)."""
+    """Short name: the first pointer argument's dtype, the surrogate, the set boolean flags, the
+    block size where it is not the LIF launchers' largest (blockN), and one candidate per lane
+    (k1) where the statistics kernel runs a single width without writing it out."""
     parts = [next(v.lstrip("*") for v in signature.values() if v.startswith("*"))]
     for key, value in constexprs.items():
         if key == "SURROGATE":
@@ -294,6 +295,8 @@ def variant_name(signature, constexprs):
             parts.append(key.lower())
         elif key == "BLOCK" and value != compile_kernels.BLOCK:
             parts.append(f"block{value}")
+    if constexprs.get("BLOCK_K") == 1 and constexprs.get("STORE_DELTA") is False:
+        parts.append("k1")
     return ",".join(parts)
 
 

@@ -144,6 +144,17 @@ def candidate_stats_kernel(
 
 
 @triton.jit
+def _chunk_moments(partial_ptr, c, ks, k_mask, K, N, chunk_len):
+    """Chunk c's element count, the address of its row of shifted sums, and per candidate its mean
+    shift + s1 / n and its shifted sum s1, in float64."""
+    n_c = tl.minimum(chunk_len, N - c * chunk_len).to(tl.float64)
+    row = partial_ptr + c * 5 * K + ks
+    shift = tl.load(row, mask=k_mask, other=0.0).to(tl.float64)
+    s1 = tl.load(row + K, mask=k_mask, other=0.0).to(tl.float64)
+    return n_c, row, shift + s1 / n_c, s1
+
+
+@triton.jit
 def candidate_stats_finalize_kernel(
     partial_ptr,  # [n_chunks, 5, K] fp32: candidate_stats_kernel's per-chunk shifted sums
     ref_sq_partial_ptr,  # [n_chunks] fp32: per-chunk sum of ref^2 (read only when HAS_REF)
@@ -166,11 +177,8 @@ def candidate_stats_finalize_kernel(
     dot = tl.zeros([BLOCK_K], dtype=tl.float64)
     ref_sq = tl.zeros([BLOCK_K], dtype=tl.float64)
     for c in range(n_chunks):
-        n_c = tl.minimum(chunk_len, N - c * chunk_len).to(tl.float64)
-        row = partial_ptr + c * 5 * K + ks
-        shift = tl.load(row, mask=k_mask, other=0.0).to(tl.float64)
-        s1 = tl.load(row + K, mask=k_mask, other=0.0).to(tl.float64)
-        total += n_c * (shift + s1 / n_c)
+        n_c, row, chunk_mean, s1 = _chunk_moments(partial_ptr, c, ks, k_mask, K, N, chunk_len)
+        total += n_c * chunk_mean
         sumabs += tl.load(row + 3 * K, mask=k_mask, other=0.0).to(tl.float64)
         if HAS_REF:
             dot += tl.load(row + 4 * K, mask=k_mask, other=0.0).to(tl.float64)
@@ -178,12 +186,8 @@ def candidate_stats_finalize_kernel(
     mean = total / n
     m2 = tl.zeros([BLOCK_K], dtype=tl.float64)
     for c in range(n_chunks):
-        n_c = tl.minimum(chunk_len, N - c * chunk_len).to(tl.float64)
-        row = partial_ptr + c * 5 * K + ks
-        shift = tl.load(row, mask=k_mask, other=0.0).to(tl.float64)
-        s1 = tl.load(row + K, mask=k_mask, other=0.0).to(tl.float64)
+        n_c, row, chunk_mean, s1 = _chunk_moments(partial_ptr, c, ks, k_mask, K, N, chunk_len)
         s2 = tl.load(row + 2 * K, mask=k_mask, other=0.0).to(tl.float64)
-        chunk_mean = shift + s1 / n_c
         chunk_m2 = tl.maximum(s2 - s1 * s1 / n_c, 0.0)  # rounding can dip below 0
         m2 += chunk_m2 + n_c * (chunk_mean - mean) * (chunk_mean - mean)
     mean_abs = sumabs / n

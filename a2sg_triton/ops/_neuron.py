@@ -69,6 +69,14 @@ def forward_outputs(x: torch.Tensor, return_v: bool, save_dtype: torch.dtype) ->
             torch.empty((N if return_v else 0,), dtype=torch.float32, device=x.device))
 
 
+def backward_outputs(grad_out: torch.Tensor, need_grad_v0: bool) -> InputGrads:
+    """The buffers a neuron's backward launcher fills, for grad_out [T, N]: grad_x [T, N]
+    (grad_out.dtype) and grad_v0 [N], or [0] without ``need_grad_v0`` (fp32)."""
+    N = grad_out.shape[1]
+    return (torch.empty_like(grad_out),
+            torch.empty((N if need_grad_v0 else 0,), dtype=torch.float32, device=grad_out.device))
+
+
 def backward_through_time(delta_at: Callable[[int, torch.Tensor], torch.Tensor], grad_out: torch.Tensor,
                           grad_v_last: Optional[torch.Tensor], decay: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """The eager backward's recursion (docs/math.md) for t = T-1 ... 0: delta[t] = delta_at(t, c[t]),

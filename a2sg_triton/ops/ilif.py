@@ -21,17 +21,8 @@ from typing import Any, NamedTuple, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from ._neuron import (
-    InputGrads,
-    NeuronOutputs,
-    Neuron,
-    apply_neuron,
-    backward_through_time,
-    compiled_backend,
-    forward_outputs,
-    launch_over_neurons,
-    neuron_membrane,
-)
+from ._neuron import (InputGrads, Neuron, NeuronOutputs, apply_neuron, backward_outputs, backward_through_time,
+                      compiled_backend, forward_outputs, launch_over_neurons, neuron_membrane)
 from .backend import HAS_TRITON, math_dtype, resolve_backend
 from .checks import check_beta, check_real
 from .lif import Beta, check_lif_args, lif_local_grad
@@ -150,8 +141,7 @@ def ilif_bwd(grad_q: Tensor, u: Tensor, beta: Tensor, grad_v_last: Optional[Tens
              need_grad_v0: bool) -> InputGrads:
     """beta [T, D] fp32 -> grad_x [T, N] (grad_q.dtype), grad_v0 [N] or [0] (fp32)."""
     T, N = grad_q.shape
-    grad_x = torch.empty_like(grad_q)
-    grad_v0 = torch.empty((N if need_grad_v0 else 0,), dtype=torch.float32, device=u.device)
+    grad_x, grad_v0 = backward_outputs(grad_q, need_grad_v0)
     launch_over_neurons(
         ilif_bwd_kernel, N, u.device,
         grad_q, u, beta, grad_v_last if grad_v_last is not None else u, grad_x,

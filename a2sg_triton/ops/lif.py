@@ -16,17 +16,8 @@ from typing import Any, NamedTuple, Optional, Protocol, Sequence, Union
 import torch
 from torch import Tensor
 
-from ._neuron import (
-    InputGrads,
-    NeuronOutputs,
-    Neuron,
-    apply_neuron,
-    backward_through_time,
-    compiled_backend,
-    forward_outputs,
-    launch_over_neurons,
-    neuron_membrane,
-)
+from ._neuron import (InputGrads, Neuron, NeuronOutputs, apply_neuron, backward_outputs, backward_through_time,
+                      compiled_backend, forward_outputs, launch_over_neurons, neuron_membrane)
 from .backend import HAS_TRITON, math_dtype, resolve_backend
 from .checks import check_beta, check_flag, check_real, check_reset, check_save_dtype, check_tensor
 from .search_sites import CUDAGRAPH_UNSAFE, search_site
@@ -177,8 +168,7 @@ def lif_bwd(grad_spikes: Tensor, d: Tensor, beta: Tensor, grad_v_last: Optional[
             need_grad_v0: bool) -> InputGrads:
     """-> grad_x [T, N] (grad_spikes.dtype), grad_v0 [N] or [0] (fp32)."""
     T, N = grad_spikes.shape
-    grad_x = torch.empty_like(grad_spikes)
-    grad_v0 = torch.empty((N if need_grad_v0 else 0,), dtype=torch.float32, device=d.device)
+    grad_x, grad_v0 = backward_outputs(grad_spikes, need_grad_v0)
     launch_over_neurons(
         lif_bwd_kernel, N, d.device,
         grad_spikes, d, beta, grad_v_last if grad_v_last is not None else d, grad_x,

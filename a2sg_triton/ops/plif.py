@@ -19,18 +19,8 @@ from typing import Any, NamedTuple, Optional, Sequence, Union, cast
 import torch
 from torch import Tensor
 
-from ._neuron import (
-    InputGrads,
-    NeuronOutputs,
-    Neuron,
-    apply_neuron,
-    backward_through_time,
-    compiled_backend,
-    forward_outputs,
-    launch_config,
-    launch_over_neurons,
-    neuron_membrane,
-)
+from ._neuron import (Neuron, NeuronOutputs, apply_neuron, backward_outputs, backward_through_time,
+                      compiled_backend, forward_outputs, launch_config, launch_over_neurons, neuron_membrane)
 from .backend import HAS_TRITON, math_dtype, resolve_backend
 from .checks import check_flag, check_tensor
 from .lif import (Beta, HeavisideSurrogate, LIFParams, after_reset, check_lif_args, lif_bwd_step, lif_step)
@@ -129,8 +119,7 @@ def plif_bwd(grad_spikes: Tensor, d: Tensor, x: Optional[Tensor], w: Tensor, v0:
     dL/dk in two fixed-order stages: each program's sum over its neurons and steps, then one sum of
     the [programs] partials, so the result does not depend on scheduling."""
     T, N = grad_spikes.shape
-    grad_x = torch.empty_like(grad_spikes)
-    grad_v0 = torch.empty((N if need_grad_v0 else 0,), dtype=torch.float32, device=d.device)
+    grad_x, grad_v0 = backward_outputs(grad_spikes, need_grad_v0)
     if N == 0:
         return grad_x, grad_v0, torch.zeros((), dtype=torch.float32, device=d.device)
     block, warps = launch_config(N, d.device)

@@ -53,6 +53,16 @@ class A2SG:
     wrapper. ``nn.DataParallel`` is refused (its replicas would each search a slice of the batch):
     use DistributedDataParallel. A layer belongs to the controller created for it last; an older
     controller of the same layer refuses to arm it.
+
+    Args:
+        model: the network; every ``nn.LIF``, ``nn.PLIF`` and ``nn.ILIF`` in it is adapted.
+        adapt: "none", "spatial", "temporal" or "spatiotemporal" (A²SG with ``asy``).
+        strategy: "bo" (Alg. A2: random draws, then one BoTorch LogEI step) or "grid".
+        n_obs, n_eval, radius, beta_range: the search's sizes and range (docs/search.md).
+        every: search every this many epochs.
+        seed: the search's random draws.
+        gp_fit: "fixed", "warm" or "fit" (None: SearchConfig's default; docs/search-gp-cost.md).
+        process_group: the torch.distributed group whose ranks merge their statistics.
     """
 
     def __init__(self, model: torch.nn.Module, *, adapt: str = "spatiotemporal", strategy: str = "bo",
