@@ -71,7 +71,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 DEFAULTS: dict[str, Any] = dict(
     PRESETS["digits"], strategy="bo", tau=2.0, v_th=1.0, h=0.5, beta_init=0.5, n_obs=100, n_eval=150, radius=0.05,
     beta_range=(0.05, 1.0), every=1, seed=0, backend="auto", device="auto", amp="auto", workers=0, data=None,
-    download=False, limit_batches=None, tensorboard=False, compile=False, memory_saving=True,
+    download=False, limit_batches=None, tensorboard=False, compile=False, memory_saving=None,
     decay_norm_and_bias=False, neuron="lif", rmp_loss=0.0, levels=4)
 # What --model brings over the preset's settings (flags still win) when the preset names another
 # model: sdt3 is E-SpikeFormer's integer-spike transformer, T x D = 1 x 4, I-LIF at decay 1/4 with
@@ -152,7 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="torch.compile the model (the search still runs); may change on --resume")
     arg("--memory-saving", action=argparse.BooleanOptionalAction, default=None,
         help="spikes saved as bits and u - v_th recomputed in backward: about 0.37x the activation memory, "
-             "the same gradients (default: on; not under --compile; docs/memory.md); may change on --resume")
+             "the same gradients (not under --compile; docs/memory.md). Default: on for the CPU, off on CUDA, "
+             "where it cost +125%% of a vgg16 step on an H200; on until a GPU measurement shows it within "
+             "+10%%. May change on --resume")
     arg("--out", metavar="DIR", help="run folder (default: runs/<dataset>-<model>-<surrogate>-<adapt>-<time>)")
     arg("--resume", metavar="DIR", help="continue the run in DIR from its checkpoint, with its own settings")
     arg("--force", action="store_true", help="reuse an --out folder that holds another run")

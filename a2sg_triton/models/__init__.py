@@ -8,7 +8,7 @@ layer is an ``a2sg_triton.nn.LIF`` (``nn.PLIF`` with ``neuron="plif"``, ``nn.ILI
 """
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Optional
 
 from .layers import (
     NEURONS,
@@ -64,7 +64,7 @@ def accepts_image_size(name: str, image_size: int) -> bool:
 
 def build_model(name: str, *, num_classes: int, in_channels: int, T: int, surrogate: str = "asy", tau: float = 2.0,
                 v_th: float = 1.0, beta_init: float = 0.5, h: float = 0.5, backend: str = "auto",
-                memory_saving: bool = True, neuron: str = "lif", levels: int = 4) -> SpikingClassifier:
+                memory_saving: Optional[bool] = None, neuron: str = "lif", levels: int = 4) -> SpikingClassifier:
     """The model ``name`` (one of MODELS) with every spiking layer built as
     ``LIF(T, surrogate, tau=tau, v_th=v_th, beta_init=beta_init, h=h, backend=backend)``, or with
     ``neuron="plif"`` as ``PLIF(T, surrogate, init_tau=tau, ...)``, with ``neuron="ilif"`` as
@@ -78,7 +78,8 @@ def build_model(name: str, *, num_classes: int, in_channels: int, T: int, surrog
         T: timesteps.
         surrogate, tau, v_th, beta_init, h, backend, neuron, levels: the spiking layers' settings
             (``NeuronConfig``).
-        memory_saving: the model's ``memory_saving`` attribute.
+        memory_saving: the model's ``memory_saving`` attribute: True, False, or None (on for CPU
+            input, off on a GPU; ``SpikingClassifier``).
 
     Returns:
         The model: [T, B, in_channels, H, W] -> logits [B, num_classes].
@@ -92,7 +93,8 @@ def build_model(name: str, *, num_classes: int, in_channels: int, T: int, surrog
     config = NeuronConfig(T, surrogate=surrogate, tau=tau, v_th=v_th, beta_init=beta_init, h=h, backend=backend,
                           neuron=neuron, levels=levels)
     config.make()  # checks the neuron arguments before anything is built
-    check_flag("memory_saving", memory_saving)
+    if memory_saving is not None:
+        check_flag("memory_saving", memory_saving)
     model = _BUILDERS[name](num_classes, in_channels, config)
     model.memory_saving = memory_saving
     return model

@@ -164,18 +164,25 @@ class SpikingClassifier(nn.Module):
     """``features`` then ``classifier`` on [T, B, C, H, W]; the logits [B, classes] are the mean over
     T of the per-timestep classifier outputs. Subclasses build the two.
 
-    ``memory_saving`` (default True; an attribute, switch it any time): the forward runs inside
-    ``a2sg_triton.memory.memory_saving``, with ``backend`` packing the spikes (docs/memory.md).
+    ``memory_saving`` (an attribute, switch it any time): True runs the forward inside
+    ``a2sg_triton.memory.memory_saving``, with ``backend`` packing the spikes (docs/memory.md); None
+    (the default) does so for CPU input only: on a GPU it cost +125% of an H200 vgg16 step
+    (docs/memory.md), so it stays off there until a GPU measurement shows it within +10%.
     """
 
     features: nn.Module  # set by the subclass
     classifier: nn.Module
 
-    def __init__(self, T: int, *, memory_saving: bool = True, backend: str = "auto") -> None:
+    def __init__(self, T: int, *, memory_saving: Optional[bool] = None, backend: str = "auto") -> None:
         super().__init__()
         self.T = T
-        self.memory_saving = check_flag("memory_saving", memory_saving)
+        self.memory_saving = None if memory_saving is None else check_flag("memory_saving", memory_saving)
         self.backend = backend
+
+    def saves_memory(self, x: torch.Tensor) -> bool:
+        """Whether a forward on x runs inside ``memory_saving``: the attribute, or with None
+        ("auto") for CPU input only."""
+        return x.device.type == "cpu" if self.memory_saving is None else bool(self.memory_saving)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """[T, B, C, H, W] -> logits [B, classes].
@@ -186,7 +193,7 @@ class SpikingClassifier(nn.Module):
         if x.dim() != 5 or x.shape[0] != self.T:
             raise ValueError(f"{type(self).__name__} expects input [T={self.T}, B, C, H, W], got "
                              f"{list(x.shape)}; direct_encode(images, T) turns [B, C, H, W] into that")
-        if self.memory_saving and not is_compiling():
+        if self.saves_memory(x) and not is_compiling():
             with memory.memory_saving(backend=self.backend):
                 return self.classifier(self.features(x)).mean(0)
         return self.classifier(self.features(x)).mean(0)
