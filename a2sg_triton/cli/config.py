@@ -153,8 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     arg("--memory-saving", action=argparse.BooleanOptionalAction, default=None,
         help="spikes saved as bits and u - v_th recomputed in backward: about 0.37x the activation memory, "
              "the same gradients (not under --compile; docs/memory.md). Default: on for the CPU, off on CUDA, "
-             "where it cost +125%% of a vgg16 step on an H200; on until a GPU measurement shows it within "
-             "+10%%. May change on --resume")
+             "where it cost +125%% of a vgg16 step on an H200 (off there until a GPU measurement shows it "
+             "within +10%%). May change on --resume")
     arg("--out", metavar="DIR", help="run folder (default: runs/<dataset>-<model>-<surrogate>-<adapt>-<time>)")
     arg("--resume", metavar="DIR", help="continue the run in DIR from its checkpoint, with its own settings")
     arg("--force", action="store_true", help="reuse an --out folder that holds another run")
