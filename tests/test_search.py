@@ -293,3 +293,15 @@ def test_bad_arguments_raise_before_evaluating(kwargs, error, fragment):
 def test_evaluate_of_the_wrong_shape():
     with pytest.raises(ValueError, match="evaluate must return one value per candidate"):
         run(lambda b: b[:-1], True)
+
+
+@pytest.mark.parametrize("gp_fit", GP_FITS)
+@pytest.mark.filterwarnings("ignore::botorch.exceptions.warnings.InputDataWarning")
+def test_a_nan_prediction_falls_back_to_the_best_draw(gp_fit):
+    """Metric values ~1e155 overflow the GP's standardisation and it predicts NaN: the best draw is
+    kept (a NaN compared with the best value is not 'no worse'), and nothing is predicted."""
+    f = lambda b: 1e155 * (b - 0.4) ** 2 + 1e155  # noqa: E731
+    result, metric = run(f, False, gp_fit=gp_fit)
+    draws = torch.cat(metric.calls)
+    assert result.fell_back and result.predicted is None
+    assert result.beta == result.best_beta == draws[f(draws).argmin()].item()

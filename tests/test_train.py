@@ -346,3 +346,35 @@ def test_checkpoint_from_before_the_neuron_flags_resumes(tmp_path):
     assert run(["--resume", out, "--neuron", "lif"])[0] == 0
     state = checkpoint(out)
     assert state["epoch"] == 1 and (state["config"]["neuron"], state["config"]["rmp_loss"]) == ("lif", 0.0)
+
+
+class _RunsCode:
+    """Pickles to a call of print: loading it with a full pickle would run that call."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (print, (f"ran code from the checkpoint {self.marker}",))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused(tmp_path, capsys):
+    """Run folders are shared: --resume and a2sg-analyze load checkpoints with weights_only, so a
+    pickle that names a callable is refused in one line and never runs."""
+    from a2sg_triton.cli.analyze import main as analyze
+
+    out = tmp_path / "run"
+    assert run([*TINY, "--epochs", "1", "--out", out])[0] == 0
+    capsys.readouterr()
+    state = checkpoint(out)
+    state["metrics"][0]["note"] = _RunsCode("MARKER")
+    torch.save(state, out / "checkpoint.pt")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    code, captured = run(["--resume", out], capsys)
+    assert code == 2 and len(captured.err.strip().splitlines()) == 1, captured.err
+    assert "holds objects other than tensors and plain data" in captured.err and "MARKER" not in captured.out
+    assert analyze([str(out)]) == 2
+    captured = capsys.readouterr()
+    assert len(captured.err.strip().splitlines()) == 1 and "holds objects other than tensors" in captured.err
+    assert "MARKER" not in captured.out + captured.err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing written

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from .. import analysis
+from .checkpoint import UnsafeCheckpoint, read_checkpoint
 from .config import LEGACY_SETTINGS
 from ..data.datasets import DatasetInfo, DatasetNotFoundError, build_datasets, dataset_labels, stratified_order
 from ..models import build_model
@@ -51,9 +52,11 @@ def load_run(run_dir: Path, device: Union[torch.device, str], data: Optional[Str
     """
     try:
         config = {**LEGACY_SETTINGS, **json.loads((run_dir / "config.json").read_text())}
-        state = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)
+        state = read_checkpoint(run_dir / "checkpoint.pt")
     except FileNotFoundError as error:
         raise AnalyzeError(f"{run_dir} is not an a2sg-train run folder ({error.filename} is missing)")
+    except UnsafeCheckpoint as error:
+        raise AnalyzeError(f"{run_dir}: {error}")
     except Exception as error:  # a truncated or foreign file
         raise AnalyzeError(f"{run_dir}: cannot read the run ({type(error).__name__}: {error})")
     if data is not None:

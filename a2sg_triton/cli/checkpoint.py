@@ -8,6 +8,8 @@ and checks a checkpoint without writing anything; ``restore_checkpoint`` loads i
 from __future__ import annotations
 
 import json
+import pickle
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -33,6 +35,34 @@ class _Stateful(Protocol):
     def load_state_dict(self, state: Any, /) -> object: ...
 
 
+class UnsafeCheckpoint(ValueError):
+    """A checkpoint that holds objects other than tensors and plain data."""
+
+
+def read_checkpoint(path: Path) -> Any:
+    """The contents of a checkpoint file, loaded with ``torch.load(weights_only=True)``: tensors and
+    plain Python data only. Run folders travel between people, and a full pickle runs whatever code
+    it names when it is loaded, so anything else is refused.
+
+    Args:
+        path: the checkpoint file.
+
+    Returns:
+        What the file holds.
+
+    Raises:
+        UnsafeCheckpoint: the file holds other objects (one line naming the first).
+        Exception: whatever torch.load raises on a truncated or foreign file.
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        named = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+        detail = f"it names {named[1]}" if named else " ".join(str(error).split())[:200]
+        raise UnsafeCheckpoint(f"{path.name} holds objects other than tensors and plain data, refused: loading it "
+                               f"could run code ({detail})") from None
+
+
 def load_checkpoint(out: Path, config: Mapping[str, Any], flags: Mapping[str, Any]) -> dict[str, Any]:
     """Reads OUT/checkpoint.pt and checks it belongs to this run; writes nothing.
 
@@ -51,7 +81,9 @@ def load_checkpoint(out: Path, config: Mapping[str, Any], flags: Mapping[str, An
     if not path.is_file():
         raise TrainError(f"--resume {out}: no checkpoint.pt there")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = read_checkpoint(path)
+    except UnsafeCheckpoint as error:
+        raise TrainError(f"--resume {out}: {error}")
     except Exception as error:  # a truncated or foreign file: pickle, zip and EOF errors alike
         raise TrainError(f"--resume {out}: checkpoint.pt is unreadable ({type(error).__name__}: {error})")
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:

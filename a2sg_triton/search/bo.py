@@ -297,7 +297,9 @@ def search_beta(evaluate: Callable[[torch.Tensor], Any], *, maximize: bool, conf
     # Rejected too if a non-finite observation lies between beta_best and beta_star: the GP has no
     # data there, and past it the metric is undefined (SGV = +inf: every δ zero, no gradient).
     crosses_dead = bool(((beta_dead - beta_best) * (beta_dead - beta_star) <= 0).any())
-    fell_back = mean_star.item() < y_best or crosses_dead
+    # Written so that a NaN prediction falls back too (values ~1e155 overflow the GP's standardisation)
+    fell_back = not mean_star.item() >= y_best or crosses_dead
     beta, mean = (beta_best, mean_best) if fell_back else (beta_star, mean_star)
+    predicted = sign * mean.item() if math.isfinite(mean.item()) else None
     gp_seconds = time.perf_counter() - start
-    return SearchResult(beta, beta_best, sign * y_best, sign * mean.item(), fell_back, gp_seconds, n_evaluated)
+    return SearchResult(beta, beta_best, sign * y_best, predicted, fell_back, gp_seconds, n_evaluated)
