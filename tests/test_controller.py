@@ -184,6 +184,35 @@ def test_state_dict_mismatches_are_refused():
              **SEARCH).load_state_dict(a2.state_dict())
 
 
+@pytest.mark.parametrize("break_it, match", [
+    (lambda s: s.pop("rng"), "missing"),
+    (lambda s: s.update(rng=torch.zeros(3)), "rng"),
+    (lambda s: s.update(betas="garbage"), "must be dicts"),
+    (lambda s: s["betas"].update({k: torch.full_like(v, float("nan")) for k, v in s["betas"].items()}), "finite"),
+    (lambda s: next(iter(s["gp_states"].values())).update(lengthscale=-1.0), "lengthscale"),
+    (lambda s: next(iter(s["gp_states"].values())).update(noise=float("inf")), "noise"),
+    (lambda s: s.update(epoch="three"), "epoch"),
+    (lambda s: s.update(history=[1, 2]), "history"),
+])
+def test_load_state_dict_changes_nothing_unless_all_of_it_is_valid(break_it, match):
+    """A bad part anywhere is refused with a ValueError before the model's widths, the RNG, the GP
+    states or the history change."""
+    a2 = A2SG(two_layer_model(), **SEARCH)
+    state = a2.state_dict()
+    with torch.no_grad():
+        for layer in a2.layers.values():
+            layer.beta.fill_(0.3)
+    state["gp_states"] = {key: dict(value, lengthscale=0.2) for key, value in state["gp_states"].items()}
+    before = copy.deepcopy(a2.state_dict())
+    break_it(state)
+    with pytest.raises(ValueError, match=match):
+        a2.load_state_dict(state)
+    after = a2.state_dict()
+    assert all(torch.equal(after["betas"][k], before["betas"][k]) for k in before["betas"])
+    assert torch.equal(after["rng"], before["rng"]) and after["gp_states"] == before["gp_states"]
+    assert after["history"] == before["history"] and after["epoch"] == before["epoch"]
+
+
 def test_compiled_model_searches_like_eager():
     torch._dynamo.reset()
     eager = two_layer_model()

@@ -143,12 +143,23 @@ class GPState:
         return {"lengthscale": self.lengthscale, "noise": self.noise, "mean": self.mean, "fitted": self.fitted}
 
     def load_state_dict(self, state: dict) -> None:
-        """Sets the fields from a ``state_dict()``; raises ValueError on other keys."""
-        if set(state) != {"lengthscale", "noise", "mean", "fitted"}:
-            raise ValueError(f"GPState state must have keys lengthscale, noise, mean, fitted; got {sorted(state)}")
-        for name in ("lengthscale", "noise", "mean"):
-            setattr(self, name, check_real(f"state[{name!r}]", float(state[name])))
-        self.fitted = bool(state["fitted"])
+        """Sets the fields from a ``state_dict()``, all or none: every value is checked first.
+
+        Raises:
+            ValueError: other keys, a non-finite value, or a lengthscale or noise <= 0 (the GP's
+                positive hyperparameters; gpytorch would fail on them at the next search).
+            TypeError: a value of the wrong type.
+        """
+        if not isinstance(state, dict) or set(state) != {"lengthscale", "noise", "mean", "fitted"}:
+            keys = sorted(state) if isinstance(state, dict) else type(state).__name__
+            raise ValueError(f"GPState state must have keys lengthscale, noise, mean, fitted; got {keys}")
+        values = {name: check_real(f"state[{name!r}]", state[name]) for name in ("lengthscale", "noise", "mean")}
+        for name in ("lengthscale", "noise"):
+            if values[name] <= 0:
+                raise ValueError(f"state[{name!r}] must be > 0, got {values[name]}")
+        fitted = check_flag("state['fitted']", state["fitted"])
+        self.lengthscale, self.noise, self.mean, self.fitted = (values["lengthscale"], values["noise"],
+                                                                values["mean"], fitted)
 
 
 @contextmanager

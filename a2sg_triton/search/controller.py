@@ -26,6 +26,7 @@ import torch
 from ..files import StrPath, atomic_write
 from ..nn import SearchedNeuron, unwrap_model
 from ..ops.backend import math_dtype
+from ..ops.checks import positive_and_finite
 from ..ops.ilif import ILIFParams
 from ..ops.lif import LIFParams, StepParams, step_params
 from ..ops.search_sites import forget_search_sites, register_search_site, search_site_owner
@@ -248,16 +249,35 @@ class A2SG:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restores betas, RNG, GP states and history; refuses a state from another model or mode."""
-        if not isinstance(state, dict) or "betas" not in state:
-            raise ValueError("not an A2SG state_dict")
+        """Restores betas, RNG, GP states and history; refuses a state from another model or mode.
+
+        All or nothing: every part is checked (and the GP states and RNG built aside) before the
+        model's widths or anything of the controller changes.
+
+        Raises:
+            ValueError: a state of another model, mode or search config, or a malformed one.
+        """
+        keys = ("adapt", "every", "config", "epoch", "betas", "armed", "rng", "gp_states", "history")
+        if not isinstance(state, dict) or not set(keys) <= set(state):
+            missing = sorted(set(keys) - set(state)) if isinstance(state, dict) else "everything"
+            raise ValueError(f"not an A2SG state_dict (missing {missing})")
+        if not all(isinstance(state[part], dict) for part in ("betas", "armed", "gp_states")):
+            raise ValueError("not an A2SG state_dict (betas, armed and gp_states must be dicts)")
+        history = state["history"]
+        if not isinstance(history, list) or not all(isinstance(row, dict) and "layer" in row for row in history):
+            raise ValueError("the state_dict's history must be a list of dicts, each naming its layer")
         state = _plain_names(state)
-        if set(state["betas"]) != set(self.layers):
+        if set(state["betas"]) != set(self.layers) or set(state["armed"]) != set(self.layers):
             raise ValueError(f"state_dict holds layers {sorted(state['betas'])}, the model has {sorted(self.layers)}")
         for name, beta in state["betas"].items():
-            if beta.shape != self.layers[name].beta.shape:
-                raise ValueError(f"beta of layer {name!r} has shape {list(beta.shape)} in the state_dict, "
+            if not isinstance(beta, torch.Tensor) or beta.shape != self.layers[name].beta.shape:
+                shape = list(beta.shape) if isinstance(beta, torch.Tensor) else type(beta).__name__
+                raise ValueError(f"beta of layer {name!r} has shape {shape} in the state_dict, "
                                  f"{list(self.layers[name].beta.shape)} in the model")
+            if not positive_and_finite(beta.detach().cpu()):
+                raise ValueError(f"beta of layer {name!r} in the state_dict is not finite and > 0")
+            if not isinstance(state["armed"][name], bool):
+                raise ValueError(f"armed of layer {name!r} in the state_dict is not a bool")
         for option in ("adapt", "every"):
             if state[option] != getattr(self, option):
                 raise ValueError(f"state_dict was saved with {option}={state[option]!r}, this controller has "
@@ -265,15 +285,30 @@ class A2SG:
         if state["config"] != vars(self.config):
             raise ValueError(f"state_dict was saved with search config {state['config']}, this controller has "
                              f"{vars(self.config)}")
+        gp_states = {}
+        for key in self.gp_states:
+            if _gp_key(key) not in state["gp_states"]:
+                raise ValueError(f"the state_dict has no GP state for {_gp_key(key)!r}")
+            gp_states[key] = GPState()
+            gp_states[key].load_state_dict(state["gp_states"][_gp_key(key)])
+        generator = torch.Generator()
+        try:
+            generator.set_state(state["rng"])
+        except (TypeError, RuntimeError) as error:
+            raise ValueError(f"the state_dict's rng is not a torch.Generator state ({error})") from None
+        epoch = state["epoch"]
+        if epoch is not None and (isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0):
+            raise ValueError(f"the state_dict's epoch must be None or an int >= 0, got {epoch!r}")
+        history = state["history"]
+        # everything checked: now change the model and the controller
         with torch.no_grad():
             for name, beta in state["betas"].items():
                 self.layers[name].beta.copy_(beta)
                 self.layers[name].search_armed = state["armed"][name]
-        self.epoch = state["epoch"]
-        self.generator.set_state(state["rng"])
-        for key, gp_state in self.gp_states.items():
-            gp_state.load_state_dict(state["gp_states"][_gp_key(key)])
-        self._history, self._pending = [dict(row) for row in state["history"]], []
+        self.epoch = epoch
+        self.generator.set_state(generator.get_state())
+        self.gp_states = gp_states
+        self._history, self._pending = [dict(row) for row in history], []
 
     def export_history(self, path: StrPath) -> None:
         """Writes the history as JSON (``.json``) or CSV (``.csv``), atomically."""
